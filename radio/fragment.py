@@ -1,0 +1,455 @@
+"""Fragmentation of frames into MTU-sized datagrams, and their reassembly. Sans-IO.
+
+Datagram layout (little-endian, :data:`HEADER_SIZE` = 19 bytes, then the payload)::
+
+    magic     2s   b"SF"
+    version   u8   VERSION (1)
+    sender    u32  link-level sender id (a UDP radio may put 0 and use the address instead)
+    frame_id  u32  per-sender frame counter, wraps at 2**32
+    index     u16  fragment index, 0 .. count - 1
+    count     u16  number of fragments of the frame, >= 1
+    total_len u32  length of the whole frame in bytes
+
+Every fragment of a frame but the last carries the same payload size (the sender's
+``mtu_bytes - HEADER_SIZE``); the last carries the rest, at least one byte. A 0-byte frame is one
+datagram with an empty payload. The receiver checks these rules on every datagram, so a
+truncated or garbled datagram is refused instead of corrupting a frame.
+
+The fragment header is not authenticated: a datagram only ever costs the receiver bounded
+memory and time. Whole frames are authenticated afterwards by the wire layer.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from swarmfl.errors import ConfigError
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_FRAGMENTS",
+    "MAX_FRAME_BYTES",
+    "VERSION",
+    "FragmentError",
+    "Fragmenter",
+    "Reassembler",
+    "ReassemblyStats",
+    "fragment_count",
+]
+
+MAGIC = b"SF"
+VERSION = 1
+_HEADER = struct.Struct("<2sBIIHHI")
+HEADER_SIZE = _HEADER.size
+MAX_FRAGMENTS = 0xFFFF
+#: Hard cap on a frame handed to :meth:`Fragmenter.split` (the wire layer may cap lower).
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+_U32 = 0xFFFFFFFF
+# Each incomplete buffer is charged at least this much against ``max_buffer_bytes``: its
+# bookkeeping (objects, dict entry) costs a few hundred bytes however small the frame, so a flood
+# of tiny two-fragment frames must not hold far more memory than the cap says.
+_MIN_BUFFER_CHARGE_BYTES = 256
+# Keys of recently completed multi-fragment frames, so that a late duplicate fragment is counted
+# as a duplicate instead of opening a buffer that can only expire. Bounded, and kept timeout_s.
+_RECENT_COMPLETED_MAX = 1024
+
+
+class FragmentError(ConfigError):
+    """A frame cannot be fragmented: it is over the frame cap or needs more than 65535 datagrams.
+
+    The caller's fault (it built a frame too large for this link), hence a
+    :class:`~swarmfl.errors.ConfigError`.
+    """
+
+
+def _payload_bytes(mtu_bytes: int) -> int:
+    """Payload bytes per datagram for ``mtu_bytes``; ConfigError if not even one byte fits."""
+    if isinstance(mtu_bytes, bool) or not isinstance(mtu_bytes, int):
+        raise ConfigError(f"must be an integer, got {mtu_bytes!r}", key="mtu_bytes")
+    if mtu_bytes < HEADER_SIZE + 1:
+        raise ConfigError(
+            f"must be at least {HEADER_SIZE + 1} (a {HEADER_SIZE}-byte header and 1 byte of "
+            f"payload), got {mtu_bytes}",
+            key="mtu_bytes",
+        )
+    return mtu_bytes - HEADER_SIZE
+
+
+def fragment_count(frame_len: int, mtu_bytes: int) -> int:
+    """Number of datagrams :meth:`Fragmenter.split` makes of a ``frame_len``-byte frame.
+
+    Does not check the frame caps (a simulator may price any frame). Raises
+    :class:`~swarmfl.errors.ConfigError` if ``mtu_bytes`` cannot hold a header and one byte, or
+    ``frame_len`` is negative.
+    """
+    if frame_len < 0:
+        raise ConfigError(f"must be >= 0, got {frame_len}", key="frame_len")
+    chunk = _payload_bytes(mtu_bytes)
+    return (frame_len + chunk - 1) // chunk or 1
+
+
+class Fragmenter:
+    """Splits frames from one sender into datagrams of at most ``mtu_bytes`` bytes.
+
+    Each :meth:`split` uses the next ``frame_id`` (starting at ``first_frame_id``, wrapping at
+    2**32). A sender that restarts may pick a random ``first_frame_id`` so that receivers do not
+    take its new frames for fragments of its old ones.
+
+    Raises :class:`~swarmfl.errors.ConfigError` if ``sender`` or ``first_frame_id`` is not a u32,
+    ``mtu_bytes`` cannot hold the header and one payload byte, or ``max_frame_bytes`` is negative.
+    """
+
+    __slots__ = ("_chunk", "_max_frame_bytes", "_next_id", "mtu_bytes", "sender")
+
+    def __init__(
+        self,
+        sender: int,
+        mtu_bytes: int,
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        first_frame_id: int = 0,
+    ) -> None:
+        if isinstance(sender, bool) or not isinstance(sender, int) or not 0 <= sender <= _U32:
+            raise ConfigError(f"must be an integer in [0, 2**32), got {sender!r}", key="sender")
+        if not isinstance(first_frame_id, int) or not 0 <= first_frame_id <= _U32:
+            raise ConfigError(
+                f"must be an integer in [0, 2**32), got {first_frame_id!r}", key="first_frame_id"
+            )
+        if not isinstance(max_frame_bytes, int) or not 0 <= max_frame_bytes <= _U32:
+            raise ConfigError(
+                f"must be an integer in [0, 2**32), got {max_frame_bytes!r}", key="max_frame_bytes"
+            )
+        self.sender = sender
+        self.mtu_bytes = mtu_bytes
+        self._chunk = _payload_bytes(mtu_bytes)
+        self._max_frame_bytes = min(max_frame_bytes, self._chunk * MAX_FRAGMENTS)
+        self._next_id = first_frame_id
+
+    @property
+    def payload_bytes(self) -> int:
+        """Frame bytes carried by each datagram but the last (``mtu_bytes - HEADER_SIZE``)."""
+        return self._chunk
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """Largest frame :meth:`split` accepts (the cap, or 65535 full datagrams if smaller)."""
+        return self._max_frame_bytes
+
+    @property
+    def next_frame_id(self) -> int:
+        """The ``frame_id`` the next :meth:`split` will use."""
+        return self._next_id
+
+    def split(self, frame: bytes) -> list[bytes]:
+        """Return the datagrams of ``frame``, in index order, each at most ``mtu_bytes`` long.
+
+        Raises :class:`FragmentError` if the frame is longer than :attr:`max_frame_bytes`; the
+        frame id is then not used up.
+        """
+        total = len(frame)
+        if total > self._max_frame_bytes:
+            raise FragmentError(
+                f"frame of {total} bytes is over the limit of {self._max_frame_bytes} bytes "
+                f"(cap {MAX_FRAME_BYTES}, or {MAX_FRAGMENTS} datagrams of {self._chunk} bytes)",
+                key="frame",
+            )
+        frame_id = self._next_id
+        self._next_id = (frame_id + 1) & _U32
+        chunk = self._chunk
+        pack = _HEADER.pack
+        sender = self.sender
+        if total <= chunk:
+            return [pack(MAGIC, VERSION, sender, frame_id, 0, 1, total) + frame]
+        count = (total + chunk - 1) // chunk
+        view = memoryview(frame)
+        return [
+            pack(MAGIC, VERSION, sender, frame_id, i, count, total)
+            + view[i * chunk : (i + 1) * chunk]
+            for i in range(count)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class ReassemblyStats:
+    """Counters of a :class:`Reassembler`, as a snapshot.
+
+    ``complete``: frames returned. ``malformed``: datagrams refused as garbage (short, bad magic
+    or version, header or payload size that contradicts itself or its buffer). ``duplicates``:
+    fragments already held (or of a frame just completed). ``expired``: incomplete frames dropped
+    by age. ``evicted``: incomplete frames dropped to stay under the memory cap.
+    ``inconsistent``: incomplete frames dropped because a fragment with the same key declared a
+    different ``count`` or ``total_len``. ``buffered_bytes``: memory charged to incomplete frames
+    now. ``oversize``: datagrams refused because their ``total_len`` is over ``max_frame_bytes``.
+    """
+
+    complete: int
+    malformed: int
+    duplicates: int
+    expired: int
+    evicted: int
+    inconsistent: int
+    buffered_bytes: int
+    oversize: int
+
+
+class _Buffer:
+    """One incomplete frame: its bytes as they arrive, and which fragments are in."""
+
+    __slots__ = ("charge", "chunk", "count", "created_at", "data", "remaining", "seen", "total")
+
+    def __init__(self, created_at: float, count: int, total: int, chunk: int, charge: int) -> None:
+        self.created_at = created_at
+        self.count = count
+        self.total = total
+        self.chunk = chunk
+        self.charge = charge
+        self.remaining = count
+        self.data = bytearray(total)
+        self.seen = bytearray(count)
+
+
+_Key = tuple[Hashable, int, int]
+
+
+class Reassembler:
+    """Rebuilds frames from datagrams that may be lost, duplicated, reordered or garbled.
+
+    Buffers are keyed by ``(link_sender, header sender, frame_id)``, so frames from many senders
+    interleave freely. :meth:`push` is total: for bad input it counts and returns ``None``,
+    never raises.
+
+    Memory is bounded: each incomplete frame is charged ``max(total_len, 256)`` bytes when its
+    first fragment arrives (the buffer is allocated whole then), a declared ``total_len`` over
+    ``max_frame_bytes`` is refused before anything is allocated, and when a new buffer would take
+    the charge over ``max_buffer_bytes`` the oldest incomplete frames are evicted first. Buffers
+    older than ``timeout_s`` (since their first fragment) are dropped by :meth:`expire`, and also
+    lazily by :meth:`push`, so a caller that never calls :meth:`expire` is still bounded.
+
+    A duplicate of a single-datagram frame is returned again: the radio does not suppress
+    duplicates (the protocol's sequence numbers do). Time is monotonic: a ``now`` earlier than the
+    latest one seen is treated as that latest one.
+
+    Raises :class:`~swarmfl.errors.ConfigError` if ``timeout_s`` is not positive and finite,
+    ``max_frame_bytes`` is negative, or ``max_buffer_bytes`` is below 1 or below
+    ``max_frame_bytes``.
+    """
+
+    __slots__ = (
+        "_buffered",
+        "_buffers",
+        "_check_at",
+        "_complete",
+        "_duplicates",
+        "_evicted",
+        "_expired",
+        "_inconsistent",
+        "_malformed",
+        "_max_buffer",
+        "_max_frame",
+        "_min_charge",
+        "_now",
+        "_oversize",
+        "_recent",
+        "timeout_s",
+    )
+
+    def __init__(self, timeout_s: float, max_buffer_bytes: int, max_frame_bytes: int) -> None:
+        if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise ConfigError(
+                f"must be a positive finite number, got {timeout_s!r}", key="timeout_s"
+            )
+        if not isinstance(max_frame_bytes, int) or not 0 <= max_frame_bytes <= _U32:
+            raise ConfigError(
+                f"must be an integer in [0, 2**32), got {max_frame_bytes!r}", key="max_frame_bytes"
+            )
+        if not isinstance(max_buffer_bytes, int) or max_buffer_bytes < max(1, max_frame_bytes):
+            raise ConfigError(
+                f"must be an integer >= max(1, max_frame_bytes={max_frame_bytes}), "
+                f"got {max_buffer_bytes!r}",
+                key="max_buffer_bytes",
+            )
+        self.timeout_s = float(timeout_s)
+        self._max_buffer = max_buffer_bytes
+        self._max_frame = max_frame_bytes
+        self._min_charge = min(_MIN_BUFFER_CHARGE_BYTES, max_buffer_bytes)
+        # Insertion order is age order (time is clamped monotonic), so the oldest is first.
+        self._buffers: OrderedDict[_Key, _Buffer] = OrderedDict()
+        self._recent: OrderedDict[_Key, tuple[float, int, int]] = OrderedDict()
+        self._buffered = 0
+        self._now = -math.inf
+        self._check_at = math.inf
+        self._complete = 0
+        self._malformed = 0
+        self._duplicates = 0
+        self._expired = 0
+        self._evicted = 0
+        self._inconsistent = 0
+        self._oversize = 0
+
+    def __len__(self) -> int:
+        """Number of incomplete frames held."""
+        return len(self._buffers)
+
+    def stats(self) -> ReassemblyStats:
+        """A snapshot of the counters."""
+        return ReassemblyStats(
+            complete=self._complete,
+            malformed=self._malformed,
+            duplicates=self._duplicates,
+            expired=self._expired,
+            evicted=self._evicted,
+            inconsistent=self._inconsistent,
+            buffered_bytes=self._buffered,
+            oversize=self._oversize,
+        )
+
+    def expire(self, now: float) -> int:
+        """Drop incomplete frames whose first fragment is more than ``timeout_s`` old.
+
+        Returns how many were dropped (they are also counted in ``stats().expired``).
+        """
+        if now > self._now:
+            self._now = now
+        return self._expire_due(self._now)
+
+    def _expire_due(self, now: float) -> int:
+        limit = now - self.timeout_s
+        check_at = math.inf
+        dropped = 0
+        buffers = self._buffers
+        while buffers:
+            buf = next(iter(buffers.values()))
+            if buf.created_at >= limit:
+                check_at = buf.created_at + self.timeout_s
+                break
+            buffers.popitem(last=False)
+            self._buffered -= buf.charge
+            dropped += 1
+        recent = self._recent
+        while recent:
+            completed_at = next(iter(recent.values()))[0]
+            if completed_at >= limit:
+                check_at = min(check_at, completed_at + self.timeout_s)
+                break
+            recent.popitem(last=False)
+        self._expired += dropped
+        self._check_at = check_at
+        return dropped
+
+    def push(self, datagram: bytes, link_sender: Hashable, now: float) -> bytes | None:
+        """Take one datagram; return the whole frame if this completed it, else ``None``.
+
+        ``link_sender`` is who the medium says sent it (an address, a drone id); it must be
+        hashable. Never raises for any ``datagram`` content: bad input is counted in
+        :meth:`stats` and yields ``None``.
+        """
+        if now > self._now:
+            self._now = now
+        else:
+            now = self._now
+        if now > self._check_at:
+            self._expire_due(now)
+
+        size = len(datagram)
+        if size < HEADER_SIZE:
+            self._malformed += 1
+            return None
+        magic, version, sender, frame_id, index, count, total = _HEADER.unpack_from(datagram)
+        if magic != MAGIC or version != VERSION or index >= count:
+            self._malformed += 1
+            return None
+        if total > self._max_frame:
+            self._oversize += 1
+            return None
+        plen = size - HEADER_SIZE
+
+        if count == 1:
+            if plen != total:
+                self._malformed += 1
+                return None
+            if self._buffers:
+                stale = self._buffers.pop((link_sender, sender, frame_id), None)
+                if stale is not None:
+                    self._buffered -= stale.charge
+                    self._inconsistent += 1
+            self._complete += 1
+            return bytes(datagram[HEADER_SIZE:])
+
+        # Every fragment says what the sender's payload size (chunk) was: a non-final one by its
+        # length, the final one by what is left of total_len. Anything else is not our sender's.
+        last = count - 1
+        if plen == 0:
+            self._malformed += 1
+            return None
+        if index < last:
+            chunk = plen
+            if chunk * last >= total or chunk * count < total:
+                self._malformed += 1
+                return None
+        else:
+            rest = total - plen
+            if rest < last or rest % last:
+                self._malformed += 1
+                return None
+            chunk = rest // last
+            if plen > chunk:
+                self._malformed += 1
+                return None
+
+        key = (link_sender, sender, frame_id)
+        buffers = self._buffers
+        buf = buffers.get(key)
+        if buf is not None and (buf.count != count or buf.total != total):
+            # Newest header wins: a sender that restarted reuses frame ids with new frames.
+            del buffers[key]
+            self._buffered -= buf.charge
+            self._inconsistent += 1
+            buf = None
+        if buf is None:
+            done = self._recent.get(key)
+            if done is not None and done[1] == count and done[2] == total:
+                self._duplicates += 1
+                return None
+            charge = total if total > self._min_charge else self._min_charge
+            while buffers and self._buffered + charge > self._max_buffer:
+                _, oldest = buffers.popitem(last=False)
+                self._buffered -= oldest.charge
+                self._evicted += 1
+            buf = _Buffer(now, count, total, chunk, charge)
+            buffers[key] = buf
+            self._buffered += charge
+            if self._check_at == math.inf:
+                self._check_at = now + self.timeout_s
+        elif buf.chunk != chunk:
+            # Same frame, wrong payload size: a truncated or padded datagram, not a new frame.
+            self._malformed += 1
+            return None
+
+        seen = buf.seen
+        if seen[index]:
+            self._duplicates += 1
+            return None
+        seen[index] = 1
+        offset = index * chunk
+        buf.data[offset : offset + plen] = memoryview(datagram)[HEADER_SIZE:]
+        buf.remaining -= 1
+        if buf.remaining:
+            return None
+
+        del buffers[key]
+        self._buffered -= buf.charge
+        self._complete += 1
+        recent = self._recent
+        recent.pop(key, None)  # re-insert at the end, to keep age order
+        recent[key] = (now, count, total)
+        if len(recent) > _RECENT_COMPLETED_MAX:
+            recent.popitem(last=False)
+        if self._check_at == math.inf:
+            self._check_at = now + self.timeout_s
+        return bytes(buf.data)

@@ -1,0 +1,1 @@
+"""Bundled scenario files (``swarmfl sim`` with no file runs ``quickstart.toml``)."""

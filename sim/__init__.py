@@ -1,0 +1,1 @@
+"""swarmfl.sim: the swarm simulator (virtual time, a networkx world, churn, runner, metrics)."""

@@ -1,0 +1,120 @@
+"""Staleness-weighted merging: pure functions over arrays.
+
+A drone merges the replicas it holds of its neighbours' models into its own::
+
+    x <- x + sum_j a_j (x_hat_j - x)
+
+with ``a_j = w_j / (1 + sum_k w_k)`` and ``w_j = staleness_weight(s_j)``. This is the FedAsync
+polynomial weight ``alpha * (1 + s) ** -a`` normalised so the result is always a convex
+combination of ``x`` and the replicas: with ``alpha = 1`` and fresh replicas it is the plain
+average of self and neighbours (D-PSGD's uniform mixing), and a drone with many neighbours never
+over-steps. ``s_j`` is the age of the replica in gossip periods; past ``cutoff`` the replica is
+ignored (temporal truncation).
+
+A layer is averaged only over the peers whose frames carry it (heterogeneous fleets train
+different layer subsets), so the normalisation is per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from swarmfl.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRule:
+    """Parameters of the staleness weight ``alpha * (1 + s) ** -exponent``, cut off at ``cutoff``.
+
+    ``s`` and ``cutoff`` are in gossip periods (an age in seconds divided by the period).
+    Raises :class:`ConfigError` for a negative or non-finite parameter.
+    """
+
+    alpha: float = 1.0
+    exponent: float = 0.5
+    cutoff: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "exponent", "cutoff"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ConfigError(f"must be a finite number >= 0, got {value!r}", key=name)
+
+
+def staleness_weight(staleness: float, rule: MergeRule) -> float:
+    """The polynomial weight of a replica of age ``staleness`` periods; 0 past the cut-off."""
+    if staleness < 0:
+        staleness = 0.0
+    if staleness > rule.cutoff:
+        return 0.0
+    return rule.alpha * (1.0 + staleness) ** -rule.exponent
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """One neighbour's replica restricted to the layers it carries.
+
+    ``values`` is the concatenation of the carried layers (in ``layers`` order) and ``weight``
+    its staleness weight.
+    """
+
+    layers: tuple[int, ...]
+    values: np.ndarray
+    weight: float
+
+
+def merge_into(
+    x: np.ndarray,
+    offsets: Sequence[int],
+    contributions: Sequence[Contribution],
+    scratch: np.ndarray | None = None,
+) -> np.ndarray:
+    """Merge ``contributions`` into the flat parameter vector ``x`` in place and return it.
+
+    ``offsets`` has one more entry than there are layers: layer ``l`` is
+    ``x[offsets[l]:offsets[l+1]]``. Each layer becomes ``(x + sum_j w_j r_j) / (1 + sum_j w_j)``
+    over the contributions that carry it. ``scratch``, an optional float32 buffer the size of
+    ``x``, saves an allocation per call. Raises :class:`ConfigError` if a contribution's size
+    does not match its layers.
+    """
+    live = [c for c in contributions if c.weight > 0.0]
+    if not live:
+        return x
+    num_layers = len(offsets) - 1
+    every_layer = tuple(range(num_layers))
+    if all(c.layers == every_layer for c in live):
+        # Common case (every drone trains everything): one fused pass over the whole vector.
+        total = 1.0 + sum(c.weight for c in live)
+        if scratch is None or scratch.shape != x.shape:
+            scratch = np.empty_like(x)
+        for c in live:
+            _check_size(c, x.size)
+            np.multiply(c.values, c.weight, out=scratch)
+            x += scratch
+        x *= 1.0 / total
+        return x
+    weight_per_layer = np.ones(num_layers, dtype=np.float64)
+    for c in live:
+        _check_size(c, sum(offsets[layer + 1] - offsets[layer] for layer in c.layers))
+        position = 0
+        for layer in c.layers:
+            start, stop = offsets[layer], offsets[layer + 1]
+            size = stop - start
+            x[start:stop] += c.weight * c.values[position : position + size]
+            position += size
+            weight_per_layer[layer] += c.weight
+    for layer in range(num_layers):
+        if weight_per_layer[layer] != 1.0:
+            x[offsets[layer] : offsets[layer + 1]] *= 1.0 / weight_per_layer[layer]
+    return x
+
+
+def _check_size(contribution: Contribution, expected: int) -> None:
+    if contribution.values.size != expected:
+        raise ConfigError(
+            f"contribution has {contribution.values.size} values, its layers hold {expected}",
+            key="layers",
+        )

@@ -1,0 +1,381 @@
+"""The sans-IO gossip node: frames and the time in, frames to send out.
+
+A :class:`GossipNode` does no I/O and reads no clock. The agent (or a test harness) feeds it
+frames heard from the radio with :meth:`GossipNode.receive`, asks it to :meth:`GossipNode.mix`
+its neighbours' replicas into the local model, and to :meth:`GossipNode.publish` the local model
+as frames. The simulator, the UDP agent and the MQTT agent all drive this same object.
+
+Stream rules (CHOCO-style model streams, one per sender):
+
+* A sender keeps the public replica ``x_hat`` of its trained layers: what its neighbours believe
+  it holds. Each frame carries ``Q(x - x_hat)`` (a *delta*) or ``Q(x)`` (a *keyframe*, every
+  ``keyframe_interval`` frames), and the sender applies the same decoded value to ``x_hat``, so
+  the quantisation error is carried into the next frame, never lost.
+* Frames of a stream carry consecutive sequence numbers. A receiver that sees a gap drops that
+  sender's replica (it would otherwise drift silently), sends a NACK asking for a keyframe (at
+  most once per period per sender), and resynchronises on the next keyframe. Loss costs accuracy
+  briefly, never correctness.
+* Every frame is authenticated (HMAC with the swarm key) and checked against a per-sender replay
+  window before it touches any state. A bad frame is counted, logged at debug and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
+from swarmfl.merge import Contribution, MergeRule, merge_into, staleness_weight
+from swarmfl.quant import Quantizer, make_quantizer
+from swarmfl.stream import StreamDecoder, StreamEncoder
+from swarmfl.wire import (
+    CODEC_NAMES,
+    Frame,
+    FrameKind,
+    ReplayWindow,
+    codec_id,
+    decode_frame,
+    encode_frame,
+    nack_payload,
+    nack_target,
+    quantizer_for,
+)
+
+log = logging.getLogger(__name__)
+
+# Model frames and control frames (NACK) have separate sequence spaces, so a NACK never opens a
+# gap in the model stream; the replay window keeps one slot per (sender, channel).
+_MODEL_CHANNEL = 0
+_CONTROL_CHANNEL = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Who this node is and how it gossips. Raises :class:`ConfigError` for bad values."""
+
+    drone_id: int
+    swarm_id: int
+    signature: bytes
+    key: bytes
+    layer_offsets: tuple[int, ...]
+    trained_layers: tuple[int, ...]
+    period_s: float = 1.0
+    codec: str = "fp32"
+    block_size: int = 128
+    keyframe_interval: int = 10
+    merge: MergeRule = field(default_factory=MergeRule)
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODEC_NAMES.values():
+            raise ConfigError(
+                f"must be one of {sorted(CODEC_NAMES.values())}, got {self.codec!r}",
+                key="gossip.codec",
+            )
+        if not self.period_s > 0:
+            raise ConfigError(f"must be > 0, got {self.period_s!r}", key="gossip.period_s")
+        if self.keyframe_interval < 1:
+            raise ConfigError(
+                f"must be >= 1, got {self.keyframe_interval!r}", key="gossip.keyframe_interval"
+            )
+        if len(self.key) < 16:
+            raise ConfigError("the swarm key must be at least 16 bytes", key="swarm.key")
+        layers = len(self.layer_offsets) - 1
+        if not self.trained_layers or any(not 0 <= i < layers for i in self.trained_layers):
+            raise ConfigError(
+                f"trained layers {self.trained_layers} not within 0..{layers - 1}",
+                key="trained_layers",
+            )
+
+
+@dataclass(slots=True)
+class NodeStats:
+    """Counters of what the node has seen and done."""
+
+    frames_published: int = 0
+    frames_accepted: int = 0
+    frames_rejected: int = 0
+    frames_replayed: int = 0
+    frames_duplicate: int = 0
+    stream_gaps: int = 0
+    nacks_sent: int = 0
+    keyframes_requested: int = 0
+
+
+@dataclass(slots=True)
+class PeerReplica:
+    """What we hold of one neighbour: its stream decoder and when it last refreshed."""
+
+    decoder: StreamDecoder
+    quantizer: Quantizer
+    layers: tuple[int, ...]
+    codec: int
+    block_size: int
+    counter: int = 0
+    samples: int = 0
+    heard_at: float = float("-inf")
+    nacked_at: float = float("-inf")
+
+
+class FrameVerifier:
+    """Authenticates and parses frames, verifying each distinct frame once.
+
+    On a broadcast medium the same frame reaches many receivers; in the simulator they all share
+    one verifier, so the HMAC and decompression run once per transmitted frame. A cache hit still
+    compares the whole frame byte for byte, so a forged frame can never borrow a valid tag.
+    ``cache_frames`` need only cover the frames in flight at once: a larger cache keeps many
+    large frames alive and makes every new frame land in cold memory.
+    """
+
+    def __init__(self, key: bytes, swarm_id: int, signature: bytes, cache_frames: int = 64):
+        self.key = key
+        self.swarm_id = swarm_id
+        self.signature = signature
+        self._cache: OrderedDict[bytes, tuple[bytes, Frame]] = OrderedDict()
+        self._keyframe_values: OrderedDict[int, tuple[Frame, np.ndarray]] = OrderedDict()
+        self._cache_frames = cache_frames
+
+    def decode(self, data: bytes) -> Frame:
+        """The authenticated frame in ``data``. Raises :class:`FrameDecodeError` only."""
+        tag = data[-16:]
+        hit = self._cache.get(tag)
+        if hit is not None and (hit[0] is data or hit[0] == data):
+            return hit[1]
+        frame = decode_frame(data, self.key, swarm_id=self.swarm_id, signature=self.signature)
+        self.remember(data, frame)
+        return frame
+
+    def keyframe_values(self, frame: Frame, quantizer: Quantizer, count: int) -> np.ndarray:
+        """The decoded payload of keyframe ``frame``, decoded once for all its receivers.
+
+        The array is read-only. Raises :class:`FrameDecodeError` if the payload does not decode.
+        """
+        hit = self._keyframe_values.get(id(frame))
+        if hit is not None and hit[0] is frame and hit[1].size == count:
+            return hit[1]
+        values = quantizer.decode(frame.payload, count)
+        values.flags.writeable = False
+        self._keyframe_values[id(frame)] = (frame, values)
+        if len(self._keyframe_values) > 64:
+            self._keyframe_values.popitem(last=False)
+        return values
+
+    def remember(self, data: bytes, frame: Frame) -> None:
+        """Record that ``data`` is the authentic encoding of ``frame`` (we just encoded it)."""
+        self._cache[data[-16:]] = (data, frame)
+        if len(self._cache) > self._cache_frames:
+            self._cache.popitem(last=False)
+
+
+class GossipNode:
+    """One drone's gossip protocol state, with no I/O.
+
+    ``receive`` and ``publish`` return the frames to transmit; ``mix`` merges neighbours'
+    replicas into a flat parameter vector in place.
+    """
+
+    def __init__(self, config: NodeConfig, verifier: FrameVerifier | None = None) -> None:
+        self.config = config
+        self.stats = NodeStats()
+        self.counter = 0
+        self._verifier = verifier or FrameVerifier(config.key, config.swarm_id, config.signature)
+        if verifier is not None and (
+            verifier.key != config.key
+            or verifier.swarm_id != config.swarm_id
+            or verifier.signature != config.signature
+        ):
+            raise ConfigError("the shared verifier is for another swarm, key or model")
+        offsets = config.layer_offsets
+        self._trained = tuple(sorted(set(config.trained_layers)))
+        self._all_layers = self._trained == tuple(range(len(offsets) - 1))
+        self._trained_slices = [slice(offsets[i], offsets[i + 1]) for i in self._trained]
+        size = sum(s.stop - s.start for s in self._trained_slices)
+        # fp32 frames are exact snapshots: sending each one as a keyframe makes them immune to loss.
+        interval = 1 if config.codec == "fp32" else config.keyframe_interval
+        quantizer = make_quantizer(config.codec, config.block_size)  # type: ignore[arg-type]
+        self._codec_id = codec_id(quantizer)
+        self._encoder = StreamEncoder(quantizer, size, interval)
+        self._control_seq = 0
+        self._replay = ReplayWindow(64)
+        self._peers: dict[int, PeerReplica] = {}
+        self._scratch: np.ndarray | None = None
+
+    # -- what we send -------------------------------------------------------------------------
+
+    def publish(self, x: np.ndarray, samples: int, now: float) -> list[bytes]:
+        """Count one local update and return the frame carrying the trained layers of ``x``.
+
+        Raises :class:`~swarmfl.quant.NonFiniteError` (a :class:`ConfigError`) if the model
+        holds NaN or Inf: a diverged model is never sent.
+        """
+        self.counter += 1
+        values = x if self._all_layers else np.concatenate([x[s] for s in self._trained_slices])
+        packet = self._encoder.encode(values)
+        frame = Frame(
+            kind=FrameKind.KEY if packet.kind == "key" else FrameKind.DELTA,
+            swarm_id=self.config.swarm_id,
+            sender=self.config.drone_id,
+            signature=self.config.signature,
+            seq=packet.seq,
+            counter=self.counter,
+            layers=self._trained,
+            samples=samples,
+            codec=self._codec_id,
+            block_size=self.config.block_size,
+            payload=packet.payload,
+        )
+        self.stats.frames_published += 1
+        data = encode_frame(frame, self.config.key)
+        # In the simulator the verifier is shared: receivers then skip re-verifying our frame.
+        self._verifier.remember(data, frame)
+        return [data]
+
+    def _nack(self, target: int) -> bytes:
+        self._control_seq += 1
+        frame = Frame(
+            kind=FrameKind.NACK,
+            swarm_id=self.config.swarm_id,
+            sender=self.config.drone_id,
+            signature=self.config.signature,
+            seq=self._control_seq,
+            counter=self.counter,
+            layers=(),
+            samples=0,
+            codec=0,
+            block_size=self.config.block_size,
+            payload=nack_payload(target),
+        )
+        self.stats.nacks_sent += 1
+        return encode_frame(frame, self.config.key)
+
+    # -- what we hear -------------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> list[bytes]:
+        """Take one frame heard from the radio; return frames to send in reply (NACKs).
+
+        Never raises for a bad frame: it is counted, logged at debug and dropped.
+        """
+        try:
+            frame = self._verifier.decode(data)
+        except FrameDecodeError as exc:
+            self.stats.frames_rejected += 1
+            log.debug("drone %d: dropped a frame: %s", self.config.drone_id, exc)
+            return []
+        if frame.sender == self.config.drone_id:
+            return []
+        channel = _CONTROL_CHANNEL if frame.kind == FrameKind.NACK else _MODEL_CHANNEL
+        try:
+            self._replay.check_and_update(frame.sender * 2 + channel, frame.seq)
+        except FrameDecodeError as exc:
+            self.stats.frames_replayed += 1
+            log.debug("drone %d: %s from %d", self.config.drone_id, exc, frame.sender)
+            return []
+        if frame.kind == FrameKind.NACK:
+            return self._on_nack(frame)
+        if frame.kind in (FrameKind.KEY, FrameKind.DELTA):
+            return self._on_model(frame, now)
+        return []
+
+    def _on_nack(self, frame: Frame) -> list[bytes]:
+        if nack_target(frame) == self.config.drone_id:
+            self._encoder.force_keyframe()
+            self.stats.keyframes_requested += 1
+        return []
+
+    def _on_model(self, frame: Frame, now: float) -> list[bytes]:
+        offsets = self.config.layer_offsets
+        if not frame.layers or frame.layers[-1] >= len(offsets) - 1:
+            self.stats.frames_rejected += 1
+            log.debug(
+                "drone %d: frame from %d names unknown layers", self.config.drone_id, frame.sender
+            )
+            return []
+        peer = self._peers.get(frame.sender)
+        if peer is None or (peer.layers, peer.codec, peer.block_size) != (
+            frame.layers,
+            frame.codec,
+            frame.block_size,
+        ):
+            quantizer = quantizer_for(frame)  # decode_frame checked codec and block size
+            size = sum(offsets[i + 1] - offsets[i] for i in frame.layers)
+            peer = PeerReplica(
+                StreamDecoder(quantizer, size),
+                quantizer,
+                frame.layers,
+                frame.codec,
+                frame.block_size,
+            )
+            self._peers[frame.sender] = peer
+        try:
+            if frame.kind == FrameKind.KEY:
+                decoded = self._verifier.keyframe_values(frame, peer.quantizer, peer.decoder.size)
+                values = peer.decoder.apply_key(frame.seq, decoded)
+            else:
+                values = peer.decoder.apply("delta", frame.seq, frame.payload, peer.decoder.size)
+        except StreamGapError:
+            self.stats.stream_gaps += 1
+            if now - peer.nacked_at >= self.config.period_s:
+                peer.nacked_at = now
+                return [self._nack(frame.sender)]
+            return []
+        except FrameDecodeError as exc:
+            self.stats.frames_rejected += 1
+            log.debug("drone %d: bad payload from %d: %s", self.config.drone_id, frame.sender, exc)
+            return []
+        if values is None:
+            self.stats.frames_duplicate += 1
+            return []
+        self.stats.frames_accepted += 1
+        peer.counter = frame.counter
+        peer.samples = frame.samples
+        peer.heard_at = now
+        return []
+
+    # -- merging ------------------------------------------------------------------------------
+
+    def staleness(self, peer_id: int, now: float) -> float:
+        """Age of what we hold of ``peer_id``, in gossip periods (inf if we hold nothing)."""
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.decoder.replica is None:
+            return float("inf")
+        return (now - peer.heard_at) / self.config.period_s
+
+    def mix(self, x: np.ndarray, now: float) -> int:
+        """Merge every live replica into ``x`` in place; return how many contributed.
+
+        Replicas older than the merge cut-off are forgotten (their senders resync with a
+        keyframe if they come back).
+        """
+        contributions = []
+        expired = []
+        for peer_id, peer in self._peers.items():
+            replica = peer.decoder.replica
+            if replica is None:
+                continue
+            weight = staleness_weight(
+                (now - peer.heard_at) / self.config.period_s, self.config.merge
+            )
+            if weight == 0.0:
+                expired.append(peer_id)
+                continue
+            contributions.append(Contribution(peer.layers, replica, weight))
+        for peer_id in expired:
+            del self._peers[peer_id]
+        if self._scratch is None or self._scratch.shape != x.shape:
+            self._scratch = np.empty_like(x)
+        merge_into(x, self.config.layer_offsets, contributions, self._scratch)
+        return len(contributions)
+
+    def forget(self, peer_id: int) -> None:
+        """Drop everything held of ``peer_id`` (it left the swarm)."""
+        self._peers.pop(peer_id, None)
+
+    def known_peers(self) -> dict[int, float]:
+        """Peers we hold a live replica of, with the time each was last refreshed."""
+        return {
+            peer_id: peer.heard_at
+            for peer_id, peer in self._peers.items()
+            if peer.decoder.replica is not None
+        }

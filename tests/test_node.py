@@ -1,0 +1,175 @@
+"""The sans-IO gossip node, driven through a fake lossy link (no sockets, no event loop)."""
+
+import random
+
+import numpy as np
+import pytest
+
+from swarmfl.errors import ConfigError
+from swarmfl.merge import MergeRule
+from swarmfl.node import FrameVerifier, GossipNode, NodeConfig
+from swarmfl.quant import NonFiniteError
+from swarmfl.wire import Frame, FrameKind, derive_swarm_key, encode_frame
+
+KEY = derive_swarm_key("test swarm", 7)
+SIG = b"model-01"
+OFFSETS = (0, 512, 576, 1216, 1226)  # four layers
+
+
+def make_node(drone_id, *, codec="fp32", trained=(0, 1, 2, 3), key=KEY, swarm=7, **kw):
+    return GossipNode(
+        NodeConfig(
+            drone_id=drone_id,
+            swarm_id=swarm,
+            signature=SIG,
+            key=key,
+            layer_offsets=OFFSETS,
+            trained_layers=trained,
+            codec=codec,
+            **kw,
+        )
+    )
+
+
+class LossyLink:
+    """Joins nodes: every frame one sends reaches each other node unless the link drops it."""
+
+    def __init__(self, nodes, loss=0.0, seed=0):
+        self.nodes = nodes
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.sent = self.dropped = 0
+
+    def broadcast(self, sender, frames, now):
+        replies = []
+        for frame in frames:
+            for node in self.nodes:
+                if node is sender:
+                    continue
+                self.sent += 1
+                if self.rng.random() < self.loss:
+                    self.dropped += 1
+                    continue
+                replies.extend((node, r) for r in node.receive(frame, now))
+        for node, reply in replies:
+            self.broadcast(node, [reply], now)
+
+
+def test_fp32_replica_is_exact_and_mix_averages():
+    a, b = make_node(1), make_node(2)
+    link = LossyLink([a, b])
+    xa = np.random.default_rng(0).standard_normal(OFFSETS[-1]).astype(np.float32)
+    xb = np.zeros_like(xa)
+    link.broadcast(a, a.publish(xa, samples=10, now=0.0), now=0.0)
+    assert b.known_peers() == {1: 0.0}
+    assert b.mix(xb, now=0.0) == 1
+    np.testing.assert_allclose(xb, xa / 2, rtol=1e-6)
+
+
+def test_int8_streams_bring_a_lossy_swarm_to_consensus():
+    rng = np.random.default_rng(1)
+    nodes = [make_node(i, codec="int8", keyframe_interval=8) for i in range(5)]
+    models = [rng.standard_normal(OFFSETS[-1]).astype(np.float32) for _ in nodes]
+    low, high = np.min(models, axis=0), np.max(models, axis=0)
+    link = LossyLink(nodes, loss=0.2, seed=3)
+    spread0 = np.ptp(np.stack(models), axis=0).max()
+    for step in range(60):
+        now = float(step)
+        for node, x in zip(nodes, models, strict=True):
+            node.mix(x, now)
+            link.broadcast(node, node.publish(x, 10, now), now)
+    spread = np.ptp(np.stack(models), axis=0).max()
+    assert spread < spread0 / 50
+    # Pull averaging converges to a weighted combination of the starting models (not exactly
+    # their mean): every coordinate ends inside their hull, up to a quantisation step.
+    consensus = np.mean(models, axis=0)
+    assert np.all(consensus >= low - 0.05) and np.all(consensus <= high + 0.05)
+    assert sum(n.stats.stream_gaps for n in nodes) > 0  # loss was detected...
+    assert sum(n.stats.nacks_sent for n in nodes) > 0  # ...and answered with NACKs...
+    assert sum(n.stats.keyframes_requested for n in nodes) > 0  # ...that forced keyframes
+    assert link.dropped > 0
+
+
+def test_bad_frames_are_counted_and_dropped_never_raised():
+    receiver = make_node(2)
+    good = make_node(1).publish(np.ones(OFFSETS[-1], np.float32), 5, 0.0)[0]
+    stranger_key = make_node(3, key=derive_swarm_key("other", 7)).publish(
+        np.ones(OFFSETS[-1], np.float32), 5, 0.0
+    )[0]
+    other_swarm = make_node(4, swarm=8).publish(np.ones(OFFSETS[-1], np.float32), 5, 0.0)[0]
+    flipped = bytearray(good)
+    flipped[40] ^= 0x01
+    for junk in (b"", b"garbage", bytes(flipped), stranger_key, other_swarm, good[:-1]):
+        assert receiver.receive(junk, 1.0) == []
+    assert receiver.stats.frames_rejected == 6
+    assert receiver.receive(good, 1.0) == []
+    assert receiver.receive(good, 2.0) == []  # the same frame again: a replay
+    assert receiver.stats.frames_accepted == 1
+    assert receiver.stats.frames_replayed == 1
+
+
+def test_frames_naming_unknown_layers_are_rejected():
+    frame = Frame(
+        kind=FrameKind.KEY,
+        swarm_id=7,
+        sender=9,
+        signature=SIG,
+        seq=0,
+        counter=1,
+        layers=(7,),
+        samples=1,
+        codec=0,
+        block_size=128,
+        payload=b"\0" * 4,
+    )
+    receiver = make_node(2)
+    receiver.receive(encode_frame(frame, KEY), 0.0)
+    assert receiver.stats.frames_rejected == 1
+    assert receiver.known_peers() == {}
+
+
+def test_stale_replicas_are_forgotten_past_the_cutoff():
+    a, b = make_node(1), make_node(2, merge=MergeRule(cutoff=3.0), period_s=1.0)
+    LossyLink([a, b]).broadcast(a, a.publish(np.ones(OFFSETS[-1], np.float32), 1, 0.0), 0.0)
+    x = np.zeros(OFFSETS[-1], np.float32)
+    assert b.mix(x, now=2.0) == 1
+    assert b.mix(x, now=10.0) == 0
+    assert b.known_peers() == {}
+
+
+def test_a_partial_trainer_sends_only_its_layers():
+    head_only, full = make_node(1, trained=(2, 3)), make_node(2)
+    x = np.full(OFFSETS[-1], 5.0, np.float32)
+    frames = head_only.publish(x, 3, 0.0)
+    assert len(frames[0]) < 4 * (OFFSETS[-1] - OFFSETS[2]) + 200  # no backbone bytes
+    LossyLink([head_only, full]).broadcast(head_only, frames, 0.0)
+    y = np.zeros(OFFSETS[-1], np.float32)
+    full.mix(y, 0.0)
+    np.testing.assert_array_equal(y[: OFFSETS[2]], 0.0)  # layers it does not carry: untouched
+    np.testing.assert_allclose(y[OFFSETS[2] :], 2.5)
+
+
+def test_a_diverged_model_is_never_sent():
+    x = np.ones(OFFSETS[-1], np.float32)
+    x[3] = np.nan
+    with pytest.raises(NonFiniteError):
+        make_node(1).publish(x, 1, 0.0)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"gossip\.codec"):
+        make_node(1, codec="int3")
+    with pytest.raises(ConfigError, match="trained_layers"):
+        make_node(1, trained=(9,))
+    with pytest.raises(ConfigError, match="shared verifier"):
+        GossipNode(
+            NodeConfig(
+                drone_id=1,
+                swarm_id=7,
+                signature=SIG,
+                key=KEY,
+                layer_offsets=OFFSETS,
+                trained_layers=(0,),
+            ),
+            FrameVerifier(KEY, 8, SIG),
+        )
