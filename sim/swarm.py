@@ -143,6 +143,7 @@ class Swarm:
                     codec=gossip.codec,
                     block_size=gossip.block_size,
                     keyframe_interval=gossip.keyframe_interval,
+                    delta_density=gossip.delta_density,
                     merge=MergeRule(merge.alpha, merge.exponent, merge.cutoff),
                 ),
                 verifier,

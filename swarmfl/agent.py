@@ -24,6 +24,7 @@ from types import TracebackType
 from swarmfl.clock import Clock, Compute
 from swarmfl.learner import Learner, StepResult
 from swarmfl.node import GossipNode
+from swarmfl.quant import NonFiniteError
 from swarmfl.radio.base import Radio
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,19 @@ class Agent:
             self.node.mix(params, started)
             step = await self.compute.run(self.learner.train_round)
             now = self.clock.now()
-            for frame in self.node.publish(params, self.learner.sample_count, now):
+            try:
+                frames = self.node.publish(params, self.learner.sample_count, now)
+            except NonFiniteError:
+                # A diverged model is never sent; start again from what the neighbours hold.
+                self.node.stats.diverged += 1
+                adopted = self.node.adopt_neighbours(params, now)
+                log.warning(
+                    "drone %d: model diverged (NaN/inf); adopted the merge of %d neighbours",
+                    self.drone_id,
+                    adopted,
+                )
+                frames = []
+            for frame in frames:
                 self.radio.send(frame)
             self.rounds += 1
             self.last_step = step

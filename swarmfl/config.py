@@ -83,6 +83,9 @@ class GossipSection(Section):
     codec: Literal["fp32", "int8", "int4"] = "fp32"
     block_size: Annotated[int, Field(ge=64, le=256)] = 128
     keyframe_interval: PositiveInt = 10
+    # int8/int4 deltas carry only this fraction of blocks (the strongest); the rest waits in the
+    # error-feedback residual for a later frame
+    delta_density: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
 class MergeSection(Section):

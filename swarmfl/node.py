@@ -66,6 +66,7 @@ class NodeConfig:
     codec: str = "fp32"
     block_size: int = 128
     keyframe_interval: int = 10
+    delta_density: float = 0.5
     merge: MergeRule = field(default_factory=MergeRule)
 
     def __post_init__(self) -> None:
@@ -95,11 +96,14 @@ class NodeStats:
     """Counters of what the node has seen and done."""
 
     frames_published: int = 0
+    payload_bytes: int = 0  # quantised payloads before lz4
+    frame_bytes: int = 0  # whole frames as sent (header, lz4-packed payload, tag)
     frames_accepted: int = 0
     frames_rejected: int = 0
     frames_replayed: int = 0
     frames_duplicate: int = 0
     stream_gaps: int = 0
+    diverged: int = 0  # local models that held NaN/inf and were replaced by neighbours' merge
     nacks_sent: int = 0
     keyframes_requested: int = 0
 
@@ -196,7 +200,7 @@ class GossipNode:
         interval = 1 if config.codec == "fp32" else config.keyframe_interval
         quantizer = make_quantizer(config.codec, config.block_size)  # type: ignore[arg-type]
         self._codec_id = codec_id(quantizer)
-        self._encoder = StreamEncoder(quantizer, size, interval)
+        self._encoder = StreamEncoder(quantizer, size, interval, delta_density=config.delta_density)
         self._control_seq = 0
         self._replay = ReplayWindow(64)
         self._peers: dict[int, PeerReplica] = {}
@@ -226,8 +230,10 @@ class GossipNode:
             block_size=self.config.block_size,
             payload=packet.payload,
         )
-        self.stats.frames_published += 1
         data = encode_frame(frame, self.config.key)
+        self.stats.frames_published += 1
+        self.stats.payload_bytes += len(packet.payload)
+        self.stats.frame_bytes += len(data)
         # In the simulator the verifier is shared: receivers then skip re-verifying our frame.
         self._verifier.remember(data, frame)
         return [data]
@@ -367,6 +373,27 @@ class GossipNode:
             self._scratch = np.empty_like(x)
         merge_into(x, self.config.layer_offsets, contributions, self._scratch)
         return len(contributions)
+
+    def adopt_neighbours(self, x: np.ndarray, now: float) -> int:
+        """Replace ``x`` (a diverged model) by the merge of the live replicas alone.
+
+        Returns how many replicas contributed; with none, ``x`` is left as it is.
+        """
+        held = np.array(x, copy=True)
+        x[:] = 0.0
+        merged = self.mix(x, now)
+        if merged == 0:
+            x[:] = held
+            return 0
+        # mix() computed (0 + sum w r) / (1 + sum w): rescale to drop the zero self-weight.
+        weights = sum(
+            staleness_weight((now - peer.heard_at) / self.config.period_s, self.config.merge)
+            for peer in self._peers.values()
+            if peer.decoder.replica is not None
+        )
+        if weights > 0:
+            x *= (1.0 + weights) / weights
+        return merged
 
     def forget(self, peer_id: int) -> None:
         """Drop everything held of ``peer_id`` (it left the swarm)."""

@@ -26,7 +26,10 @@ Stream rules:
    the next keyframe (:attr:`StreamDecoder.needs_keyframe`; the node may NACK the sender). A
    frame at or before the last applied ``seq`` is a duplicate or arrived late: it is ignored.
    Loss therefore costs freshness, never correctness.
-6. **Overflow.** If ``x - x_hat`` or ``x_hat + delta`` would leave the float32 range, the sender
+6. **Sparse deltas (optional).** With ``delta_density < 1`` a delta carries only that fraction of
+   quantisation blocks, those where ``x - x_hat`` has the most energy; the others are sent as
+   zeros (which lz4 packs away) and their residual waits in ``x - x_hat`` for a later frame.
+7. **Overflow.** If ``x - x_hat`` or ``x_hat + delta`` would leave the float32 range, the sender
    sends a keyframe instead; a receiver whose replica would overflow refuses the frame
    (:class:`~swarmfl.errors.FrameDecodeError`) and drops the replica.
 """
@@ -85,8 +88,17 @@ class StreamEncoder:
     """
 
     def __init__(
-        self, quantizer: Quantizer, size: int, keyframe_interval: int, *, first_seq: int = 0
+        self,
+        quantizer: Quantizer,
+        size: int,
+        keyframe_interval: int,
+        *,
+        first_seq: int = 0,
+        delta_density: float = 1.0,
     ) -> None:
+        if not 0.0 < delta_density <= 1.0:
+            raise ConfigError(f"must be in (0, 1], got {delta_density!r}", key="delta_density")
+        self._density = float(delta_density)
         self._quantizer = quantizer
         self._size = _check_positive_int(size, "size", 1)
         self._interval = _check_positive_int(keyframe_interval, "keyframe_interval", 1)
@@ -159,6 +171,8 @@ class StreamEncoder:
             return StreamPacket("delta", seq, payload, self._size)
         with np.errstate(over="ignore", invalid="ignore"):
             difference = np.subtract(vector, replica)
+        if self._density < 1.0 and self._quantizer.block_size:
+            _keep_strongest_blocks(difference, self._quantizer.block_size, self._density)
         try:
             payload = self._quantizer.encode(difference)
         except NonFiniteError:
@@ -170,6 +184,32 @@ class StreamEncoder:
             return None
         self._replica = step
         return StreamPacket("delta", seq, payload, self._size)
+
+
+def _keep_strongest_blocks(residual: np.ndarray, block_size: int, density: float) -> None:
+    """Zero, in place, all but the ``density`` fraction of blocks with the most energy.
+
+    Top-k sparsification on top of quantisation (CHOCO-SGD's compressors compose): the blocks
+    left out stay in ``x - x_hat`` and go out in a later delta (error feedback), and their
+    all-zero codes cost almost nothing once lz4 packs the payload.
+    """
+    blocks = -(-residual.size // block_size)
+    keep = max(1, int(np.ceil(density * blocks)))
+    if keep >= blocks:
+        return
+    full = residual.size // block_size * block_size
+    energy = np.empty(blocks, dtype=np.float64)
+    head = residual[:full].reshape(-1, block_size)
+    energy[: head.shape[0]] = np.einsum("ij,ij->i", head, head, dtype=np.float64)
+    if full < residual.size:
+        tail = residual[full:]
+        energy[-1] = float(np.dot(tail, tail))
+    dropped = np.argpartition(energy, blocks - keep)[: blocks - keep]
+    mask = np.zeros(blocks, dtype=bool)
+    mask[dropped] = True
+    if full < residual.size and mask[-1]:
+        residual[full:] = 0.0
+    head[mask[: head.shape[0]]] = 0.0
 
 
 class StreamDecoder:

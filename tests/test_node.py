@@ -173,3 +173,15 @@ def test_config_errors_name_the_key():
             ),
             FrameVerifier(KEY, 8, SIG),
         )
+
+
+def test_a_diverged_model_adopts_its_neighbours_merge():
+    a, b, c = make_node(1), make_node(2), make_node(3)
+    link = LossyLink([a, b, c])
+    link.broadcast(a, a.publish(np.full(OFFSETS[-1], 2.0, np.float32), 1, 0.0), 0.0)
+    link.broadcast(b, b.publish(np.full(OFFSETS[-1], 4.0, np.float32), 1, 0.0), 0.0)
+    broken = np.full(OFFSETS[-1], np.nan, np.float32)
+    assert c.adopt_neighbours(broken, 0.0) == 2
+    np.testing.assert_allclose(broken, 3.0)
+    lonely = np.full(OFFSETS[-1], np.nan, np.float32)
+    assert make_node(4).adopt_neighbours(lonely, 0.0) == 0  # nothing heard: left as it is
