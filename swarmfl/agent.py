@@ -10,7 +10,9 @@ An :class:`Agent` owns two tasks in one :class:`asyncio.TaskGroup`:
 
 Only the seams change between the simulator and the field: the clock (virtual or real), the
 compute (charged to the virtual clock or run in a worker thread) and the radio (simulated, UDP,
-MQTT). Cancelling :meth:`Agent.run` cancels both tasks.
+MQTT). With a :class:`~swarmfl.radio.discovery.Discovery` (zeroconf in the field) a third task
+forgets peers that leave. In the simulator the medium is the discovery (whoever is in range
+hears you), so none is given. Cancelling :meth:`Agent.run` cancels every task.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from swarmfl.learner import Learner, StepResult
 from swarmfl.node import GossipNode
 from swarmfl.quant import NonFiniteError
 from swarmfl.radio.base import Radio
+from swarmfl.radio.discovery import Discovery, PeerDown
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class Agent:
         clock: Clock,
         compute: Compute,
         period_s: float,
+        discovery: Discovery | None = None,
         on_round: Callable[[Agent, StepResult], None] | None = None,
     ) -> None:
         self.drone_id = drone_id
@@ -57,6 +61,7 @@ class Agent:
         self.clock = clock
         self.compute = compute
         self.period_s = period_s
+        self.discovery = discovery
         self.on_round = on_round
         self.rounds = 0
         self.last_step: StepResult | None = None
@@ -67,6 +72,8 @@ class Agent:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._receive_loop(), name=f"drone-{self.drone_id}-receive")
             tasks.create_task(self._gossip_loop(), name=f"drone-{self.drone_id}-gossip")
+            if self.discovery is not None:
+                tasks.create_task(self._discovery_loop(), name=f"drone-{self.drone_id}-peers")
 
     async def _gossip_loop(self) -> None:
         while True:
@@ -100,6 +107,14 @@ class Agent:
             if self.on_round is not None:
                 self.on_round(self, step)
             await self.clock.sleep_until(started + self.period_s)
+
+    async def _discovery_loop(self) -> None:
+        assert self.discovery is not None
+        async for event in self.discovery.events():
+            # Discovery is a hint: a peer is merged only once its frames authenticate, but one
+            # that left is forgotten at once instead of lingering until the staleness cut-off.
+            if isinstance(event, PeerDown):
+                self.node.forget(event.drone_id)
 
     async def _receive_loop(self) -> None:
         async for heard in self.radio.frames():

@@ -37,9 +37,15 @@ class Clock(Protocol):
 class LoopClock:
     """The running asyncio loop's clock: virtual on a VirtualTimeLoop, monotonic otherwise."""
 
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
     def now(self) -> float:
         """Current loop time in seconds."""
-        return asyncio.get_running_loop().time()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
     async def sleep_until(self, deadline_s: float) -> None:
         """Sleep until the loop time reaches ``deadline_s``."""

@@ -50,6 +50,7 @@ PacketKind = Literal["key", "delta"]
 
 _F32 = np.dtype(np.float32)
 _LE_U4 = np.dtype("<u4")
+_LE_F32 = np.dtype("<f4")
 
 
 def _check_positive_int(value: int, key: str, minimum: int) -> int:
@@ -145,12 +146,9 @@ class StreamEncoder:
         if packet is None:
             payload = self._quantizer.encode(vector)
             if self._lossless:
-                # A lossless keyframe decodes to exactly ``vector``: copy it, into the old
-                # buffer when there is one (fresh 40 kB buffers per frame land in cold memory).
-                if self._replica is None or not self._replica.flags.writeable:
-                    self._replica = vector.copy()
-                else:
-                    np.copyto(self._replica, vector)
+                # A lossless keyframe decodes to exactly ``vector``: view the (immutable)
+                # payload bytes instead of decoding or copying them.
+                self._replica = np.frombuffer(payload, dtype=_LE_F32).astype(_F32, copy=False)
             else:
                 self._replica = self._quantizer.decode(payload, self._size)
             packet = StreamPacket("key", seq, payload, self._size)

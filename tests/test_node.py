@@ -185,3 +185,68 @@ def test_a_diverged_model_adopts_its_neighbours_merge():
     np.testing.assert_allclose(broken, 3.0)
     lonely = np.full(OFFSETS[-1], np.nan, np.float32)
     assert make_node(4).adopt_neighbours(lonely, 0.0) == 0  # nothing heard: left as it is
+
+
+def test_agent_forgets_a_peer_that_discovery_reports_gone():
+    import asyncio
+
+    from swarmfl.agent import Agent
+    from swarmfl.clock import ChargedCompute, LoopClock
+    from swarmfl.learner import StepResult
+    from swarmfl.radio.discovery import PeerDown
+    from swarmfl.sim.vtime import run_virtual
+
+    class OnePeerLeaves:
+        def peers(self):
+            return {}
+
+        async def events(self):
+            await asyncio.sleep(5.0)
+            yield PeerDown(1)
+            await asyncio.Event().wait()
+
+    class Learner:
+        layer_offsets = OFFSETS
+        trained_layers = (0, 1, 2, 3)
+        sample_count = 1
+        x = np.zeros(OFFSETS[-1], np.float32)
+
+        def flat_parameters(self):
+            return self.x
+
+        def train_round(self):
+            return StepResult(1, 1.0, 0.0)
+
+    class SilentRadio:
+        def send(self, frame):
+            pass
+
+        async def frames(self):
+            await asyncio.Event().wait()
+            yield  # pragma: no cover
+
+        async def aclose(self):
+            pass
+
+    node = make_node(2)
+    peer = make_node(1)
+    node.receive(peer.publish(np.ones(OFFSETS[-1], np.float32), 1, 0.0)[0], 0.0)
+
+    async def main():
+        agent = Agent(
+            drone_id=2,
+            learner=Learner(),
+            node=node,
+            radio=SilentRadio(),
+            clock=LoopClock(),
+            compute=ChargedCompute(1e9),
+            period_s=1.0,
+            discovery=OnePeerLeaves(),
+        )
+        async with agent:
+            await asyncio.sleep(4.0)
+            before = set(node.known_peers())
+            await asyncio.sleep(2.0)
+        return before, set(node.known_peers())
+
+    assert run_virtual(main) == ({1}, set())
