@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -40,3 +42,57 @@ class Radio(Protocol):
     async def aclose(self) -> None:
         """Stop sending and receiving; pending frames are dropped."""
         ...
+
+
+class FrameInbox:
+    """Frames heard and not yet read: a bounded FIFO with one asynchronous reader.
+
+    The same semantics as an ``asyncio.Queue`` feeding an async iterator, at a fraction of the
+    cost (a frame received is the simulator's most frequent event). Every radio uses it for
+    :meth:`Radio.frames`.
+    """
+
+    def __init__(self, max_frames: int) -> None:
+        self.max_frames = max_frames
+        self.closed = False
+        self._frames: deque[ReceivedFrame] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def push(self, frame: ReceivedFrame) -> bool:
+        """Queue ``frame`` for the reader; False (nothing queued) if full or closed."""
+        if self.closed or len(self._frames) >= self.max_frames:
+            return False
+        self._frames.append(frame)
+        self._wake()
+        return True
+
+    def clear(self) -> None:
+        """Drop every frame not yet read."""
+        self._frames.clear()
+
+    def close(self) -> None:
+        """Drop what is queued and end the reader's iteration."""
+        self.closed = True
+        self._frames.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def frames(self) -> AsyncIterator[ReceivedFrame]:
+        """Frames in arrival order, waiting when there is none, until :meth:`close`."""
+        frames = self._frames
+        while not self.closed:
+            if frames:
+                yield frames.popleft()
+                continue
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None

@@ -7,6 +7,7 @@ scenario and seed produce byte-identical files.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +19,15 @@ ACCURACY_TARGETS = (0.8, 0.9)
 
 @dataclass(frozen=True, slots=True)
 class DroneSample:
-    """One drone measured at one instant."""
+    """One drone measured at one instant.
+
+    Traffic counters are cumulative since the start. ``wire_bytes_sent`` adds the datagram
+    headers to ``bytes_sent``; ``deliveries_attempted`` counts (frame, neighbour) pairs for
+    neighbours that were up when the frame went out, of which ``frames_lost`` were lost on the
+    link; ``frames_dropped_queue`` frames never left the send queue. ``state`` is ``"up"``,
+    ``"removed"`` or why the drone is down; ``battery`` the charge fraction (None without
+    batteries); ``position`` metres (None for a static topology).
+    """
 
     t: float
     drone: int
@@ -32,6 +41,19 @@ class DroneSample:
     frames_received: int
     frames_rejected: int
     peers: int
+    wire_bytes_sent: int = 0
+    deliveries_attempted: int = 0
+    frames_dropped_queue: int = 0
+    state: str = "up"
+    battery: float | None = None
+    position: Sequence[float] | None = None
+
+    @property
+    def delivery_ratio(self) -> float | None:
+        """Fraction of attempted link deliveries that arrived (None before any attempt)."""
+        if not self.deliveries_attempted:
+            return None
+        return 1.0 - self.frames_lost / self.deliveries_attempted
 
     def to_json(self) -> str:
         """One JSON line (no trailing newline)."""
@@ -49,9 +71,53 @@ class DroneSample:
                 "frames_received": self.frames_received,
                 "frames_rejected": self.frames_rejected,
                 "peers": self.peers,
+                "wire_bytes_sent": self.wire_bytes_sent,
+                "deliveries_attempted": self.deliveries_attempted,
+                "delivery_ratio": _rounded(self.delivery_ratio),
+                "frames_dropped_queue": self.frames_dropped_queue,
+                "state": self.state,
+                "battery": _rounded(self.battery),
+                "position": None if self.position is None else [round(v, 2) for v in self.position],
             },
             separators=(",", ":"),
         )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPoint:
+    """The swarm's traffic at one instant: cumulative totals over every drone.
+
+    ``delivery_ratios`` holds each drone's cumulative delivery ratio (drones with no attempted
+    delivery yet left out).
+    """
+
+    t: float
+    bytes_sent: int
+    wire_bytes_sent: int
+    deliveries_attempted: int
+    frames_lost: int
+    frames_dropped_queue: int
+    delivery_ratios: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Where the drones were and who heard whom at one instant, for ``topology.png``.
+
+    ``positions`` is ``(n, 3)`` (metres if ``metric``, else a drawing layout), ``edges`` the
+    undirected links ``(m, 2)``, ``accuracy`` and ``up`` per drone.
+    """
+
+    t: float
+    positions: np.ndarray
+    edges: np.ndarray
+    accuracy: np.ndarray
+    up: np.ndarray
+    metric: bool
 
 
 @dataclass(slots=True)
@@ -71,6 +137,8 @@ class MetricsRecorder:
     sink: IO[str] | None = None
     series: list[SwarmPoint] = field(default_factory=list)
     last: dict[int, DroneSample] = field(default_factory=dict)
+    traffic: list[TrafficPoint] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
 
     def record(self, t: float, samples: list[DroneSample], counted: set[int]) -> SwarmPoint:
         """Record one instant; ``counted`` are the drones that count for swarm accuracy."""
@@ -81,6 +149,18 @@ class MetricsRecorder:
         values = np.array([s.accuracy for s in samples if s.drone in counted] or [0.0])
         point = SwarmPoint(t, float(values.mean()), float(values.min()), float(values.max()))
         self.series.append(point)
+        ratios = (s.delivery_ratio for s in samples)
+        self.traffic.append(
+            TrafficPoint(
+                t,
+                sum(s.bytes_sent for s in samples),
+                sum(s.wire_bytes_sent for s in samples),
+                sum(s.deliveries_attempted for s in samples),
+                sum(s.frames_lost for s in samples),
+                sum(s.frames_dropped_queue for s in samples),
+                tuple(r for r in ratios if r is not None),
+            )
+        )
         return point
 
     def time_to_accuracy(self, target: float) -> float | None:

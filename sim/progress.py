@@ -73,10 +73,17 @@ def print_summary(summary: dict[str, Any], out: Path | None, console: Console) -
             " / ".join("never" if tta[k] is None else f"{tta[k]:.0f} s" for k in ("0.8", "0.9")),
         ),
         ("bytes sent", f"{summary['bytes_sent']:,}"),
-        ("frames sent / lost", f"{summary['frames_sent']:,} / {summary['frames_lost']:,}"),
+        ("frames sent", f"{summary['frames_sent']:,}"),
+        ("link deliveries lost", _delivery(summary)),
     ]
     if out is not None:
         rows.append(("run folder", str(out)))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+def _delivery(summary: dict[str, Any]) -> str:
+    ratio = summary.get("delivery_ratio")
+    lost = f"{summary['frames_lost']:,}"
+    return lost if ratio is None else f"{lost} ({1 - ratio:.1%} of attempts)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from dataclasses import dataclass
 from types import TracebackType
@@ -36,13 +37,17 @@ from swarmfl.data import (
     partition_iid,
 )
 from swarmfl.errors import ConfigError
-from swarmfl.learner import TorchLearner, TrainingConfig
+from swarmfl.fleet import plan_fleet
+from swarmfl.learner import StepResult, TorchLearner, TrainingConfig
 from swarmfl.merge import MergeRule
-from swarmfl.models import build_model, model_signature, training_flops_per_sample
-from swarmfl.node import FrameVerifier, GossipNode, NodeConfig
+from swarmfl.models import build_model, model_signature
+from swarmfl.node import FrameVerifier, GossipNode, NodeConfig, NodeState
+from swarmfl.pretrained import load_pretrained
+from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.simulated import SimMedium, SimRadio
+from swarmfl.sim.faults import Lifecycle
 from swarmfl.sim.metrics import DroneSample
-from swarmfl.sim.world import StaticWorld, build_topology
+from swarmfl.sim.world import World, build_world
 from swarmfl.wire import derive_swarm_key
 
 
@@ -96,10 +101,13 @@ class Swarm:
         self.dataset = load_dataset(scenario)
         parts = partition(scenario, self.dataset)
         self.x_eval, self.y_eval = self._eval_set()
-        self.world = StaticWorld(
-            build_topology(scenario.topology, scenario.swarm.drones, seed), scenario.radio
+        self.world: World = build_world(scenario)
+        self.medium = SimMedium(
+            self.world,
+            seed=seed,
+            airtime=scenario.radio.airtime,
+            fragments=scenario.radio.fragments,
         )
-        self.medium = SimMedium(self.world.neighbours, self.world.link, seed=seed)
         template = build_model(
             scenario.model.kind,
             self.dataset.input_shape,
@@ -109,7 +117,10 @@ class Swarm:
             seed=seed,
         )
         signature = model_signature(template)
-        flops = training_flops_per_sample(template, self.dataset.input_shape)
+        if scenario.model.checkpoint is not None:
+            load_pretrained(template, scenario.model.checkpoint)  # a pretrained start
+        # Every drone plans what it trains within its device class's memory budget.
+        self.devices = plan_fleet(scenario, template, self.dataset.input_shape)
         key = derive_swarm_key(scenario.swarm.secret, scenario.swarm.swarm_id)
         # Frames in flight at once: about one per drone (deliveries take milliseconds).
         verifier = FrameVerifier(
@@ -130,13 +141,17 @@ class Swarm:
                 channels=tuple(scenario.model.channels),
                 seed=seed,
             )
+            if scenario.model.checkpoint is not None:
+                model.load_state_dict(template.state_dict())
+            setup = self.devices[drone_id]
             learner = TorchLearner(
                 model,
                 self.dataset.x_train[indices],
                 self.dataset.y_train[indices],
                 training,
-                flops_per_sample=flops,
+                flops_per_sample=setup.flops_per_sample,
                 seed=seed * 100_003 + drone_id,
+                plan=setup.plan,
             )
             node = GossipNode(
                 NodeConfig(
@@ -155,14 +170,14 @@ class Swarm:
                 ),
                 verifier,
             )
-            radio = self.medium.radio(drone_id)
+            radio = self.medium.radio(drone_id, self.link_config(setup.rate_bps))
             agent = Agent(
                 drone_id=drone_id,
                 learner=learner,
                 node=node,
                 radio=radio,
                 clock=LoopClock(),
-                compute=ChargedCompute(scenario.swarm.flops_per_s),
+                compute=ChargedCompute(setup.flops_per_s),
                 period_s=gossip.period_s,
             )
             self.drones.append(
@@ -177,6 +192,7 @@ class Swarm:
         self._lives: dict[int, asyncio.Task[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self._setup_lifecycle()
 
     def _eval_set(self) -> tuple[np.ndarray, np.ndarray]:
         x, y = self.dataset.x_test, self.dataset.y_test
@@ -190,7 +206,98 @@ class Swarm:
         # Own, writable copies: torch refuses to wrap the read-only cached arrays.
         return np.array(x, dtype=np.float32), np.array(y, dtype=np.int64)
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    def link_config(self, rate_bps: float | None = None) -> LinkConfig:
+        """A radio's link settings from the scenario's ``[radio]``, at ``rate_bps`` if given."""
+        radio = self.scenario.radio
+        return LinkConfig(
+            rate_bps=rate_bps or radio.rate_bps,
+            mtu_bytes=radio.mtu_bytes,
+            burst_bytes=radio.burst_bytes,
+            queue_frames=radio.queue_frames,
+            queue_bytes=radio.queue_bytes,
+        )
+
+    # -- lifecycle: start, churn, batteries, crashes, drop-outs (swarmfl.sim.faults) ---------
+
+    def _setup_lifecycle(self) -> None:
+        scenario = self.scenario
+        faults = scenario.faults
+        self._group: asyncio.TaskGroup | None = None
+        self._failure: asyncio.Future[None] | None = None
+        self.lifecycle = Lifecycle(
+            scenario,
+            [d.start_offset_s for d in self.drones],
+            [d.churn for d in self.drones],
+            apply=self._apply,
+            crash=self._lose_ram,
+            fail=self._fail,
+        )
+        # A crashed drone without a checkpoint comes back with the model it rejoins with: the
+        # swarm's initial model, as flashed before take-off (the same for every drone).
+        self._rejoin = self.drones[0].agent.learner.flat_parameters().copy()
+        # In-memory checkpoints: (flat parameters, update counter, time), one per drone.
+        self._checkpoint_s = faults.checkpoint_interval_s
+        self.checkpoints: dict[int, tuple[np.ndarray, int, float]] = {}
+        battery = scenario.battery.enabled
+        for drone in self.drones:
+            if battery or self._checkpoint_s > 0:
+                drone.agent.on_round = self._on_round
+            if battery:
+                drone.radio.on_transmit = functools.partial(
+                    self.lifecycle.on_transmit, drone.drone_id
+                )
+
+    def _apply(self, drone_id: int, up: bool) -> None:
+        """Fly (start the agent, radio on) or stop (cancel it, radio off) a drone."""
+        drone = self.drones[drone_id]
+        if up:
+            assert self._group is not None
+            drone.radio.set_up(True)
+            self._lives[drone_id] = self._group.create_task(
+                drone.agent.run(), name=f"drone-{drone_id}"
+            )
+        else:
+            life = self._lives.pop(drone_id, None)
+            if life is not None:
+                life.cancel()
+            drone.radio.set_up(False)
+
+    def _on_round(self, agent: Agent, step: StepResult) -> None:
+        now = asyncio.get_running_loop().time()
+        self.lifecycle.on_training(agent.drone_id, step.flops, now)
+        if self._checkpoint_s > 0:
+            saved = self.checkpoints.get(agent.drone_id)
+            if saved is None or now - saved[2] >= self._checkpoint_s:
+                params = agent.learner.flat_parameters().copy()
+                self.checkpoints[agent.drone_id] = (params, agent.node.counter, now)
+
+    def _lose_ram(self, drone_id: int) -> None:
+        """A crash: the drone's RAM is gone.
+
+        Its model comes back from its last (in-memory) checkpoint if it checkpoints, else it is
+        the model it rejoins with; its neighbours' replicas are gone; its model stream restarts
+        with a keyframe. Sequence numbers continue (a real drone must persist them, or its
+        neighbours refuse its frames as replays). The optimizer's momentum is gone too.
+        """
+        agent = self.drones[drone_id].agent
+        agent.learner.reset_optimizer_state()
+        params = agent.learner.flat_parameters()
+        saved = self.checkpoints.get(drone_id)
+        if saved is not None:
+            params[:] = saved[0]
+            counter = saved[1]
+        else:
+            params[:] = self._rejoin
+            counter = 0
+        node = agent.node
+        for peer in list(node.known_peers()):
+            node.forget(peer)
+        state = node.export_state()
+        node.import_state(NodeState(counter, state.next_seq, state.control_seq))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is not None and not self._failure.done():
+            self._failure.set_exception(exc)
 
     async def __aenter__(self) -> Swarm:
         self._supervisor = asyncio.create_task(self._supervise(), name="swarm")
@@ -206,12 +313,7 @@ class Swarm:
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is None:
             return
-        stray = [t for t in self._lives.values() if t.get_name().endswith("-dropout")]
-        for task in stray:
-            task.cancel()
-        for task in stray:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self.lifecycle.stop()
         if supervisor.done():
             supervisor.result()  # re-raise a crash of any drone
             return
@@ -220,30 +322,20 @@ class Swarm:
             await supervisor
 
     async def _supervise(self) -> None:
+        self._failure = asyncio.get_running_loop().create_future()
         async with asyncio.TaskGroup() as tasks:
-            for drone in self.drones:
-                self._lives[drone.drone_id] = tasks.create_task(
-                    self._life(drone), name=f"drone-{drone.drone_id}-life"
-                )
+            self._group = tasks
+            # Keeps the group open while every drone is down, and fails it with any error
+            # raised in a lifecycle timer.
+            tasks.create_task(self._watch(), name="swarm-watch")
             for removal in self.scenario.faults.removals:
                 tasks.create_task(self._remove_at(removal.drone, removal.at_s))
+            self.lifecycle.start()
             self._started.set()
 
-    async def _life(self, drone: Drone) -> None:
-        await asyncio.sleep(drone.start_offset_s)
-        churn = self.scenario.churn
-        if not churn.enabled:
-            await drone.agent.run()
-            return
-        while True:
-            try:
-                async with asyncio.timeout(drone.churn.expovariate(1.0 / churn.mean_up_s)):
-                    await drone.agent.run()
-            except TimeoutError:
-                pass
-            drone.radio.set_up(False)
-            await asyncio.sleep(drone.churn.expovariate(1.0 / churn.mean_down_s))
-            drone.radio.set_up(True)
+    async def _watch(self) -> None:
+        assert self._failure is not None
+        await self._failure
 
     async def _remove_at(self, drone_id: int, at_s: float) -> None:
         await asyncio.sleep(max(0.0, at_s - asyncio.get_running_loop().time()))
@@ -261,11 +353,9 @@ class Swarm:
         """Take a drone out for good, mid-run: it stops, and nobody hears it any more."""
         drone = self.drones[drone_id]
         drone.removed = True
-        drone.radio.set_up(False)
         self.world.remove(drone_id)
-        life = self._lives.get(drone_id)
-        if life is not None:
-            life.cancel()
+        self.lifecycle.remove(drone_id)
+        drone.radio.set_up(False)
 
     def drop(self, drone_id: int, for_s: float) -> None:
         """Take a drone down now for ``for_s`` seconds (it keeps its model and comes back).
@@ -278,22 +368,18 @@ class Swarm:
             raise ConfigError(f"must be >= 0, got {for_s!r}", key="for_s")
         if self._supervisor is None:
             raise ConfigError("use 'async with Swarm(...)' before drop()")
-        drone = self.drones[drone_id]
-        life = self._lives.get(drone_id)
-        if life is not None:
-            life.cancel()
-        drone.radio.set_up(False)
-        self._lives[drone_id] = asyncio.get_running_loop().create_task(
-            self._return_after(drone, for_s), name=f"drone-{drone_id}-dropout"
-        )
+        self.lifecycle.drop(drone_id, for_s)
 
-    async def _return_after(self, drone: Drone, for_s: float) -> None:
-        await asyncio.sleep(for_s)
-        if drone.removed:
-            return
-        drone.radio.set_up(True)
-        drone.start_offset_s = 0.0
-        await self._life(drone)
+    def crash(self, drone_id: int, down_s: float) -> None:
+        """Crash a drone now: it loses its RAM and reboots for ``down_s`` seconds.
+
+        Raises :class:`ConfigError` for an unknown or removed drone or a negative duration.
+        """
+        if not 0 <= drone_id < len(self.drones) or self.drones[drone_id].removed:
+            raise ConfigError(f"no active drone {drone_id}", key="drone")
+        if self._supervisor is None:
+            raise ConfigError("use 'async with Swarm(...)' before crash()")
+        self.lifecycle.crash(drone_id, down_s)
 
     @property
     def active(self) -> list[Drone]:
@@ -302,6 +388,7 @@ class Swarm:
 
     def sample(self, now: float) -> list[DroneSample]:
         """Measure every drone (accuracy on the held-out set, traffic counters) at ``now``."""
+        positions = self.world.positions(now).round(2).tolist() if self.world.metric else None
         samples = []
         for drone in self.drones:
             agent, stats = drone.agent, drone.radio.stats
@@ -320,6 +407,12 @@ class Swarm:
                     frames_received=stats.frames_received,
                     frames_rejected=agent.node.stats.frames_rejected,
                     peers=len(agent.node.known_peers()),
+                    wire_bytes_sent=stats.wire_bytes_sent,
+                    deliveries_attempted=stats.deliveries_attempted,
+                    frames_dropped_queue=stats.frames_dropped_queue,
+                    state=self.lifecycle.state(drone.drone_id),
+                    battery=self.lifecycle.battery_fraction(drone.drone_id, now),
+                    position=None if positions is None else positions[drone.drone_id],
                 )
             )
         return samples

@@ -53,7 +53,158 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, help="run folder (default: runs/<name>-seed<seed>)")
     sim.add_argument("--no-progress", action="store_true", help="no live progress bar")
     sim.set_defaults(handler=_cmd_sim)
+    _add_field_commands(commands)
+    _add_plan_command(commands)
     return parser
+
+
+# -- field commands: agent, status ------------------------------------------------------------
+
+
+def _add_field_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agent = commands.add_parser(
+        "agent",
+        help="run one drone in real time (UDP or MQTT radio)",
+        description="Run one drone of a real swarm in real time from its config file. "
+        "SIGINT/SIGTERM: finish the training step, checkpoint, exit 0.",
+    )
+    agent.add_argument("--config", type=Path, required=True, help="the drone's TOML config")
+    agent.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the newest good checkpoint if there is one (the default); "
+        "--no-resume starts from scratch",
+    )
+    agent.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config key (repeatable)",
+    )
+    agent.set_defaults(handler=_cmd_agent)
+
+    status = commands.add_parser(
+        "status",
+        help="show the live swarm as a table",
+        description="Show the drones of a live swarm: from MQTT telemetry (--broker) or by "
+        "asking the agents over UDP (found by zeroconf, or --peer).",
+    )
+    status.add_argument("--config", type=Path, help="a drone's config: use its swarm and radio")
+    status.add_argument("--broker", help="MQTT broker URL (mqtt://host:port)")
+    status.add_argument("--topic-prefix", default=None, help="MQTT topic prefix (swarmfl)")
+    status.add_argument("--swarm-id", type=int, help="the swarm to show")
+    status.add_argument(
+        "--peer",
+        dest="peers",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="ask this agent over UDP (repeatable; default: find agents by zeroconf)",
+    )
+    status.add_argument(
+        "--interface",
+        dest="interfaces",
+        action="append",
+        default=None,
+        metavar="IP",
+        help="address to run mDNS on (repeatable; default: all)",
+    )
+    status.add_argument(
+        "--wait-s", type=float, default=2.0, help="how long to listen or wait for answers"
+    )
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--json", action="store_true", help="print JSON lines, not a table")
+    status.set_defaults(handler=_cmd_status)
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from swarmfl.agentconfig import load_agent_config
+    from swarmfl.errors import RadioError
+    from swarmfl.field import run_agent
+
+    loaded = load_agent_config(args.config, list(args.overrides))
+    try:
+        return run_agent(loaded, resume=args.resume)
+    except RadioError as exc:
+        print(f"swarmfl: radio error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from swarmfl.status import run_status
+
+    return run_status(args)
+
+
+# -- plan: what a device trains within its memory budget ---------------------------------------
+
+
+def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="show what a device trains within a memory budget",
+        description="Plan partial training within a memory budget: print every candidate "
+        "(full model, suffixes of blocks, biases only; micro-batches) with its predicted "
+        "working set, and the plan chosen.",
+    )
+    plan.add_argument("--model", choices=["mlp", "cnn"], default="cnn", help="model kind")
+    plan.add_argument(
+        "--input", required=True, help="one sample's shape, e.g. 3x32x32 (image) or 64"
+    )
+    plan.add_argument("--batch", type=int, required=True, help="training batch size")
+    plan.add_argument("--budget", required=True, help="memory budget, e.g. 64MiB, 1.5GiB")
+    plan.add_argument(
+        "--optimizer", choices=["sgd", "sgd_momentum", "adam"], default="sgd", help="(sgd)"
+    )
+    plan.add_argument("--classes", type=int, default=10, help="output classes (10)")
+    plan.add_argument("--hidden", default="128", help="mlp widths, e.g. 128,64 (128)")
+    plan.add_argument("--channels", default="16,32", help="cnn channels, e.g. 16,32,64 (16,32)")
+    plan.add_argument(
+        "--replicas", type=int, default=4, help="neighbour replicas held in memory (4)"
+    )
+    plan.add_argument(
+        "--replica-scope",
+        choices=["trained", "model"],
+        default="trained",
+        help="size a neighbour replica by our trained layers (a fleet of one class) or by "
+        "the whole model (a mixed fleet)",
+    )
+    plan.add_argument("--codec", choices=["fp32", "int8", "int4"], default="int8", help="(int8)")
+    plan.add_argument("--block-size", type=int, default=128, help="codec block size (128)")
+    plan.add_argument(
+        "--all", action="store_true", help="every candidate, not the best one per trained set"
+    )
+    plan.set_defaults(handler=_cmd_plan)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from swarmfl.plan_table import PlanRequest, parse_shape, parse_widths, print_plan
+
+    request = PlanRequest(
+        model=args.model,
+        input_shape=parse_shape(args.input, key="--input"),
+        batch_size=args.batch,
+        budget=args.budget,
+        classes=args.classes,
+        hidden=parse_widths(args.hidden, key="--hidden"),
+        channels=parse_widths(args.channels, key="--channels"),
+        optimizer=args.optimizer,
+        neighbour_replicas=args.replicas,
+        codec=args.codec,
+        block_size=args.block_size,
+        replica_scope=args.replica_scope,
+        show_all=args.all,
+    )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # a log or a pipe does not wrap: keep one row per plan
+    print_plan(request, console)
+    return 0
 
 
 def _bundled_quickstart() -> Path:

@@ -3,18 +3,26 @@
 :class:`TorchLearner` keeps every parameter of the model as a view into one contiguous float32
 buffer, so the gossip layer reads and merges the whole model as a single numpy array with no
 copies (``flat_parameters()``), and the optimizer sees the merged values at once.
+
+Given a :class:`~swarmfl.memory.TrainPlan`, it trains the way the plan was costed: the frozen
+prefix of blocks runs under ``torch.no_grad`` (it saves nothing for backward), the gradient and
+momentum buffers cover the trained parameters only, and a batch larger than the plan's
+micro-batch is split into micro-batches whose gradients accumulate before one step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from swarmfl.memory import TrainPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,10 @@ class Learner(Protocol):
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
         """Accuracy and loss of the current model on ``(x, y)``."""
+        ...
+
+    def reset_optimizer_state(self) -> None:
+        """Forget optimizer state (momentum), as a crash that loses RAM does."""
         ...
 
 
@@ -123,9 +135,20 @@ def flatten_parameters(model: nn.Module) -> tuple[torch.Tensor, tuple[int, ...]]
 class TorchLearner:
     """A PyTorch model trained with SGD on a local shard.
 
-    ``flops_per_sample`` is the training cost of one sample (forward + backward), used by the
-    simulator to charge virtual time. ``trained_layers`` restricts training (and gossip) to a
-    subset of the parameter tensors; the others are frozen.
+    ``flops_per_sample`` is the training cost of one sample, used by the simulator to charge
+    virtual time (for a plan, :func:`~swarmfl.memory.plan_flops_per_sample`).
+
+    What is trained is either every parameter (the default), the parameter tensors listed in
+    ``trained_layers`` (indexes in ``named_parameters()`` order; the forward pass is unchanged),
+    or what ``plan`` says: its trained parameters, with the blocks before
+    ``plan.first_trained_block`` run under ``torch.no_grad`` and batches split into
+    micro-batches of at most ``plan.micro_batch`` samples. Frozen tensors keep
+    ``requires_grad=False``; they still change when the gossip layer merges them from peers that
+    train them. Gradient and momentum buffers are allocated for the trained tensors only, as the
+    planner counts them.
+
+    Raises :class:`ConfigError` for mismatched data, both ``trained_layers`` and ``plan``, an
+    empty or out-of-range ``trained_layers``, or a plan for another model or batch size.
     """
 
     def __init__(
@@ -138,38 +161,73 @@ class TorchLearner:
         flops_per_sample: float,
         seed: int,
         trained_layers: tuple[int, ...] | None = None,
+        plan: TrainPlan | None = None,
     ) -> None:
         if len(x) != len(y):
             raise ConfigError(f"{len(x)} inputs but {len(y)} labels", key="data")
         if len(x) == 0:
             raise ConfigError("a drone needs at least one training sample", key="data")
+        if plan is not None and trained_layers is not None:
+            raise ConfigError("give trained_layers or a plan, not both", key="trained_layers")
         self.model = model
         self.config = config
         self.flops_per_sample = float(flops_per_sample)
+        self._plan = plan
         self._flat, self._offsets = flatten_parameters(model)
         self._flat_np = self._flat.numpy()
         params = list(model.parameters())
         every = tuple(range(len(params)))
-        self._trained = every if trained_layers is None else tuple(sorted(set(trained_layers)))
+        if plan is not None:
+            self._trained = _plan_layers(model, plan, config.batch_size)
+        elif trained_layers is None:
+            self._trained = every
+        else:
+            self._trained = tuple(sorted(set(trained_layers)))
+            if not self._trained or not set(self._trained) <= set(every):
+                raise ConfigError(
+                    f"must name parameter tensors in 0..{len(params) - 1}, got {trained_layers}",
+                    key="trained_layers",
+                )
         for index, p in enumerate(params):
             p.requires_grad_(index in self._trained)
         self._x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self._y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
         self._generator = torch.Generator().manual_seed(seed)
-        # Gradients live in one flat buffer too: autograd accumulates into the preassigned
-        # ``.grad`` views in place, and the SGD step is one fused op per contiguous trained
-        # range instead of torch.optim's per-tensor Python machinery (the step dominated the
-        # cost of a small model's round).
-        self._grad = torch.zeros_like(self._flat)
+        # Gradients live in one flat buffer too, holding the trained tensors only (back to
+        # back, in parameter order): autograd accumulates into the preassigned ``.grad`` views
+        # in place, so micro-batches accumulate there for free, and the SGD step is one fused op
+        # per contiguous trained range instead of torch.optim's per-tensor Python machinery
+        # (the step dominated the cost of a small model's round).
+        trained_numel = sum(self._offsets[i + 1] - self._offsets[i] for i in self._trained)
+        self._grad = torch.zeros(trained_numel, dtype=torch.float32)
+        position = 0
         for index in self._trained:
-            start, stop = self._offsets[index], self._offsets[index + 1]
-            params[index].grad = self._grad[start:stop].view_as(params[index])
-        self._ranges = _contiguous_ranges(
-            [(self._offsets[i], self._offsets[i + 1]) for i in self._trained]
+            size = self._offsets[index + 1] - self._offsets[index]
+            params[index].grad = self._grad[position : position + size].view_as(params[index])
+            position += size
+        self._momentum = (
+            torch.zeros(trained_numel, dtype=torch.float32) if config.momentum > 0 else None
         )
-        self._momentum = torch.zeros_like(self._flat) if config.momentum > 0 else None
         self._momentum_started = False
+        # (weights, gradient, momentum) views per contiguous trained range, made once
+        self._ranges: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        position = 0
+        for start, stop in _contiguous_ranges(
+            [(self._offsets[i], self._offsets[i + 1]) for i in self._trained]
+        ):
+            end = position + stop - start
+            momentum = self._momentum[position:end] if self._momentum is not None else None
+            self._ranges.append((self._flat[start:stop], self._grad[position:end], momentum))
+            position = end
         self._loss = nn.CrossEntropyLoss()
+        self._micro_batch = plan.micro_batch if plan is not None else config.batch_size
+        frozen = plan.first_trained_block if plan is not None else 0
+        if frozen:
+            assert isinstance(model, nn.Sequential)  # checked by _plan_layers
+            self._prefix: nn.Module | None = model[:frozen]
+            self._suffix: nn.Module = model[frozen:]
+        else:
+            self._prefix, self._suffix = None, model
 
     @property
     def layer_offsets(self) -> tuple[int, ...]:
@@ -182,6 +240,11 @@ class TorchLearner:
         return self._trained
 
     @property
+    def plan(self) -> TrainPlan | None:
+        """The memory plan this learner follows (None: every parameter, whole batches)."""
+        return self._plan
+
+    @property
     def sample_count(self) -> int:
         """Number of local training samples."""
         return len(self._y)
@@ -191,7 +254,12 @@ class TorchLearner:
         return self._flat_np
 
     def train_round(self) -> StepResult:
-        """``local_epochs`` shuffled passes of minibatch SGD over the local shard."""
+        """``local_epochs`` shuffled passes of minibatch SGD over the local shard.
+
+        A batch larger than the plan's micro-batch runs as micro-batches whose gradients
+        accumulate (each loss scaled by its share of the batch) before one step: the same
+        update as the whole batch at once, up to float rounding.
+        """
         if not self.model.training:  # train() walks every module: skip it when it's a no-op
             self.model.train()
         count = len(self._y)
@@ -211,13 +279,47 @@ class TorchLearner:
                 ]
             for x, y in batches:
                 self._grad.zero_()
-                loss = self._loss(self.model(x), y)
-                loss.backward()
+                if len(y) <= self._micro_batch:
+                    loss = self._loss(self._forward(x), y)
+                    loss.backward()
+                    total_loss += loss.item()
+                else:
+                    total_loss += self._accumulate(x, y)
                 self._sgd_step()
-                total_loss += loss.item()
                 steps += 1
         samples = count * self.config.local_epochs
         return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
+
+    def reset_optimizer_state(self) -> None:
+        """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would.
+
+        For a drone that lost its RAM and came back from a checkpoint of its weights only.
+        """
+        self._momentum_started = False
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen prefix without autograd (it keeps no activations), then the rest."""
+        if self._prefix is not None:
+            with torch.no_grad():
+                x = self._prefix(x)
+        return self._suffix(x)
+
+    def _accumulate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Gradients of the batch's mean loss, one micro-batch at a time; returns that loss.
+
+        Each micro-batch's graph (and so its saved activations) is freed by its backward before
+        the next one runs: at most one micro-batch's activations are alive at a time.
+        """
+        count = len(y)
+        loss_sum = 0.0
+        for start in range(0, count, self._micro_batch):
+            xb = x[start : start + self._micro_batch]
+            yb = y[start : start + self._micro_batch]
+            share = len(yb) / count
+            loss = self._loss(self._forward(xb), yb)
+            (loss * share).backward()
+            loss_sum += loss.item() * share
+        return loss_sum
 
     def _sgd_step(self) -> None:
         """torch.optim.SGD's update (weight decay, momentum with dampening 0), on flat ranges.
@@ -226,12 +328,10 @@ class TorchLearner:
         them), so no ``torch.no_grad()`` context is needed; it would cost more than the update.
         """
         lr, decay = self.config.lr, self.config.weight_decay
-        for start, stop in self._ranges:
-            weights, grad = self._flat[start:stop], self._grad[start:stop]
+        for weights, grad, buffer in self._ranges:
             if decay:
                 grad.add_(weights, alpha=decay)
-            if self._momentum is not None:
-                buffer = self._momentum[start:stop]
+            if buffer is not None:
                 if self._momentum_started:
                     buffer.mul_(self.config.momentum).add_(grad)
                 else:
@@ -248,3 +348,24 @@ class TorchLearner:
         target = torch.as_tensor(y)
         accuracy = float((logits.argmax(dim=1) == target).float().mean())
         return Evaluation(accuracy, float(self._loss(logits, target)))
+
+
+def _plan_layers(model: nn.Module, plan: TrainPlan, batch_size: int) -> tuple[int, ...]:
+    """Indexes of the parameter tensors ``plan`` trains; checks the plan is for this model."""
+    if not isinstance(model, nn.Sequential) or len(model) != plan.num_blocks:
+        raise ConfigError(
+            f"the plan is for an nn.Sequential of {plan.num_blocks} blocks", key="plan"
+        )
+    if plan.batch_size != batch_size:
+        raise ConfigError(
+            f"the plan is for batches of {plan.batch_size}, training uses {batch_size}",
+            key="plan",
+        )
+    names = [name for name, _ in model.named_parameters()]
+    missing = sorted(set(plan.trained_parameters) - set(names))
+    if missing:
+        raise ConfigError(
+            f"the plan trains parameters the model does not have: {missing[:5]}", key="plan"
+        )
+    wanted = set(plan.trained_parameters)
+    return tuple(index for index, name in enumerate(names) if name in wanted)

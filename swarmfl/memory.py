@@ -19,8 +19,12 @@ What the working set counts (prediction and measurement count exactly the same t
   the input too), but when the first trained op saves its input (a trained first layer does), that
   slice of the input is an activation and is counted. The loss function's own saved tensors
   (the size of the logits) are outside the model and not counted.
-* ``replicas``: ``neighbour_replicas`` CHOCO public replicas of the trained parameters, held in
-  float32 (a neighbour's replica is estimated by our own trained set).
+* ``replicas``: ``neighbour_replicas`` CHOCO public replicas, held in float32. With
+  ``replica_scope="trained"`` a neighbour's replica is sized by our own trained set (right in a
+  homogeneous fleet, where every peer runs the same plan and its frames carry exactly those
+  layers); with ``replica_scope="model"`` by the whole model (a mixed fleet: a peer may train,
+  and send, layers this device keeps frozen, and the node keeps what it hears so that the
+  frozen layers can still be merged from the peers that train them).
 * ``codec_buffers``: the encoder's own public replica (float32) of the trained parameters plus
   the quantized payload buffer (int8: 1 byte per value, int4: half a byte, fp32: 4 bytes; plus
   one float32 scale per block of ``block_size`` values for int8/int4, blocks taken per tensor).
@@ -43,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -53,13 +56,17 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError, PlanError
+from swarmfl.models import TRAINING_FLOPS_FACTOR, flops_per_block
+from swarmfl.sizes import format_bytes, parse_bytes
 
 __all__ = [
+    "BIAS_ONLY_FLOPS_FACTOR",
     "CodecName",
     "MemoryBreakdown",
     "MemoryPlan",
     "OptimizerName",
     "PlanMode",
+    "ReplicaScope",
     "SavedTensorMeter",
     "TrainPlan",
     "allocate_gossip_buffers",
@@ -68,6 +75,7 @@ __all__ = [
     "format_bytes",
     "measure_training_step",
     "parse_bytes",
+    "plan_flops_per_sample",
     "plan_table_rows",
     "train_step_following_plan",
 ]
@@ -75,10 +83,12 @@ __all__ = [
 PlanMode = Literal["full", "suffix", "bias"]
 OptimizerName = Literal["sgd", "sgd_momentum", "adam"]
 CodecName = Literal["fp32", "int8", "int4"]
+ReplicaScope = Literal["trained", "model"]
 
 _PLAN_MODES: tuple[str, ...] = get_args(PlanMode)
 _OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 _CODECS: tuple[str, ...] = get_args(CodecName)
+_REPLICA_SCOPES: tuple[str, ...] = get_args(ReplicaScope)
 
 _MIB = 1 << 20
 _FLOAT32_BYTES = 4
@@ -446,6 +456,37 @@ def train_step_following_plan(
     return loss_sum
 
 
+BIAS_ONLY_FLOPS_FACTOR = 2
+"""A bias-only block costs its forward plus the backward for its input; no weight gradients."""
+
+
+def plan_flops_per_sample(
+    model: nn.Sequential, input_shape: tuple[int, ...], plan: TrainPlan
+) -> float:
+    """FLOPs to train on one sample following ``plan``: what the simulator charges.
+
+    The frozen prefix costs its forward pass only (it runs under ``torch.no_grad``). A trained
+    block of a full or suffix plan costs :data:`~swarmfl.models.TRAINING_FLOPS_FACTOR` times its
+    forward (forward, backward for inputs, backward for weights); a block of a bias-only plan
+    costs :data:`BIAS_ONLY_FLOPS_FACTOR` times (a bias gradient is a sum, the weight gradients
+    are never formed). Micro-batches do not change the FLOPs, only how many run at once. For a
+    full plan this equals :func:`~swarmfl.models.training_flops_per_sample`.
+
+    Raises :class:`ConfigError` if the model does not run on ``input_shape`` or is not the
+    plan's model (another number of blocks).
+    """
+    per_block = flops_per_block(model, input_shape)
+    if len(per_block) != plan.num_blocks:
+        raise ConfigError(
+            f"the plan is for a model of {plan.num_blocks} blocks, this one has {len(per_block)}",
+            key="num_blocks",
+        )
+    factor = BIAS_ONLY_FLOPS_FACTOR if plan.mode == "bias" else TRAINING_FLOPS_FACTOR
+    frozen = sum(per_block[: plan.first_trained_block])
+    trained = sum(per_block[plan.first_trained_block :])
+    return float(frozen + factor * trained)
+
+
 # ----------------------------------------------------------------------------------------------
 # Prediction
 
@@ -467,17 +508,24 @@ def _codec_buffer_bytes(numels: Sequence[int], codec: CodecName, block_size: int
 
 
 def allocate_gossip_buffers(
-    numels: Sequence[int], *, neighbour_replicas: int, codec: CodecName, block_size: int
+    numels: Sequence[int],
+    *,
+    neighbour_replicas: int,
+    codec: CodecName,
+    block_size: int,
+    replica_numels: Sequence[int] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Allocate the arrays the gossip layer holds for trained tensors of the given sizes.
 
-    Returns ``(replicas, codec_buffers)``: one float32 array per tensor per neighbour replica;
-    and per tensor the encoder's float32 public replica and the quantized payload (float32 for
-    ``fp32``; int8 values plus float32 scales per block for ``int8``; two int4 values packed per
-    uint8 plus float32 scales for ``int4``). Raises :class:`ConfigError` for a bad argument.
+    Returns ``(replicas, codec_buffers)``: one float32 array per neighbour replica per tensor of
+    ``replica_numels`` (default: ``numels``, the trained tensors); and per trained tensor the
+    encoder's float32 public replica and the quantized payload (float32 for ``fp32``; int8
+    values plus float32 scales per block for ``int8``; two int4 values packed per uint8 plus
+    float32 scales for ``int4``). Raises :class:`ConfigError` for a bad argument.
     """
     _check_gossip_args(neighbour_replicas, codec, block_size)
-    replicas = [np.zeros(n, dtype=np.float32) for _ in range(neighbour_replicas) for n in numels]
+    held = numels if replica_numels is None else replica_numels
+    replicas = [np.zeros(n, dtype=np.float32) for _ in range(neighbour_replicas) for n in held]
     codec_buffers: list[np.ndarray] = []
     for n in numels:
         codec_buffers.append(np.zeros(n, dtype=np.float32))
@@ -490,7 +538,13 @@ def allocate_gossip_buffers(
     return replicas, codec_buffers
 
 
-def _check_gossip_args(neighbour_replicas: int, codec: str, block_size: int) -> None:
+def _check_gossip_args(
+    neighbour_replicas: int, codec: str, block_size: int, replica_scope: str = "trained"
+) -> None:
+    if replica_scope not in _REPLICA_SCOPES:
+        raise ConfigError(
+            f"must be one of {_REPLICA_SCOPES}, got {replica_scope!r}", key="replica_scope"
+        )
     if not _is_int(neighbour_replicas) or neighbour_replicas < 0:
         raise ConfigError(
             f"must be an int >= 0, got {neighbour_replicas!r}", key="neighbour_replicas"
@@ -631,6 +685,7 @@ class MemoryPlan:
         neighbour_replicas: int = 0,
         codec: CodecName = "int8",
         block_size: int = 128,
+        replica_scope: ReplicaScope = "trained",
     ) -> list[TrainPlan]:
         """Every candidate plan with its predicted working set, in order of preference.
 
@@ -654,9 +709,10 @@ class MemoryPlan:
             raise ConfigError(f"must be an int >= 0, got {budget_bytes!r}", key="budget_bytes")
         if optimizer not in _OPTIMIZERS:
             raise ConfigError(f"must be one of {_OPTIMIZERS}, got {optimizer!r}", key="optimizer")
-        _check_gossip_args(neighbour_replicas, codec, block_size)
+        _check_gossip_args(neighbour_replicas, codec, block_size, replica_scope)
 
         params = dict(model.named_parameters())
+        model_numel = sum(p.numel() for p in params.values())
         weights = sum(_param_bytes(p) for p in params.values()) + sum(
             _param_bytes(b) for b in model.buffers()
         )
@@ -671,7 +727,9 @@ class MemoryPlan:
                     "weights": weights,
                     "gradients": sum(_param_bytes(p) for p in trained),
                     "optimizer_state": _optimizer_state_bytes(optimizer, trained),
-                    "replicas": neighbour_replicas * sum(numels) * _FLOAT32_BYTES,
+                    "replicas": neighbour_replicas
+                    * (model_numel if replica_scope == "model" else sum(numels))
+                    * _FLOAT32_BYTES,
                     "codec_buffers": _codec_buffer_bytes(numels, codec, block_size),
                 }
                 for micro_batch in _micro_batches(batch_size):
@@ -702,6 +760,7 @@ class MemoryPlan:
         neighbour_replicas: int = 0,
         codec: CodecName = "int8",
         block_size: int = 128,
+        replica_scope: ReplicaScope = "trained",
     ) -> TrainPlan:
         """The most capable plan whose predicted working set fits ``budget_bytes``.
 
@@ -719,6 +778,7 @@ class MemoryPlan:
             neighbour_replicas=neighbour_replicas,
             codec=codec,
             block_size=block_size,
+            replica_scope=replica_scope,
         )
         fitting = [plan for plan in plans if plan.fits]
         if not fitting:
@@ -752,6 +812,7 @@ def measure_training_step(
     neighbour_replicas: int = 0,
     codec: CodecName = "int8",
     block_size: int = 128,
+    replica_scope: ReplicaScope = "trained",
     seed: int = 0,
     lr: float = 0.01,
 ) -> MemoryBreakdown:
@@ -770,7 +831,7 @@ def measure_training_step(
     """
     if not _is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"must be an int >= 1, got {batch_size!r}", key="batch_size")
-    _check_gossip_args(neighbour_replicas, codec, block_size)
+    _check_gossip_args(neighbour_replicas, codec, block_size, replica_scope)
     work = copy.deepcopy(model)
     work.train()
     for param in work.parameters():
@@ -801,7 +862,11 @@ def measure_training_step(
     )
     numels = [p.numel() for p in trained]
     replicas, codec_buffers = allocate_gossip_buffers(
-        numels, neighbour_replicas=neighbour_replicas, codec=codec, block_size=block_size
+        numels,
+        neighbour_replicas=neighbour_replicas,
+        codec=codec,
+        block_size=block_size,
+        replica_numels=[p.numel() for p in work.parameters()] if replica_scope == "model" else None,
     )
     return MemoryBreakdown(
         weights=sum(_param_bytes(p) for p in work.parameters())
@@ -815,68 +880,7 @@ def measure_training_step(
 
 
 # ----------------------------------------------------------------------------------------------
-# Byte sizes and tables
-
-_UNITS: dict[str, int] = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_bytes(text: str | int) -> int:
-    """Parse a byte size: ``"64MiB"``, ``"1.5GiB"``, ``"512KiB"``, ``"100MB"``, ``"1000000"``.
-
-    Units (case-insensitive, a space before them allowed): B, KB/MB/GB/TB (powers of 1000),
-    KiB/MiB/GiB/TiB (powers of 1024). A fractional result is rounded down to whole bytes. A
-    plain int is returned as is. Raises :class:`ConfigError` for text that is not a
-    non-negative size, or a fraction of a byte without a unit.
-    """
-    if isinstance(text, bool):
-        raise ConfigError(f"not a byte size: {text!r}", key="bytes")
-    if isinstance(text, int):
-        if text < 0:
-            raise ConfigError(f"a byte size cannot be negative, got {text}", key="bytes")
-        return text
-    if not isinstance(text, str):
-        raise ConfigError(f"not a byte size: {text!r}", key="bytes")
-    match = _SIZE_RE.match(text)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise ConfigError(
-            f"cannot parse {text!r} as a byte size; expected e.g. '64MiB', '1.5GiB', '512KiB', "
-            "'100MB' or '1000000'",
-            key="bytes",
-        )
-    number = match.group(1)
-    if "." in number and _UNITS[unit] == 1:
-        raise ConfigError(f"a byte count must be whole, got {text!r}", key="bytes")
-    if "." not in number:
-        return int(number) * _UNITS[unit]
-    whole, _, frac = number.partition(".")
-    # exact decimal arithmetic: '1.1GB' is 1100000000 bytes, not a float's neighbour of it
-    return (int(whole or "0") * 10 ** len(frac) + int(frac)) * _UNITS[unit] // 10 ** len(frac)
-
-
-def format_bytes(n: int) -> str:
-    """A byte count for people: ``"512 B"``, ``"33.4 KiB"``, ``"1.7 MiB"``, ``"1.5 GiB"``."""
-    sign = "-" if n < 0 else ""
-    value = float(abs(n))
-    if value < 1024:
-        return f"{sign}{abs(n)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            return f"{sign}{value:.1f} {unit}"
-    raise AssertionError("unreachable")  # pragma: no cover
+# Tables
 
 
 def _mib(n: int) -> str:

@@ -84,7 +84,9 @@ def build_model(
 
     # fork_rng(devices=[]) saves and restores only the CPU generator: no CUDA is touched.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # Seed only the CPU generator: torch.manual_seed also queues lazy seeding of every
+        # accelerator backend, capturing a traceback each time (half of building a small model).
+        torch.default_generator.manual_seed(seed)
         if kind == "mlp":
             return _build_mlp(shape, num_classes, hidden)
         return _build_cnn(shape, num_classes, channels)

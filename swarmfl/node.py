@@ -21,6 +21,7 @@ Stream rules (CHOCO-style model streams, one per sender):
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -106,6 +107,19 @@ class NodeStats:
     diverged: int = 0  # local models that held NaN/inf and were replaced by neighbours' merge
     nacks_sent: int = 0
     keyframes_requested: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """What a checkpoint keeps of a node so a restarted drone continues its streams.
+
+    ``counter`` is the update counter; ``next_seq`` the sequence number of the next model
+    frame; ``control_seq`` the last sequence number used for control frames (NACKs).
+    """
+
+    counter: int
+    next_seq: int
+    control_seq: int
 
 
 @dataclass(slots=True)
@@ -200,7 +214,11 @@ class GossipNode:
         interval = 1 if config.codec == "fp32" else config.keyframe_interval
         quantizer = make_quantizer(config.codec, config.block_size)  # type: ignore[arg-type]
         self._codec_id = codec_id(quantizer)
-        self._encoder = StreamEncoder(quantizer, size, interval, delta_density=config.delta_density)
+        # A factory, so that import_state can restart the stream at another sequence number.
+        self._new_encoder = functools.partial(
+            StreamEncoder, quantizer, size, interval, delta_density=config.delta_density
+        )
+        self._encoder = self._new_encoder()
         self._control_seq = 0
         self._replay = ReplayWindow(64)
         self._peers: dict[int, PeerReplica] = {}
@@ -406,3 +424,27 @@ class GossipNode:
             for peer_id, peer in self._peers.items()
             if peer.decoder.replica is not None
         }
+
+    # -- checkpoints: state export / import ---------------------------------------------------
+
+    def export_state(self) -> NodeState:
+        """The counters and sequence numbers a checkpoint must keep (see :meth:`import_state`)."""
+        return NodeState(self.counter, self._encoder.next_seq, self._control_seq)
+
+    def import_state(self, state: NodeState) -> None:
+        """Continue from ``state``: update counter, model-stream and control sequence numbers.
+
+        The caller picks sequence numbers above any this drone used before (frames sent after
+        the checkpoint was taken carry higher ones, and neighbours refuse a replayed number).
+        The public replica is not restored: neighbours may hold a newer replica of us than the
+        checkpoint does, so the next model frame is a keyframe, which resynchronises them all.
+        Peers' replicas are kept. Raises :class:`ConfigError` for negative values.
+        """
+        for name in ("counter", "next_seq", "control_seq"):
+            value = getattr(state, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"must be a non-negative int, got {value!r}", key=name)
+        self.counter = state.counter
+        self._control_seq = state.control_seq
+        self._encoder = self._new_encoder(first_seq=state.next_seq)
+        self._encoder.force_keyframe()

@@ -131,5 +131,8 @@ def test_cli_sim_writes_the_run_folder(tmp_path, capsys):
         "metrics.jsonl",
         "summary.json",
         "accuracy.png",
+        "topology.png",
+        "bytes.png",
+        "delivery.png",
     }
     assert "accuracy mean / min / max" in capsys.readouterr().out

@@ -397,3 +397,19 @@ def test_value_objects_validate_their_fields() -> None:
         MemoryPlan.choose(make_mlp(), MLP_INPUT, 0, 10**9)
     with pytest.raises(ConfigError, match="model"):
         MemoryPlan.choose(nn.Linear(3, 3), (3,), 1, 10**9)  # type: ignore[arg-type]
+
+
+def test_replica_scope_model_sizes_neighbour_replicas_by_the_whole_model() -> None:
+    model = make_cnn()
+    whole = sum(p.numel() for p in model.parameters()) * 4
+    settings = {"neighbour_replicas": 3, "replica_scope": "model"}
+    plans = MemoryPlan.candidates(model, CNN_INPUT, 4, 0, **settings)  # type: ignore[arg-type]
+    trained_scope = MemoryPlan.candidates(model, CNN_INPUT, 4, 0, neighbour_replicas=3)
+    for plan, narrow in list(zip(plans, trained_scope, strict=True))[::7]:
+        assert plan.predicted.replicas == 3 * whole
+        assert narrow.predicted.replicas == 3 * plan.trained_numel * 4
+        real = measure_training_step(model, plan, CNN_INPUT, 4, **settings)  # type: ignore[arg-type]
+        assert real.replicas == plan.predicted.replicas
+        assert_close(plan.predicted, real)
+    with pytest.raises(ConfigError, match="replica_scope"):
+        MemoryPlan.choose(model, CNN_INPUT, 4, 10**9, replica_scope="all")  # type: ignore[arg-type]

@@ -1,0 +1,181 @@
+"""``swarmfl plan``: what a device would train within its memory budget, as a table.
+
+Builds the model the simulator would build (:func:`~swarmfl.models.build_model`), asks
+:class:`~swarmfl.memory.MemoryPlan` for its candidates and its choice, and renders them with
+rich, byte counts in binary units (:func:`~swarmfl.sizes.format_bytes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from swarmfl.errors import ConfigError
+from swarmfl.memory import (
+    CodecName,
+    MemoryPlan,
+    OptimizerName,
+    ReplicaScope,
+    TrainPlan,
+    plan_table_rows,
+)
+from swarmfl.models import build_model
+from swarmfl.sizes import format_bytes, parse_bytes
+
+__all__ = ["PlanRequest", "parse_shape", "parse_widths", "print_plan"]
+
+
+def parse_shape(text: str, *, key: str = "input") -> tuple[int, ...]:
+    """``"3x32x32"`` to ``(3, 32, 32)``, ``"64"`` to ``(64,)``.
+
+    Raises :class:`ConfigError` naming ``key`` for anything but positive ints joined by ``x``.
+    """
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ConfigError(f"expected a shape like '3x32x32' or '64', got {text!r}", key=key)
+    return shape
+
+
+def parse_widths(text: str, *, key: str) -> tuple[int, ...]:
+    """``"16,32"`` to ``(16, 32)``. Raises :class:`ConfigError` naming ``key``."""
+    try:
+        widths = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        widths = ()
+    if not widths or any(w < 1 for w in widths):
+        raise ConfigError(f"expected positive ints separated by commas, got {text!r}", key=key)
+    return widths
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What ``swarmfl plan`` was asked. ``budget`` is text (``"64MiB"``) or bytes."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    batch_size: int
+    budget: str | int
+    classes: int = 10
+    hidden: tuple[int, ...] = (128,)
+    channels: tuple[int, ...] = (16, 32)
+    optimizer: OptimizerName = "sgd"
+    neighbour_replicas: int = 4
+    codec: CodecName = "int8"
+    block_size: int = 128
+    replica_scope: ReplicaScope = "trained"
+    show_all: bool = False
+
+
+def print_plan(request: PlanRequest, console: Console) -> TrainPlan:
+    """Print the candidates and the chosen plan; return the chosen plan.
+
+    Without ``show_all`` the table keeps, per set of trained parameters, the plan at the
+    largest micro-batch that fits (or at micro-batch 1 if none fits).
+    Raises :class:`ConfigError` for a bad budget, model or shape, and
+    :class:`~swarmfl.errors.PlanError` (naming the smallest feasible budget) if nothing fits.
+    """
+    try:
+        budget = parse_bytes(request.budget)
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, key="budget") from None
+    if request.batch_size < 1:
+        raise ConfigError(f"must be >= 1, got {request.batch_size}", key="batch")
+    model = build_model(
+        request.model,
+        request.input_shape,
+        request.classes,
+        hidden=request.hidden,
+        channels=request.channels,
+    )
+    args = (model, request.input_shape, request.batch_size, budget)
+    chosen = MemoryPlan.choose(
+        *args,
+        optimizer=request.optimizer,
+        neighbour_replicas=request.neighbour_replicas,
+        codec=request.codec,
+        block_size=request.block_size,
+        replica_scope=request.replica_scope,
+    )
+    plans = MemoryPlan.candidates(
+        *args,
+        optimizer=request.optimizer,
+        neighbour_replicas=request.neighbour_replicas,
+        codec=request.codec,
+        block_size=request.block_size,
+        replica_scope=request.replica_scope,
+    )
+    shown = plans if request.show_all else _best_per_trained_set(plans)
+    total_values = sum(p.numel() for p in model.parameters())
+    console.print(
+        f"[bold]{request.model}[/] {request.input_shape} -> {request.classes} classes: "
+        f"{len(model)} blocks, {total_values:,} parameters "
+        f"({format_bytes(plans[0].predicted.weights)} of weights); batch {request.batch_size}, "
+        f"{request.optimizer}, {request.neighbour_replicas} neighbour replicas "
+        f"({request.replica_scope}), {request.codec} codec; budget {format_bytes(budget)}"
+    )
+    console.print(_table(shown, chosen))
+    full = plans[0]
+    share = chosen.predicted.training_overhead / max(1, full.predicted.training_overhead)
+    console.print(
+        f"chosen: [bold]{chosen.describe()}[/] ({chosen.accumulation_steps} step"
+        f"{'s' if chosen.accumulation_steps > 1 else ''} per batch): trains "
+        f"{chosen.trained_numel:,} of {total_values:,} values "
+        f"({100 * chosen.trained_numel / total_values:.0f} %), needs "
+        f"{format_bytes(chosen.predicted.total)} of {format_bytes(budget)}; training overhead "
+        f"{format_bytes(chosen.predicted.training_overhead)} "
+        f"({100 * share:.0f} % of full backprop's)"
+    )
+    return chosen
+
+
+def _best_per_trained_set(plans: Sequence[TrainPlan]) -> list[TrainPlan]:
+    # each set's plans come by decreasing micro-batch: keep the first that fits, else the last
+    best: dict[tuple[str, ...], TrainPlan] = {}
+    for plan in plans:
+        kept = best.get(plan.trained_parameters)
+        if kept is None or not kept.fits:
+            best[plan.trained_parameters] = plan
+    return list(best.values())
+
+
+def _table(plans: Sequence[TrainPlan], chosen: TrainPlan) -> Table:
+    table = Table(
+        title="training plans: predicted bytes per component",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    # plain SGD keeps no optimizer state: leave out a column of zeros
+    with_optimizer = any(plan.predicted.optimizer_state for plan in plans)
+    table.add_column("", no_wrap=True)
+    table.add_column("trains (blocks)")
+    table.add_column("values", justify="right")
+    table.add_column("micro x steps", justify="right")
+    components = ["gradients", *(["optimizer"] if with_optimizer else [])]
+    components += ["activations", "replicas", "codec", "total"]
+    for name in components:
+        table.add_column(name, justify="right")
+    table.add_column("fits")
+    for plan, row in zip(plans, plan_table_rows(plans), strict=True):
+        predicted = plan.predicted
+        values = [predicted.gradients, *([predicted.optimizer_state] if with_optimizer else [])]
+        values += [predicted.activations, predicted.replicas, predicted.codec_buffers]
+        values.append(predicted.total)
+        table.add_row(
+            "▶" if plan == chosen else "",
+            f"{row['mode']} {row['trained_blocks']}",
+            f"{plan.trained_numel:,}",
+            f"{plan.micro_batch} x {plan.accumulation_steps}",
+            *(format_bytes(v) for v in values),
+            "[green]yes[/]" if plan.fits else "[red]no[/]",
+            style="bold" if plan == chosen else None,
+        )
+    return table
