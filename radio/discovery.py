@@ -190,7 +190,9 @@ class ZeroconfDiscovery:
     its frames authenticate.
 
     ``me.host`` must be an IP address literal (it is announced as the A/AAAA record).
-    ``interfaces`` are the addresses to run mDNS on (``None`` for all).
+    ``interfaces`` are the addresses to run mDNS on (``None`` for all). With ``announce=False``
+    it only browses (``me`` then names just the swarm and model to look for, see :meth:`browser`);
+    with ``match_signature=False`` peers of any model signature in our swarm are reported.
     A drone that vanishes without a goodbye (crash, out of range) stays in :meth:`peers` until
     its PTR record expires, which python-zeroconf stretches to at least 1,125 s: liveness is the
     node's call, from the frames it hears, not discovery's.
@@ -206,6 +208,8 @@ class ZeroconfDiscovery:
         *,
         interfaces: list[str] | None = None,
         resolve_timeout_s: float = 3.0,
+        announce: bool = True,
+        match_signature: bool = True,
     ) -> None:
         try:
             ipaddress.ip_address(me.host)
@@ -216,6 +220,8 @@ class ZeroconfDiscovery:
         if not resolve_timeout_s > 0:
             raise ConfigError("must be > 0", key="resolve_timeout_s")
         self.me = me
+        self._announce = announce
+        self._match_signature = match_signature
         self._interfaces = interfaces
         self._resolve_timeout_ms = int(resolve_timeout_s * 1000)
         self._peers: dict[int, PeerInfo] = {}
@@ -228,6 +234,15 @@ class ZeroconfDiscovery:
         self._malformed = 0
         self._foreign = 0
         self._unresolved = 0
+
+    @classmethod
+    def browser(cls, swarm_id: int, *, interfaces: list[str] | None = None) -> ZeroconfDiscovery:
+        """A discovery that announces nothing and reports every drone of ``swarm_id``.
+
+        For observers such as ``swarmfl status``: any model signature, no drone id of its own.
+        """
+        watcher = PeerInfo(0, swarm_id, bytes(SIGNATURE_BYTES), "127.0.0.1", 0, "observer", "udp")
+        return cls(watcher, interfaces=interfaces, announce=False, match_signature=False)
 
     @property
     def malformed_count(self) -> int:
@@ -275,8 +290,9 @@ class ZeroconfDiscovery:
             else:
                 # zeroconf picks the IP version(s) from the addresses listed.
                 self._aiozc = AsyncZeroconf(interfaces=self._interfaces)
-            announced = await self._aiozc.async_register_service(info)
-            await announced
+            if self._announce:
+                announced = await self._aiozc.async_register_service(info)
+                await announced
             self._browser = AsyncServiceBrowser(
                 self._aiozc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
             )
@@ -308,7 +324,7 @@ class ZeroconfDiscovery:
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
         # Called by zeroconf on the event loop; must not raise or block.
-        if self._closed or name.lower() == self.me.service_name.lower():
+        if self._closed or (self._announce and name.lower() == self.me.service_name.lower()):
             return
         if state_change is ServiceStateChange.Removed:
             pending = self._resolving.pop(name, None)
@@ -363,7 +379,9 @@ class ZeroconfDiscovery:
             self._drop(name)
             return
         me = self.me
-        if peer.swarm_id != me.swarm_id or peer.signature != me.signature:
+        if peer.swarm_id != me.swarm_id or (
+            self._match_signature and peer.signature != me.signature
+        ):
             # Also the way out for a mate that switched models: its update drops it here.
             self._foreign += 1
             logger.debug(
@@ -371,7 +389,7 @@ class ZeroconfDiscovery:
             )
             self._drop(name)
             return
-        if peer.drone_id == me.drone_id:
+        if self._announce and peer.drone_id == me.drone_id:
             return
         self._accept(name, peer)
 

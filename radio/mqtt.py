@@ -1,0 +1,460 @@
+"""The MQTT radio: frames through a broker, with presence and a last will (aiomqtt).
+
+The broker is only a medium. It relays datagrams between the drones of a swarm and keeps each
+drone's presence; it aggregates nothing and coordinates nothing, and frames stay authenticated
+end to end with the swarm key (the broker cannot forge or alter a model update).
+
+Topics, under ``{prefix}/{swarm_id}/`` (``prefix`` defaults to ``swarmfl``):
+
+* ``frames/{drone_id}``: the drone's datagrams (QoS 0: loss is the protocol's business);
+* ``presence/{drone_id}``: retained JSON ``{"state": "online", ...}`` published on connect, and
+  ``{"state": "offline"}`` set as the connection's *last will*, so a drone that vanishes (power
+  loss, out of range, killed) is reported gone by the broker itself;
+* ``telemetry/{drone_id}``: retained JSON status lines (what ``swarmfl status`` shows).
+
+A dropped connection is retried forever with exponential backoff and jitter; each failure is
+logged as one line, never a traceback. Frames sent while disconnected wait in the bounded send
+queue, where a newer keyframe supersedes older frames of our stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from swarmfl.errors import ClosedRadioError, ConfigError
+from swarmfl.radio.base import FrameInbox, ReceivedFrame
+from swarmfl.radio.discovery import PeerDown, PeerInfo, PeerUp
+from swarmfl.radio.link import DatagramLink, LinkConfig
+from swarmfl.radio.udp import RadioStats, radio_counters
+
+__all__ = ["MqttRadio", "MqttSettings", "broker_address", "telemetry_topic", "topic_root"]
+
+log = logging.getLogger(__name__)
+# paho-mqtt logs a lost connection at ERROR level; the radio reports it itself, in one line with
+# the broker and the next retry, so paho's own messages are kept for debugging only.
+_PAHO_LOG = logging.getLogger(f"{__name__}.paho")
+_PAHO_LOG.setLevel(logging.CRITICAL)
+
+_SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of a broker URL: ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+
+    Raises :class:`ConfigError` (key ``radio.mqtt.url``) for anything else.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"not a broker URL: {exc}", key="radio.mqtt.url") from None
+    if parts.scheme not in _SCHEMES or not parts.hostname:
+        raise ConfigError(
+            f"expected mqtt://host[:port] or mqtts://host[:port], got {url!r}",
+            key="radio.mqtt.url",
+        )
+    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+        raise ConfigError(
+            "only scheme, host and port belong in the URL (credentials go in radio.mqtt.username "
+            "and password_env / password_file)",
+            key="radio.mqtt.url",
+        )
+    default_port, tls = _SCHEMES[parts.scheme]
+    return parts.hostname, port or default_port, tls
+
+
+def topic_root(prefix: str, swarm_id: int) -> str:
+    """The topic under which swarm ``swarm_id`` lives."""
+    return f"{prefix}/{swarm_id}"
+
+
+def telemetry_topic(prefix: str, swarm_id: int, drone_id: int | str) -> str:
+    """The retained telemetry topic of one drone (``+`` for all)."""
+    return f"{topic_root(prefix, swarm_id)}/telemetry/{drone_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """Where the broker is and how to talk to it. Raises :class:`ConfigError` naming the key.
+
+    ``password`` is the resolved secret (the config reads it from a file or an environment
+    variable). TLS is on for ``mqtts://`` URLs; ``ca_file`` (else the system store),
+    ``cert_file``/``key_file`` (client certificate) and ``tls_insecure`` (skip host name
+    verification) tune it.
+    """
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    topic_prefix: str = "swarmfl"
+    keepalive_s: int = 10
+    connect_timeout_s: float = 5.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        broker_address(self.url)
+        prefix = self.topic_prefix
+        if not prefix or any(c in prefix for c in "#+\0") or prefix.startswith("$"):
+            raise ConfigError(
+                f"must be a topic without wildcards, got {prefix!r}", key="radio.mqtt.topic_prefix"
+            )
+        if self.keepalive_s < 1:
+            raise ConfigError("must be >= 1", key="radio.mqtt.keepalive_s")
+        for name in ("connect_timeout_s", "backoff_initial_s", "backoff_max_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError("must be > 0", key=f"radio.mqtt.{name}")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("must be >= backoff_initial_s", key="radio.mqtt.backoff_max_s")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("give both cert_file and key_file, or neither", key="radio.mqtt")
+
+    @property
+    def host(self) -> str:
+        """The broker's host name or address."""
+        return broker_address(self.url)[0]
+
+    @property
+    def port(self) -> int:
+        """The broker's port."""
+        return broker_address(self.url)[1]
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an ``mqtts://`` URL, or None.
+
+        Raises :class:`ConfigError` naming the key if a certificate or key file cannot be read.
+        """
+        if not broker_address(self.url)[2]:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load CA file: {exc}", key="radio.mqtt.ca_file") from None
+        if self.cert_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"cannot load client certificate: {exc}", key="radio.mqtt.cert_file"
+                ) from None
+        if self.tls_insecure:
+            context.check_hostname = False
+        return context
+
+
+class _Closed:
+    """Queue sentinel: the radio has closed."""
+
+
+_CLOSED = _Closed()
+
+
+class MqttRadio:
+    """An unreliable, unordered broadcast of frames to the swarm through an MQTT broker.
+
+    It is also the swarm's presence (the :class:`~swarmfl.radio.discovery.Discovery` protocol):
+    :meth:`peers` and :meth:`events` follow the retained presence messages, so a drone whose
+    connection drops is reported by :class:`PeerDown` (its last will) and comes back with a
+    :class:`PeerUp`. ``me`` is what we announce.
+
+    Use ``async with MqttRadio(...) as radio:`` or :meth:`start` / :meth:`aclose`. Neither
+    raises when the broker is unreachable: the radio keeps retrying with backoff, logs each
+    failure as one line and reports :attr:`connected`. Raises :class:`ConfigError` for bad TLS
+    files (from :meth:`start`).
+    """
+
+    def __init__(
+        self,
+        *,
+        me: PeerInfo,
+        settings: MqttSettings,
+        link: LinkConfig | None = None,
+        inbox_frames: int = 256,
+        seed: int | None = None,
+    ) -> None:
+        self.me = me
+        self.settings = settings
+        # One MQTT message carries up to 64 KiB of a frame: fewer, larger messages over TCP.
+        self.link_config = link or LinkConfig(mtu_bytes=65_507, burst_bytes=256 * 1024)
+        self._link = DatagramLink(
+            self.link_config, sender=me.drone_id, first_frame_id=secrets.randbits(32)
+        )
+        self.stats = RadioStats()
+        root = topic_root(settings.topic_prefix, me.swarm_id)
+        self._root = root
+        self._frames_topic = f"{root}/frames/{me.drone_id}"
+        self._presence_topic = f"{root}/presence/{me.drone_id}"
+        self._telemetry_topic = telemetry_topic(settings.topic_prefix, me.swarm_id, me.drone_id)
+        self._rng = random.Random(seed)
+        self._peers: dict[int, PeerInfo] = {}
+        self._events: asyncio.Queue[PeerUp | PeerDown | _Closed] = asyncio.Queue()
+        self._inbox = FrameInbox(inbox_frames)
+        self._wake = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._up = asyncio.Event()
+        self._telemetry_tasks: set[asyncio.Task[None]] = set()
+        self._tls: ssl.SSLContext | None = None
+        self.connects = 0
+        self.connect_failures = 0
+        self.presence_malformed = 0
+        self.last_error: str | None = None
+
+    async def __aenter__(self) -> MqttRadio:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up now."""
+        return self._client is not None
+
+    def _payload(self, state: str) -> bytes:
+        body: dict[str, Any] = {"state": state, **self.me.txt()}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    async def start(self) -> None:
+        """Start connecting (in the background). Raises ConfigError for bad TLS files."""
+        if self._task is not None or self._closed:
+            raise ClosedRadioError("the MQTT radio is already started or closed")
+        self._tls = self.settings.tls_context()
+        self._task = asyncio.get_running_loop().create_task(
+            self._connection_loop(), name=f"mqtt-radio-{self.me.drone_id}"
+        )
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until the broker connection is up; False after ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._up.wait()
+        return self.connected
+
+    # -- the connection -----------------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        settings = self.settings
+        backoff = settings.backoff_initial_s
+        while not self._closed:
+            try:
+                await self._session()
+                backoff = settings.backoff_initial_s  # it was up: start over gently
+            except aiomqtt.MqttError as exc:
+                self.connect_failures += 1
+                self.last_error = str(exc) or type(exc).__name__
+                # Nothing is wrong with us: report once per attempt, in one line.
+                log.warning(
+                    "drone %d: MQTT broker %s: %s; retrying in %.1f s",
+                    self.me.drone_id,
+                    settings.url,
+                    self.last_error,
+                    backoff,
+                )
+            if self._closed:
+                return
+            # Full jitter keeps a swarm that lost the broker together from reconnecting in step.
+            await asyncio.sleep(backoff * (0.5 + 0.5 * self._rng.random()))
+            backoff = min(backoff * 2.0, settings.backoff_max_s)
+
+    async def _session(self) -> None:
+        settings = self.settings
+        me = self.me
+        will = aiomqtt.Will(self._presence_topic, self._payload("offline"), qos=1, retain=True)
+        async with aiomqtt.Client(
+            settings.host,
+            settings.port,
+            username=settings.username,
+            password=settings.password,
+            identifier=f"swarmfl-{me.swarm_id}-{me.drone_id}-{secrets.token_hex(3)}",
+            will=will,
+            keepalive=settings.keepalive_s,
+            timeout=settings.connect_timeout_s,
+            tls_context=self._tls,
+            clean_session=True,
+            max_queued_incoming_messages=4096,
+            logger=_PAHO_LOG,
+        ) as client:
+            await client.subscribe(f"{self._root}/presence/+", qos=1)
+            await client.subscribe(f"{self._root}/frames/+", qos=0)
+            await client.publish(self._presence_topic, self._payload("online"), qos=1, retain=True)
+            self._client = client
+            self.connects += 1
+            log.info("drone %d: connected to MQTT broker %s", me.drone_id, settings.url)
+            self._up.set()
+            self._wake.set()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._read(client))
+                    tasks.create_task(self._pump(client))
+            except* aiomqtt.MqttError as group:
+                raise group.exceptions[0] from None
+            finally:
+                self._client = None
+                self._up.clear()
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                continue
+            if topic.startswith(f"{self._root}/frames/"):
+                self._on_datagram(topic, bytes(payload))
+            elif topic.startswith(f"{self._root}/presence/"):
+                self._on_presence(topic, bytes(payload))
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        link = self._link
+        stats = self.stats
+        while True:
+            now = loop.time()
+            ready_at = link.ready_at(now)
+            if ready_at is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if ready_at > now:
+                await asyncio.sleep(ready_at - now)
+                continue
+            datagram = link.next_datagram(now)
+            if datagram is None:
+                await asyncio.sleep(0)
+                continue
+            await client.publish(self._frames_topic, datagram, qos=0)
+            stats.datagrams_sent += 1
+            stats.bytes_sent += len(datagram)
+
+    # -- what we hear -------------------------------------------------------------------------
+
+    def _on_datagram(self, topic: str, data: bytes) -> None:
+        sender = topic.rsplit("/", 1)[-1]
+        if sender == str(self.me.drone_id):
+            return  # the broker echoes our own messages
+        now = asyncio.get_running_loop().time()
+        self.stats.datagrams_received += 1
+        self.stats.bytes_received += len(data)
+        frame = self._link.receive(data, sender, now)
+        if frame is None:
+            return
+        self.stats.frames_received += 1
+        if not self._inbox.push(ReceivedFrame(frame, sender, now)):
+            self.stats.frames_dropped_inbox += 1
+
+    def _on_presence(self, topic: str, data: bytes) -> None:
+        name = topic.rsplit("/", 1)[-1]
+        if name == str(self.me.drone_id) or not data:
+            return
+        try:
+            body = json.loads(data.decode("utf-8"))
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            state = body.get("state")
+            props = {str(k): (v if isinstance(v, str) else None) for k, v in body.items()}
+            peer = PeerInfo.from_txt(props, host=self.settings.host, port=0)
+            if str(peer.drone_id) != name or state not in ("online", "offline"):
+                raise ValueError(f"presence of {name} says id {peer.drone_id}, state {state!r}")
+        except (UnicodeDecodeError, ValueError) as exc:
+            self.presence_malformed += 1
+            log.debug("malformed presence on %s: %s", topic, exc)
+            return
+        if peer.swarm_id != self.me.swarm_id or peer.signature != self.me.signature:
+            log.debug("ignoring presence of %s: another swarm or model", topic)
+            return
+        if state == "online":
+            if self._peers.get(peer.drone_id) != peer:
+                self._peers[peer.drone_id] = peer
+                self._events.put_nowait(PeerUp(peer))
+        elif self._peers.pop(peer.drone_id, None) is not None:
+            self._events.put_nowait(PeerDown(peer.drone_id))
+
+    # -- the Radio and Discovery protocols ----------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame`` for the swarm. Raises :class:`ClosedRadioError` once closed."""
+        if self._closed:
+            raise ClosedRadioError(f"MQTT radio of drone {self.me.drone_id} is closed")
+        self._link.send(frame, asyncio.get_running_loop().time())
+        self._wake.set()
+
+    async def frames(self) -> AsyncIterator[ReceivedFrame]:
+        """Whole frames heard (not yet authenticated), until the radio closes."""
+        async for heard in self._inbox.frames():
+            yield heard
+
+    def counters(self) -> dict[str, int]:
+        """The radio's and its link's counters, flat (see ``radio_counters``)."""
+        return radio_counters(self._link, self.stats)
+
+    def peers(self) -> Mapping[int, PeerInfo]:
+        """Swarm mates whose presence is online, by drone id (read-only live view)."""
+        return MappingProxyType(self._peers)
+
+    async def events(self) -> AsyncIterator[PeerUp | PeerDown]:
+        """PeerUp / PeerDown as presence changes; ends when the radio closes. One consumer."""
+        while True:
+            event = await self._events.get()
+            if isinstance(event, _Closed):
+                self._events.put_nowait(event)
+                return
+            yield event
+
+    def publish_telemetry(self, status: Mapping[str, Any]) -> bool:
+        """Publish ``status`` (retained) on our telemetry topic; False if not connected now."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            body = json.dumps(dict(status), separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            log.warning("cannot encode telemetry: %s", exc)
+            return False
+        task = asyncio.get_running_loop().create_task(self._publish_quietly(client, body))
+        self._telemetry_tasks.add(task)
+        task.add_done_callback(self._telemetry_tasks.discard)
+        return True
+
+    async def _publish_quietly(self, client: aiomqtt.Client, body: bytes) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self._telemetry_topic, body, qos=0, retain=True, timeout=2.0)
+
+    async def aclose(self) -> None:
+        """Say goodbye (offline presence), disconnect and stop. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        client = self._client
+        if client is not None:
+            # A clean disconnect does not fire the last will: announce it ourselves.
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await client.publish(
+                    self._presence_topic, self._payload("offline"), qos=1, retain=True, timeout=2.0
+                )
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._client = None
+        self._link.clear()
+        self._inbox.close()
+        self._events.put_nowait(_CLOSED)

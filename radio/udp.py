@@ -1,0 +1,412 @@
+"""The UDP radio: real datagrams on real sockets, throttled, fragmented and queued.
+
+Frames go through the :class:`~swarmfl.radio.link.DatagramLink` every radio shares (the
+simulated one included): a bounded send queue where a keyframe supersedes older queued frames of
+our model stream, fragmentation into MTU-sized datagrams and a token bucket at ``rate_bps``;
+datagrams heard are rebuilt into frames by its reassembler. :class:`UdpRadio` adds the socket:
+unicast to every peer discovery reports (each copy is charged to the bucket, as airtime is on a
+unicast mesh), an optional in-process loss injector for tests (this kernel has no netem), and
+answers to ``swarmfl status`` queries.
+
+A datagram that is not ours (garbage, truncated, a foreign protocol) is counted, logged at debug
+level and dropped; nothing a peer sends can stop the radio. Whole frames are authenticated later,
+by the gossip node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import random
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from swarmfl.errors import ClosedRadioError, ConfigError, RadioError
+from swarmfl.radio.base import FrameInbox, ReceivedFrame
+from swarmfl.radio.link import DatagramLink, LinkConfig
+
+__all__ = [
+    "STATUS_REPLY",
+    "STATUS_REQUEST",
+    "STATUS_REQUEST_BYTES",
+    "RadioStats",
+    "UdpRadio",
+    "parse_status_reply",
+    "query_status",
+    "radio_counters",
+    "status_request",
+]
+
+log = logging.getLogger(__name__)
+
+#: A status query: this prefix, an 8-byte nonce, zero padding to STATUS_REQUEST_BYTES.
+STATUS_REQUEST = b"SWFL?"
+#: A status answer: this prefix, the query's nonce, then the status as UTF-8 JSON.
+STATUS_REPLY = b"SWFL="
+#: Queries are padded so that an answer is never much larger than the query that caused it
+#: (a spoofed query must not turn an agent into a traffic amplifier).
+STATUS_REQUEST_BYTES = 512
+_STATUS_REPLY_MAX_BYTES = 3 * STATUS_REQUEST_BYTES
+_NONCE_BYTES = 8
+# Yield to the event loop after this many datagrams sent back to back.
+_DATAGRAMS_PER_YIELD = 64
+
+
+@dataclass(slots=True)
+class RadioStats:
+    """What a real radio did beyond its link's counters (counters only grow).
+
+    ``datagrams_sent``/``bytes_sent`` count every copy put on the medium (one per unicast
+    destination); ``frames_dropped_inbox`` frames heard while the reader was too far behind;
+    ``datagrams_lost_injected`` datagrams dropped on purpose by the test loss injector.
+    """
+
+    datagrams_sent: int = 0
+    bytes_sent: int = 0
+    datagrams_received: int = 0
+    bytes_received: int = 0
+    frames_received: int = 0
+    frames_dropped_inbox: int = 0
+    datagrams_lost_injected: int = 0
+    send_errors: int = 0
+
+
+def radio_counters(link: DatagramLink, stats: RadioStats) -> dict[str, int]:
+    """One flat dict of a radio's counters (for status lines and telemetry)."""
+    snapshot = link.stats()
+    reassembly = snapshot.reassembly
+    return {
+        "frames_sent": snapshot.frames_sent,
+        "datagrams_sent": stats.datagrams_sent,
+        "bytes_sent": stats.bytes_sent,
+        "frames_received": stats.frames_received,
+        "datagrams_received": stats.datagrams_received,
+        "bytes_received": stats.bytes_received,
+        "datagrams_malformed": reassembly.malformed + reassembly.oversize,
+        "frames_incomplete": snapshot.frames_incomplete,
+        "frames_dropped_sending": snapshot.frames_dropped_sending,
+        "frames_dropped_inbox": stats.frames_dropped_inbox,
+        "datagrams_lost_injected": stats.datagrams_lost_injected,
+        "send_errors": stats.send_errors,
+    }
+
+
+def status_request(nonce: bytes) -> bytes:
+    """The datagram that asks an agent for its status (``nonce``: 8 bytes)."""
+    if len(nonce) != _NONCE_BYTES:
+        raise ConfigError(f"must be {_NONCE_BYTES} bytes", key="nonce")
+    return (STATUS_REQUEST + nonce).ljust(STATUS_REQUEST_BYTES, b"\0")
+
+
+def parse_status_reply(datagram: bytes, nonce: bytes) -> dict[str, Any] | None:
+    """The status in an answer to the query with ``nonce``, or None if it is not one."""
+    head = STATUS_REPLY + nonce
+    if not datagram.startswith(head):
+        return None
+    try:
+        status = json.loads(datagram[len(head) :].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+StatusProvider = Callable[[], Mapping[str, Any]]
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, radio: UdpRadio) -> None:
+        self._radio = radio
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._radio._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors reported on the socket (a peer's port closed): the medium's business.
+        self._radio.stats.send_errors += 1
+        log.debug("udp socket error: %r", exc)
+
+
+class UdpRadio:
+    """An unreliable, unordered broadcast of frames over UDP to the peers discovery reports.
+
+    No ordering, no delivery guarantee, no duplicate suppression. Use ``async with
+    UdpRadio(...) as radio:`` or :meth:`start` / :meth:`aclose`. Each frame is queued, fragmented
+    and throttled by a :class:`~swarmfl.radio.link.DatagramLink` (``link``), then sent to every
+    destination set with :meth:`set_peer`. ``loss`` drops that fraction of the datagrams heard,
+    on purpose, seeded by ``seed`` (for tests). ``status`` answers ``swarmfl status`` queries
+    when given. ``inbox_frames`` bounds the frames heard but not yet read.
+
+    Raises :class:`ConfigError` for a bad ``loss`` or ``drone_id``; :meth:`start` raises
+    :class:`ConfigError` if the port is in use or the address cannot be bound, and
+    :class:`RadioError` for any other socket failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        drone_id: int,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        link: LinkConfig | None = None,
+        inbox_frames: int = 256,
+        loss: float = 0.0,
+        seed: int = 0,
+        status: StatusProvider | None = None,
+    ) -> None:
+        if not 0.0 <= loss < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {loss!r}", key="loss")
+        self.drone_id = drone_id
+        self.host = host
+        self.port = port
+        self.link_config = link or LinkConfig()
+        # A random first frame id: receivers never take a restarted drone's new frames for
+        # fragments of its old ones.
+        self._link = DatagramLink(
+            self.link_config, sender=drone_id, first_frame_id=secrets.randbits(32)
+        )
+        self.stats = RadioStats()
+        self._loss = loss
+        self._rng = random.Random(seed)
+        self._status = status
+        self._peers: dict[int, tuple[str, int]] = {}
+        self._inbox = FrameInbox(inbox_frames)
+        self._wake = asyncio.Event()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> UdpRadio:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def local_port(self) -> int:
+        """The port actually bound (useful with ``port=0``). Raises RadioError before start."""
+        if self._transport is None:
+            raise RadioError("the UDP radio is not started")
+        return int(self._transport.get_extra_info("sockname")[1])
+
+    async def start(self) -> None:
+        """Bind the socket and start sending. See the class for the errors raised."""
+        if self._transport is not None or self._closed:
+            raise RadioError("the UDP radio is already started or closed")
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            # Room for a few whole frames from every peer while the agent is busy.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
+            sock.bind((self.host, self.port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"UDP port {self.port} on {self.host} is already in use "
+                    "(another agent running? pick another radio.udp.port)",
+                    key="radio.udp.port",
+                ) from None
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+                raise ConfigError(
+                    f"cannot bind UDP {self.host}:{self.port}: {exc.strerror}",
+                    key="radio.udp.host",
+                ) from None
+            raise RadioError(f"cannot open UDP {self.host}:{self.port}: {exc}") from exc
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        except OSError as exc:
+            sock.close()
+            raise RadioError(f"cannot open UDP {self.host}:{self.port}: {exc}") from exc
+        self._transport = transport
+        self._pump_task = loop.create_task(self._pump(), name=f"udp-radio-{self.drone_id}")
+
+    # -- destinations -------------------------------------------------------------------------
+
+    def set_peer(self, drone_id: int, host: str, port: int) -> None:
+        """Send to ``host:port`` as drone ``drone_id`` (replaces its previous address)."""
+        if drone_id != self.drone_id:
+            self._peers[drone_id] = (host, port)
+
+    def remove_peer(self, drone_id: int) -> None:
+        """Stop sending to ``drone_id``."""
+        self._peers.pop(drone_id, None)
+
+    @property
+    def peers(self) -> Mapping[int, tuple[str, int]]:
+        """Current destinations by drone id."""
+        return dict(self._peers)
+
+    # -- the Radio protocol -------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame`` for every peer. Raises :class:`ClosedRadioError` once closed."""
+        if self._closed:
+            raise ClosedRadioError(f"UDP radio of drone {self.drone_id} is closed")
+        self._link.send(frame, asyncio.get_running_loop().time())
+        self._wake.set()
+
+    async def frames(self) -> AsyncIterator[ReceivedFrame]:
+        """Whole frames heard (not yet authenticated), until the radio closes."""
+        async for heard in self._inbox.frames():
+            yield heard
+
+    async def aclose(self) -> None:
+        """Close the socket; queued frames are dropped; readers stop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._link.clear()
+        task, self._pump_task = self._pump_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+        self._inbox.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """The radio's and its link's counters, flat (see :func:`radio_counters`)."""
+        return radio_counters(self._link, self.stats)
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        link = self._link
+        stats = self.stats
+        burst = 0
+        while True:
+            now = loop.time()
+            ready_at = link.ready_at(now)
+            if ready_at is None:
+                self._wake.clear()
+                await self._wake.wait()
+                burst = 0
+                continue
+            if ready_at > now:
+                await asyncio.sleep(ready_at - now)
+                burst = 0
+                continue
+            datagram = link.next_datagram(now)
+            if datagram is None:
+                await asyncio.sleep(0)
+                continue
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return
+            destinations = list(self._peers.values())
+            if len(destinations) > 1:
+                # Each extra copy costs airtime too: charge it (the bucket may go into debt,
+                # which delays what follows, so the long-run rate holds).
+                link.bucket.consume(len(datagram) * (len(destinations) - 1), now)
+            for address in destinations:
+                try:
+                    transport.sendto(datagram, address)
+                except OSError as exc:  # e.g. an unresolvable host name
+                    stats.send_errors += 1
+                    log.debug("udp send to %s failed: %r", address, exc)
+                    continue
+                stats.datagrams_sent += 1
+                stats.bytes_sent += len(datagram)
+            burst += 1
+            if burst >= _DATAGRAMS_PER_YIELD:
+                burst = 0
+                await asyncio.sleep(0)
+
+    def _on_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
+        if self._closed:
+            return
+        if data.startswith(STATUS_REQUEST):
+            self._answer_status(data, addr)
+            return
+        if self._loss and self._rng.random() < self._loss:
+            self.stats.datagrams_lost_injected += 1
+            return
+        now = asyncio.get_running_loop().time()
+        self.stats.datagrams_received += 1
+        self.stats.bytes_received += len(data)
+        frame = self._link.receive(data, addr, now)
+        if frame is None:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("datagram of %d bytes from %s: no frame completed", len(data), addr)
+            return
+        self.stats.frames_received += 1
+        if not self._inbox.push(ReceivedFrame(frame, addr, now)):
+            self.stats.frames_dropped_inbox += 1
+
+    def _answer_status(self, data: bytes, addr: tuple[Any, int]) -> None:
+        if self._status is None or self._transport is None:
+            return
+        if len(data) < STATUS_REQUEST_BYTES:
+            log.debug("status query from %s too short (%d bytes)", addr, len(data))
+            return
+        nonce = data[len(STATUS_REQUEST) : len(STATUS_REQUEST) + _NONCE_BYTES]
+        try:
+            status = dict(self._status())
+            body = json.dumps(status, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            log.warning("cannot encode status: %s", exc)
+            return
+        head = STATUS_REPLY + nonce
+        if len(head) + len(body) > _STATUS_REPLY_MAX_BYTES:
+            # Keep the answer small: the per-peer details go first.
+            status.pop("peers_heard", None)
+            status.pop("peers_announced", None)
+            body = json.dumps(status, separators=(",", ":"), allow_nan=False).encode()
+            if len(head) + len(body) > _STATUS_REPLY_MAX_BYTES:
+                return
+        self._transport.sendto(head + body, addr)
+
+
+async def query_status(
+    addresses: list[tuple[str, int]], *, timeout_s: float = 1.0
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Ask the agents at ``addresses`` for their status over UDP; wait up to ``timeout_s``.
+
+    Returns the answers received, by address. Agents that do not answer are left out. Raises
+    :class:`RadioError` if no UDP socket can be opened.
+    """
+    loop = asyncio.get_running_loop()
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    answers: dict[tuple[str, int], dict[str, Any]] = {}
+    done = asyncio.Event()
+    wanted = len(set(addresses))
+
+    class _Query(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[Any, int]) -> None:
+            status = parse_status_reply(data, nonce)
+            if status is not None:
+                answers[(str(addr[0]), int(addr[1]))] = status
+                if len(answers) >= wanted:
+                    done.set()
+
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            _Query, local_addr=("0.0.0.0", 0), family=socket.AF_INET
+        )
+    except OSError as exc:
+        raise RadioError(f"cannot open a UDP socket: {exc}") from exc
+    try:
+        request = status_request(nonce)
+        for address in set(addresses):
+            try:
+                transport.sendto(request, address)
+            except OSError as exc:
+                log.debug("status query to %s failed: %r", address, exc)
+        if addresses:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await done.wait()
+            except TimeoutError:
+                pass
+    finally:
+        transport.close()
+    return answers

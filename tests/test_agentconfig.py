@@ -1,0 +1,150 @@
+"""The field agent's config file: one-line errors naming the key, secrets kept out of the file."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from swarmfl.agentconfig import load_agent_config, parse_agent_config
+from swarmfl.cli import main
+from swarmfl.errors import ConfigError
+from swarmfl.wire import derive_swarm_key
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "drone.toml"
+
+MINIMAL = """
+[discovery]
+interfaces = ["127.0.0.1"]
+
+[drone]
+id = 3
+swarm_id = 42
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "drone.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SWARMFL_SECRET", "a shared secret")
+    return "a shared secret"
+
+
+def test_a_minimal_config_takes_the_defaults(tmp_path: Path, secret_env: str) -> None:
+    loaded = load_agent_config(write(tmp_path, MINIMAL))
+    config = loaded.config
+    assert (config.drone.id, config.drone.swarm_id) == (3, 42)
+    assert loaded.key == derive_swarm_key(secret_env, 42)
+    assert config.radio.kind == "udp" and config.discovery.resolved_kind("udp") == "zeroconf"
+    assert config.mtu_bytes() == 1472
+    assert loaded.path("checkpoints") == tmp_path / "checkpoints"
+
+
+def test_the_example_config_is_valid(secret_env: str) -> None:
+    loaded = load_agent_config(EXAMPLE)
+    assert loaded.config.data.shards == 4
+    assert loaded.config.radio.udp.port == 47100
+
+
+def test_the_secret_comes_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWARMFL_SECRET", raising=False)
+    (tmp_path / "swarm.secret").write_text("from a file\n")
+    (tmp_path / "swarm.secret").chmod(0o600)
+    loaded = load_agent_config(write(tmp_path, MINIMAL + 'key_file = "swarm.secret"\n'))
+    assert loaded.key == derive_swarm_key("from a file", 42)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "problem"),
+    [
+        ('secret = "plain"\n', "drone.secret", "readable by anyone"),
+        ('key_file = "k"\nkey_env = "E"\n', "drone.key_env", "give one of"),
+        ('key_env = "SWARMFL_TEST_UNSET_VAR"\n', "drone.key_env", "is not set"),
+        ('key_file = "missing.secret"\n', "drone.key_file", "file not found"),
+    ],
+)
+def test_secret_problems_name_the_key(
+    tmp_path: Path, secret_env: str, extra: str, key: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(write(tmp_path, MINIMAL + extra))
+    assert info.value.key == key
+    assert problem in info.value.problem
+    assert info.value.source == str(tmp_path / "drone.toml")
+
+
+def test_a_secret_in_the_file_is_allowed_only_when_said_so(tmp_path: Path) -> None:
+    text = MINIMAL + 'secret = "demo"\nallow_secret_in_file = true\n'
+    assert load_agent_config(write(tmp_path, text)).key == derive_swarm_key("demo", 42)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("[drone]\nswarm_id = 1\n", "drone.id", "field required"),
+        ("[drone]\nid = 1\n", "radio.udp.advertise_host", "zeroconf must announce an address"),
+        (MINIMAL + "[radio]\nkind = 'udp'\nspeed = 3\n", "radio.speed", "unknown key"),
+        (MINIMAL + "[radio.udp]\nport = 70000\n", "radio.udp.port", "less than or equal"),
+        (MINIMAL + "[radio]\nkind = 'lora'\n", "radio.kind", "'udp' or 'mqtt'"),
+        (MINIMAL + "[data]\nshards = 4\nshard = 4\n", "data.shard", "shard 4 of 4"),
+        ("[drone]\nid = 1\n[discovery]\nkind = 'broker'\n", "discovery.kind", "'mqtt'"),
+        ("[drone]\nid = 1\n[discovery]\nkind = 'static'\n", "discovery.peers", "needs peers"),
+        (
+            "[drone]\nid = 1\n[discovery]\ninterfaces = ['eth0']\n",
+            "discovery.interfaces.0",
+            "IP address",
+        ),
+        (MINIMAL + "[gossip]\nperiod_s = 0\n", "gossip.period_s", "greater than 0"),
+    ],
+)
+def test_bad_configs_are_one_line_naming_the_key(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_agent_config(write(tmp_path, text))
+    assert info.value.key == key
+    assert problem in info.value.problem
+    assert "\n" not in info.value.one_line()
+
+
+def test_the_cli_prints_one_line_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL + "[radio.udp]\nport = -1\n")
+    assert main(["agent", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"swarmfl: error: {path}: key 'radio.udp.port': ")
+    assert len(err.splitlines()) == 1
+    assert main(["agent", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+@pytest.mark.network
+def test_a_port_in_use_is_one_line_and_exit_2(
+    tmp_path: Path, secret_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        text = MINIMAL + (
+            f"[radio.udp]\nhost = '127.0.0.1'\nport = {port}\n"
+            f"[checkpoint]\ndir = '{tmp_path / 'ckpt'}'\n[status]\nlog = ''\n"
+        )
+        code = main(["agent", "--config", str(write(tmp_path, text))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("swarmfl: error: key 'radio.udp.port': UDP port")
+    assert "in use" in err[-1]
+
+
+def test_overrides_apply_before_validation(tmp_path: Path, secret_env: str) -> None:
+    path = write(tmp_path, MINIMAL)
+    loaded = load_agent_config(path, ["radio.udp.port=47999", "gossip.codec='int4'"])
+    assert loaded.config.radio.udp.port == 47999
+    assert loaded.config.gossip.codec == "int4"

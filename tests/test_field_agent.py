@@ -1,0 +1,472 @@
+"""The field agent: real processes, real sockets, zeroconf and mosquitto on loopback.
+
+The end-to-end tests run whole ``swarmfl agent`` processes in real time and wait on what their
+status logs say, with timeouts. In-process tests drive :class:`~swarmfl.field.FieldAgent`
+directly where a process would only add start-up time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _field_helpers import (
+    MOSQUITTO,
+    SECRET,
+    AgentProcess,
+    Mosquitto,
+    agent_tables,
+    agents,
+    free_port,
+    unique_swarm_id,
+    wait_until,
+    write_config,
+)
+
+from swarmfl.agentconfig import load_agent_config
+from swarmfl.errors import ConfigError
+from swarmfl.field import RESTART_SEQ_GAP, FieldAgent, stream_start_seq
+from swarmfl.radio.fragment import Fragmenter
+from swarmfl.wire import Frame, FrameKind, derive_swarm_key, encode_frame
+
+pytestmark = [pytest.mark.network]
+
+LOOPBACK = "127.0.0.1"
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWARMFL_SECRET", SECRET)
+
+
+async def eventually(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll ``condition`` on the event loop until truthy; fail after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not (value := condition()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+def static_pair(folder: Path, swarm_id: int, **extra: dict[str, Any]) -> list[Path]:
+    """Two drones that know each other's UDP port (no zeroconf: faster in-process tests)."""
+    ports = [free_port(), free_port()]
+    paths = []
+    for drone in (0, 1):
+        other = 1 - drone
+        tables = agent_tables(
+            folder,
+            drone,
+            swarm_id,
+            shards=2,
+            port=ports[drone],
+            extra={
+                "discovery": {
+                    "kind": "static",
+                    "peers": [{"id": other, "host": LOOPBACK, "port": ports[other]}],
+                },
+                **extra,
+            },
+        )
+        paths.append(write_config(folder, drone, tables))
+    return paths
+
+
+async def running(agents_: list[FieldAgent], body: Callable[[], Awaitable[None]]) -> None:
+    tasks = [asyncio.create_task(agent.run()) for agent in agents_]
+    try:
+        await body()
+    finally:
+        for agent in agents_:
+            agent.request_stop()
+        async with asyncio.timeout(20):
+            await asyncio.gather(*tasks)
+
+
+def forged_datagrams(swarm_id: int, signature: bytes, size: int) -> dict[str, list[bytes]]:
+    """Whole, well-fragmented frames that must not be accepted, and raw garbage."""
+    fragmenter = Fragmenter(77, 1472, first_frame_id=1000)
+
+    def frame(swarm: int, sender: int, seq: int) -> Frame:
+        return Frame(
+            kind=FrameKind.KEY,
+            swarm_id=swarm,
+            sender=sender,
+            signature=signature,
+            seq=seq,
+            counter=seq,
+            layers=(0,),
+            samples=1,
+            codec=0,
+            block_size=128,
+            payload=bytes(size),
+        )
+
+    wrong_key = derive_swarm_key("not-the-swarm-secret", swarm_id)
+    other_key = derive_swarm_key(SECRET, swarm_id + 1)
+    datagrams: dict[str, list[bytes]] = {"garbage": [], "wrong_key": [], "other_swarm": []}
+    datagrams["garbage"] = [b"", b"\x00" * 3, b"SF\x01garbage", os.urandom(700), b"SF" * 30]
+    for seq in range(5):
+        # Claims to be drone 1, with the right swarm id but a key that is not the swarm's.
+        datagrams["wrong_key"] += fragmenter.split(
+            encode_frame(frame(swarm_id, 1, 10**15 + seq), wrong_key)
+        )
+        # A genuine frame of another swarm (its own key): foreign here.
+        datagrams["other_swarm"] += fragmenter.split(
+            encode_frame(frame(swarm_id + 1, 5, seq), other_key)
+        )
+    return datagrams
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_bad_datagrams_and_frames_are_counted_and_dropped_while_the_agent_learns(
+    tmp_path: Path, secret_env: None
+) -> None:
+    swarm_id = unique_swarm_id()
+    paths = static_pair(tmp_path, swarm_id)
+    drones = [FieldAgent(load_agent_config(p)) for p in paths]
+    target = drones[0]
+
+    async def body() -> None:
+        await eventually(lambda: target.node.stats.frames_accepted >= 3, 30, "frames from 1")
+        before = target.status()
+        bad = forged_datagrams(swarm_id, target.signature, size=40)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+            for kind in ("garbage", "wrong_key", "other_swarm"):
+                for datagram in bad[kind]:
+                    attacker.sendto(datagram, (LOOPBACK, target.status()["port"]))
+        await eventually(
+            lambda: (
+                target.node.stats.frames_rejected >= 10
+                and target.status()["datagrams_malformed"] >= len(bad["garbage"])
+            ),
+            20,
+            "the bad frames to be counted",
+        )
+        counter_at_attack = target.node.counter
+        accepted_at_attack = target.node.stats.frames_accepted
+        await eventually(
+            lambda: (
+                target.node.counter >= counter_at_attack + 5
+                and target.node.stats.frames_accepted >= accepted_at_attack + 5
+            ),
+            30,
+            "learning and gossip to go on",
+        )
+        after = target.status()
+        assert after["frames_rejected"] - before["frames_rejected"] == 10
+        assert after["datagrams_malformed"] - before["datagrams_malformed"] == 5
+        assert after["frames_replayed"] == 0
+        assert target.accuracy is not None and target.accuracy > 0.8
+        assert set(after["peers_heard"]) == {"1"}
+
+    await running(drones, body)
+    lines = [json.loads(line) for line in (tmp_path / "status-0.jsonl").read_text().splitlines()]
+    assert lines[0]["state"] == "started"
+    assert lines[-1]["state"] == "stopped"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
+    tmp_path: Path, secret_env: None
+) -> None:
+    swarm_id = unique_swarm_id()
+    paths = static_pair(tmp_path, swarm_id)
+    first = [FieldAgent(load_agent_config(p)) for p in paths]
+
+    async def body() -> None:
+        await eventually(lambda: first[0].node.counter >= 6, 30, "six rounds")
+
+    await running(first, body)
+    saved = first[0].node.export_state()
+    params = first[0].learner.flat_parameters().copy()
+    assert first[0].store.checkpoint_paths()
+
+    again = FieldAgent(load_agent_config(paths[0]))
+    assert again.resumed_from == saved.counter
+    assert again.node.counter == saved.counter
+    np.testing.assert_array_equal(again.learner.flat_parameters(), params)
+    restarted = again.node.export_state()
+    assert restarted.next_seq >= saved.next_seq + RESTART_SEQ_GAP
+    assert restarted.control_seq >= restarted.next_seq
+
+    fresh = FieldAgent(load_agent_config(paths[0]), resume=False)
+    assert fresh.resumed_from is None and fresh.node.counter == 0
+    assert not np.array_equal(fresh.learner.flat_parameters(), params)
+    # Even without a checkpoint, a new start numbers its frames above the earlier run's.
+    assert fresh.node.export_state().next_seq > saved.next_seq
+
+    # A torn newest checkpoint (power lost mid-write on a disk without atomic rename, or bit rot)
+    # is detected by its checksum: the drone resumes from the previous good one.
+    newest, previous = first[0].store.checkpoint_paths()[:2]
+    newest.write_bytes(newest.read_bytes()[:-100])
+    fallback = FieldAgent(load_agent_config(paths[0]))
+    assert fallback.resumed_from == int(previous.name[5:17]) < saved.counter
+
+    other = paths[1].read_text().replace("ckpt-1", "ckpt-0")
+    paths[1].write_text(other)
+    with pytest.raises(ConfigError) as info:
+        FieldAgent(load_agent_config(paths[1]))
+    assert info.value.key == "checkpoint.dir"
+    assert "drone 0" in str(info.value)
+
+
+def test_stream_start_numbers_grow_with_time_and_past_checkpoints() -> None:
+    assert stream_start_seq(None, 1000.0) == 1_000_000 << 20
+    assert stream_start_seq(None, 1000.001) > stream_start_seq(None, 1000.0)
+    # A clock that went back (no RTC) still starts above the checkpoint.
+    assert stream_start_seq(2**60, 0.0) == 2**60 + RESTART_SEQ_GAP
+    assert stream_start_seq(2**63, 1e9) == 2**63
+
+
+# -- whole processes ------------------------------------------------------------------------
+
+
+def require_mosquitto() -> None:
+    if not os.path.exists(MOSQUITTO):
+        if os.environ.get("CI"):
+            pytest.fail(f"mosquitto is not installed at {MOSQUITTO} (apt-get install mosquitto)")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+
+
+def start_swarm(
+    folder: Path, n: int, *, radio: str = "udp", broker_port: int | None = None, **extra: Any
+) -> tuple[int, list[AgentProcess]]:
+    swarm_id = unique_swarm_id()
+    processes = []
+    for drone in range(n):
+        tables = agent_tables(
+            folder,
+            drone,
+            swarm_id,
+            shards=n,
+            radio=radio,
+            port=free_port(),
+            broker_port=broker_port,
+            # Non-IID: alone, a drone reaches ~0.4 on digits; only gossip gets the swarm to 0.85.
+            extra={"data": {"partition": "dirichlet", "alpha": 0.1}, **extra},
+        )
+        processes.append(AgentProcess(folder, drone, write_config(folder, drone, tables)))
+    return swarm_id, processes
+
+
+def mean_accuracy(processes: list[AgentProcess]) -> float | None:
+    lasts = [p.last() for p in processes]
+    if any(line is None or line.get("accuracy") is None for line in lasts):
+        return None
+    return float(np.mean([line["accuracy"] for line in lasts if line is not None]))
+
+
+def swarm_learned(processes: list[AgentProcess], target: float) -> bool:
+    accuracy = mean_accuracy(processes)
+    heard = [len((p.last() or {}).get("peers_heard", {})) for p in processes]
+    return accuracy is not None and accuracy >= target and min(heard) == len(processes) - 1
+
+
+def swarmfl_status(*args: str) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "swarmfl.cli", "status", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_four_agent_processes_find_each_other_by_zeroconf_and_learn_over_udp(
+    tmp_path: Path,
+) -> None:
+    swarm_id, processes = start_swarm(tmp_path, 4)
+    with agents(processes):
+        for process in processes:
+            process.start()
+        wait_until(lambda: swarm_learned(processes, 0.85), 90, "mean accuracy 0.85 over UDP")
+        for process in processes:
+            last = process.last()
+            assert last is not None
+            assert last["peers_announced"] == sorted({0, 1, 2, 3} - {process.drone})
+            assert last["frames_rejected"] == 0
+        seen = swarmfl_status("--swarm-id", str(swarm_id), "--interface", LOOPBACK)
+        assert sorted(r["drone"] for r in seen) == [0, 1, 2, 3]
+        assert all(r["swarm"] == swarm_id and r["state"] == "running" for r in seen)
+        for process in processes:
+            process.signal(signal.SIGTERM)
+        for process in processes:
+            assert process.wait(30) == 0
+            last = process.last()
+            assert last is not None and last["state"] == "stopped"
+            assert list((tmp_path / f"ckpt-{process.drone}").glob("ckpt-*.swfl"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_an_agent_killed_with_sigkill_resumes_from_its_checkpoint_and_rejoins(
+    tmp_path: Path,
+) -> None:
+    _, processes = start_swarm(tmp_path, 3)
+    victim = processes[2]
+    checkpoints = tmp_path / "ckpt-2"
+    with agents(processes):
+        for process in processes:
+            process.start()
+
+        def learned_and_saved() -> bool:
+            last = victim.last()
+            return (
+                last is not None
+                and last["accuracy"] is not None
+                and last["accuracy"] >= 0.6
+                and last["counter"] >= 6
+                and len(list(checkpoints.glob("ckpt-*.swfl"))) >= 2
+            )
+
+        wait_until(learned_and_saved, 90, "drone 2 to learn and checkpoint")
+        victim.signal(signal.SIGKILL)
+        victim.wait(10)
+        before = victim.last()
+        assert before is not None
+        lines_before = len(victim.lines())
+        killed_at = time.monotonic()
+
+        victim.start()
+        resumed = wait_until(
+            lambda: next((line for line in victim.lines()[lines_before:]), None),
+            60,
+            "the restarted drone's first status line",
+        )
+        assert resumed["state"] == "resumed"
+        # The update counter continues from the newest checkpoint (a few rounds before the kill).
+        assert resumed["resumed_from"] is not None
+        assert before["counter"] - 3 <= resumed["resumed_from"] <= before["counter"]
+        assert resumed["counter"] == resumed["resumed_from"]
+        # ... and the model was not reset (a fresh one scores about 0.1 on digits).
+        assert resumed["accuracy"] >= before["accuracy"] - 0.15
+
+        def rejoined() -> bool:
+            # The others merge its new frames (refused as replays, they would go stale) ...
+            others = [p.last() or {} for p in processes[:2]]
+            if time.monotonic() - killed_at < 0.5:
+                return False
+            hears_victim = all(
+                o.get("peers_heard", {}).get("2", 99) < 1.0 and o.get("frames_replayed") == 0
+                for o in others
+            )
+            # ... and it hears them.
+            now = victim.last() or {}
+            return hears_victim and len(now.get("peers_heard", {})) == 2
+
+        wait_until(rejoined, 60, "drone 2 to rejoin")
+        after = victim.last()
+        assert after is not None and after["counter"] > resumed["counter"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_four_agent_processes_learn_through_mosquitto_and_a_lost_drone_is_seen_gone_and_back(
+    tmp_path: Path,
+) -> None:
+    require_mosquitto()
+    broker = Mosquitto(tmp_path).start()
+    try:
+        swarm_id, processes = start_swarm(tmp_path, 4, radio="mqtt", broker_port=broker.port)
+        with agents(processes):
+            for process in processes:
+                process.start()
+            wait_until(lambda: swarm_learned(processes, 0.85), 90, "mean accuracy 0.85 over MQTT")
+            for process in processes:
+                last = process.last()
+                assert last is not None and last["broker"] == "connected"
+                assert last["peers_announced"] == sorted({0, 1, 2, 3} - {process.drone})
+            url = f"mqtt://127.0.0.1:{broker.port}"
+            seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "1")
+            assert sorted(r["drone"] for r in seen) == [0, 1, 2, 3]
+
+            lost = processes[3]
+            lines_before = len(lost.lines())
+            lost.signal(signal.SIGKILL)  # its TCP connection drops without a goodbye
+            lost.wait(10)
+
+            def everyone_sees(expected: list[int]) -> bool:
+                return all(
+                    (p.last() or {}).get("peers_announced") == sorted(set(expected) - {p.drone})
+                    for p in processes[:3]
+                )
+
+            wait_until(lambda: everyone_sees([0, 1, 2]), 30, "the last will to report drone 3")
+            seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "1")
+            assert {r["drone"]: r["state"] for r in seen}[3] == "offline"
+            lost.start()
+            wait_until(
+                lambda: len(lost.lines()) > lines_before and everyone_sees([0, 1, 2, 3]),
+                60,
+                "drone 3 to be seen again",
+            )
+    finally:
+        broker.stop()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("source", ["npz", "idx"])
+def test_a_drone_trains_on_its_own_npz_folder_or_idx_files(
+    tmp_path: Path, secret_env: None, source: str
+) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(60, 6, 6), dtype=np.uint8)
+    labels = np.arange(60) % 3
+    if source == "npz":
+        (tmp_path / "data").mkdir()
+        np.savez(tmp_path / "data" / "a.npz", x=images[:25], y=labels[:25])
+        np.savez(tmp_path / "data" / "b.npz", x=images[25:], y=labels[25:])
+        data = {"dataset": "npz", "path": "data"}
+    else:
+        write_idx(tmp_path / "images.idx", images)
+        write_idx(tmp_path / "labels.idx", labels)
+        data = {"dataset": "idx", "images": "images.idx", "labels": "labels.idx"}
+    tables = agent_tables(tmp_path, 0, 5, shards=1, extra={"data": {**data, "test_fraction": 0.2}})
+    agent = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    assert agent.learner.sample_count == 48 and len(agent.data.y_eval) == 12
+    assert agent.data.input_shape == (1, 6, 6) and agent.data.num_classes == 3
+    assert agent.data.description.startswith(source)
+
+
+def test_field_agent_starts_from_the_pretrained_checkpoint(
+    tmp_path: Path, secret_env: None
+) -> None:
+    import torch
+
+    from swarmfl.models import build_model
+    from swarmfl.pretrained import save_pretrained
+
+    backbone = build_model("mlp", (1, 8, 8), 10, hidden=(32,), seed=99)
+    save_pretrained(backbone, tmp_path / "backbone.pt", first_blocks=1)
+    tables = agent_tables(
+        tmp_path, 0, unique_swarm_id(), shards=2, extra={"model": {"checkpoint": "backbone.pt"}}
+    )
+    drone = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    model = drone.learner.model
+    first = backbone[0][1]  # Flatten, Linear, ReLU: the Linear
+    torch.testing.assert_close(model[0][1].weight.detach(), first.weight.detach())
+    assert not torch.equal(model[1][0].weight.detach(), backbone[1][0].weight.detach())
