@@ -397,10 +397,9 @@ class MqttRadio:
         self._link.send(frame, asyncio.get_running_loop().time())
         self._wake.set()
 
-    async def frames(self) -> AsyncIterator[ReceivedFrame]:
+    def frames(self) -> AsyncIterator[ReceivedFrame]:
         """Whole frames heard (not yet authenticated), until the radio closes."""
-        async for heard in self._inbox.frames():
-            yield heard
+        return self._inbox.frames()  # no second generator hop per frame
 
     def counters(self) -> dict[str, int]:
         """The radio's and its link's counters, flat (see ``radio_counters``)."""

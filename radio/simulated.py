@@ -354,10 +354,9 @@ class SimRadio:
                 self.pump_handle.cancel()
                 self.pump_handle = None
 
-    async def frames(self) -> AsyncIterator[ReceivedFrame]:
+    def frames(self) -> AsyncIterator[ReceivedFrame]:
         """Frames heard, as they arrive, until the radio is closed."""
-        async for heard in self._inbox.frames():
-            yield heard
+        return self._inbox.frames()  # no second generator hop per frame
 
     async def aclose(self) -> None:
         """Close the radio; later sends raise :class:`ClosedRadioError`; readers stop."""

@@ -253,10 +253,9 @@ class UdpRadio:
         self._link.send(frame, asyncio.get_running_loop().time())
         self._wake.set()
 
-    async def frames(self) -> AsyncIterator[ReceivedFrame]:
+    def frames(self) -> AsyncIterator[ReceivedFrame]:
         """Whole frames heard (not yet authenticated), until the radio closes."""
-        async for heard in self._inbox.frames():
-            yield heard
+        return self._inbox.frames()  # no second generator hop per frame
 
     async def aclose(self) -> None:
         """Close the socket; queued frames are dropped; readers stop. Idempotent."""

@@ -340,7 +340,7 @@ class TorchLearner:
             weights.add_(grad, alpha=-lr)
         self._momentum_started = True
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
         """Accuracy and mean loss of the current model on ``(x, y)``."""
         self.model.eval()
