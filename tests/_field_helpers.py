@@ -25,6 +25,16 @@ SECRET = "field-test-secret"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def require_mosquitto() -> None:
+    """Skip without a mosquitto binary, except in CI, where its absence is a failure."""
+    import pytest
+
+    if not os.path.exists(MOSQUITTO):
+        if os.environ.get("CI"):
+            pytest.fail(f"mosquitto is not installed at {MOSQUITTO} (apt-get install mosquitto)")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+
+
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     """A port that was free a moment ago (bind to 0, read it, close)."""
     with socket.socket(socket.AF_INET, kind) as sock:

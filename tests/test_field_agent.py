@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 from _field_helpers import (
-    MOSQUITTO,
     SECRET,
     AgentProcess,
     Mosquitto,
     agent_tables,
     agents,
     free_port,
+    require_mosquitto,
     unique_swarm_id,
     wait_until,
     write_config,
@@ -235,13 +235,6 @@ def test_stream_start_numbers_grow_with_time_and_past_checkpoints() -> None:
 
 
 # -- whole processes ------------------------------------------------------------------------
-
-
-def require_mosquitto() -> None:
-    if not os.path.exists(MOSQUITTO):
-        if os.environ.get("CI"):
-            pytest.fail(f"mosquitto is not installed at {MOSQUITTO} (apt-get install mosquitto)")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
 
 
 def start_swarm(

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import socket
 import struct
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from _field_helpers import MOSQUITTO, Mosquitto, free_port
+from _field_helpers import Mosquitto, free_port, require_mosquitto
 
 from swarmfl.errors import ConfigError
 from swarmfl.radio.discovery import PeerDown, PeerInfo, PeerUp
@@ -24,13 +23,6 @@ from swarmfl.radio.mqtt import MqttRadio, MqttSettings, broker_address
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
 SIG = bytes.fromhex("0011223344556677")
-
-
-def require_mosquitto() -> None:
-    if not os.path.exists(MOSQUITTO):
-        if os.environ.get("CI"):
-            pytest.fail(f"mosquitto is not installed at {MOSQUITTO} (apt-get install mosquitto)")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
 
 
 @pytest.fixture(scope="module")
