@@ -7,6 +7,8 @@ from itertools import pairwise
 from pathlib import Path
 
 import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -14,6 +16,18 @@ import numpy as np
 from matplotlib.collections import LineCollection
 
 from swarmfl.sim.metrics import Snapshot, SwarmPoint, TrafficPoint
+
+
+def _finish_time_plot(fig: Figure, ax: Axes, path: Path, *, title: str, ylabel: str) -> None:
+    """Label, grid, legend and save a plot over virtual time, then free it."""
+    ax.set_xlabel("virtual time (s)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_accuracy(series: Sequence[SwarmPoint], path: Path, *, title: str) -> None:
@@ -29,15 +43,8 @@ def plot_accuracy(series: Sequence[SwarmPoint], path: Path, *, title: str) -> No
     )
     ax.plot(t, [p.mean for p in series], linewidth=2, label="mean")
     ax.plot(t, [p.min for p in series], linewidth=0.8, linestyle="--", label="min")
-    ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_time_plot(fig, ax, path, title=title, ylabel="test accuracy")
 
 
 def plot_topology(snapshots: Sequence[Snapshot], path: Path, *, title: str) -> None:
@@ -111,15 +118,14 @@ def plot_bytes(traffic: Sequence[TrafficPoint], path: Path, *, title: str) -> No
     ax.plot(t, [w / 1000 for w in wire], linewidth=2, label="on air (with datagram headers)")
     ax.plot(t, [f / 1000 for f in frames], linewidth=1, linestyle="--", label="frames")
     total = traffic[-1].wire_bytes_sent if traffic else 0
-    ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel("swarm traffic (kB/s)")
     ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{title} · {total / 1e6:,.1f} MB on air")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_time_plot(
+        fig,
+        ax,
+        path,
+        title=f"{title} · {total / 1e6:,.1f} MB on air",
+        ylabel="swarm traffic (kB/s)",
+    )
 
 
 def plot_delivery(traffic: Sequence[TrafficPoint], path: Path, *, title: str) -> None:
@@ -144,12 +150,7 @@ def plot_delivery(traffic: Sequence[TrafficPoint], path: Path, *, title: str) ->
     ax.fill_between(t, low, high, alpha=0.25, label="drones, 10th-90th percentile (cumulative)")
     ax.plot(t, median, linewidth=1, linestyle="--", label="drones, median (cumulative)")
     ax.plot(t, interval, linewidth=2, label="swarm, per interval")
-    ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel("delivery ratio (frames arrived / attempted)")
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_time_plot(
+        fig, ax, path, title=title, ylabel="delivery ratio (frames arrived / attempted)"
+    )
