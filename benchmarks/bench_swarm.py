@@ -142,7 +142,7 @@ def measure(variant: str, n: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--drones", type=int, nargs="*", default=[20, 100])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--child", choices=["swarmfl", "bare"])
     args = parser.parse_args()
     if args.child:

@@ -14,8 +14,10 @@ hanging. Do not use threads (``to_thread``) on this loop: their completion is re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import selectors
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from swarmfl.errors import SwarmError
@@ -77,10 +79,32 @@ def run_virtual(
     """
     loop = VirtualTimeLoop(start_s)
     try:
-        coro = main() if callable(main) else main
-        return loop.run_until_complete(coro)
+        with frozen_heap():
+            coro = main() if callable(main) else main
+            return loop.run_until_complete(coro)
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep the cyclic garbage collector off the objects that existed before the block.
+
+    torch, scikit-learn and friends leave a few hundred thousand long-lived objects on the heap;
+    a simulation that builds a hundred models allocates enough to trigger a full collection,
+    which walks all of them (about 0.15 s, a tenth of a 100-drone benchmark run). Freezing them
+    for the block leaves the collector only the simulation's own objects; on exit they are
+    unfrozen, so anything the block dropped is still collected later. If someone else already
+    froze the heap, this leaves it as it is.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

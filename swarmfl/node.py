@@ -92,6 +92,10 @@ class NodeConfig:
             )
 
 
+_KEYFRAME_VALUES_CACHED = 64
+"""Decoded keyframes a shared verifier keeps (each holds a model's worth of float32)."""
+
+
 @dataclass(slots=True)
 class NodeStats:
     """Counters of what the node has seen and done."""
@@ -175,16 +179,28 @@ class FrameVerifier:
             return hit[1]
         values = quantizer.decode(frame.payload, count)
         values.flags.writeable = False
-        self._keyframe_values[id(frame)] = (frame, values)
-        if len(self._keyframe_values) > 64:
-            self._keyframe_values.popitem(last=False)
+        self._keep_keyframe_values(frame, values)
         return values
 
-    def remember(self, data: bytes, frame: Frame) -> None:
-        """Record that ``data`` is the authentic encoding of ``frame`` (we just encoded it)."""
+    def _keep_keyframe_values(self, frame: Frame, values: np.ndarray) -> None:
+        self._keyframe_values[id(frame)] = (frame, values)
+        if len(self._keyframe_values) > _KEYFRAME_VALUES_CACHED:
+            self._keyframe_values.popitem(last=False)
+
+    def remember(self, data: bytes, frame: Frame, values: np.ndarray | None = None) -> None:
+        """Record that ``data`` is the authentic encoding of ``frame`` (we just encoded it).
+
+        ``values``, for a keyframe, is its payload decoded (the sender's replica, bitwise what
+        receivers decode): receivers sharing this verifier then take it instead of decoding.
+        It must be read-only.
+        """
         self._cache[data[-16:]] = (data, frame)
         if len(self._cache) > self._cache_frames:
             self._cache.popitem(last=False)
+        if values is not None:
+            if values.flags.writeable:
+                raise ConfigError("shared keyframe values must be read-only", key="values")
+            self._keep_keyframe_values(frame, values)
 
 
 class GossipNode:
@@ -252,8 +268,11 @@ class GossipNode:
         self.stats.frames_published += 1
         self.stats.payload_bytes += len(packet.payload)
         self.stats.frame_bytes += len(data)
-        # In the simulator the verifier is shared: receivers then skip re-verifying our frame.
-        self._verifier.remember(data, frame)
+        # In the simulator the verifier is shared: receivers then skip re-verifying our frame
+        # and, for a keyframe, decoding it (our replica is exactly what they would decode).
+        self._verifier.remember(
+            data, frame, self._encoder.replica if packet.kind == "key" else None
+        )
         return [data]
 
     def _nack(self, target: int) -> bytes:

@@ -134,8 +134,11 @@ class StreamEncoder:
         the wrong number of values and :class:`~swarmfl.quant.NonFiniteError` if it holds NaN or
         infinity (the stream state is then unchanged).
         """
-        with np.errstate(over="ignore", invalid="ignore"):
-            vector = np.ascontiguousarray(x, dtype=_F32).reshape(-1)
+        if type(x) is np.ndarray and x.dtype == _F32 and x.ndim == 1 and x.flags.c_contiguous:
+            vector = x  # the common case (a learner's flat parameters): no conversion at all
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                vector = np.ascontiguousarray(x, dtype=_F32).reshape(-1)
         if vector.size != self._size:
             raise ConfigError(f"expected {self._size} values, got {vector.size}", key="x")
         seq = self._next_seq

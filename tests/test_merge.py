@@ -81,3 +81,31 @@ def test_merge_is_a_convex_combination(values, ages):
     merge_into(x, (0, 1), contributions)
     low, high = min(values), max(values)
     assert low - 1e-3 * (1 + abs(low)) <= x[0] <= high + 1e-3 * (1 + abs(high))
+
+
+def test_blas_merge_updates_in_place_and_matches_the_numpy_formula():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(1000).astype(np.float32)
+    expected = x.astype(np.float64)
+    replicas = []
+    for weight in (1.0, 0.7, 0.4):
+        values = rng.standard_normal(1000).astype(np.float32)
+        values.flags.writeable = False  # replicas are shared read-only views
+        replicas.append(Contribution((0, 1), values, weight))
+        expected += weight * values
+    expected /= 1.0 + 1.0 + 0.7 + 0.4
+    view = x[:]  # what the learner hands over: a view of the model's flat parameters
+    assert merge_into(view, (0, 600, 1000), replicas) is view
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_merge_of_a_float64_or_strided_vector_falls_back_to_numpy():
+    peer = Contribution((0,), np.full(4, 4.0, np.float32), 1.0)
+    wide = np.zeros(4, np.float64)
+    merge_into(wide, (0, 4), [peer])
+    np.testing.assert_allclose(wide, 2.0)
+    base = np.zeros(8, np.float32)
+    strided = base[::2]
+    merge_into(strided, (0, 4), [peer])
+    np.testing.assert_allclose(base[::2], 2.0)
+    np.testing.assert_array_equal(base[1::2], 0.0)

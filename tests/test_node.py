@@ -250,3 +250,34 @@ def test_agent_forgets_a_peer_that_discovery_reports_gone():
         return before, set(node.known_peers())
 
     assert run_virtual(main) == ({1}, set())
+
+
+@pytest.mark.parametrize("codec", ["fp32", "int8"])
+def test_a_shared_verifier_hands_receivers_the_senders_keyframe(codec):
+    verifier = FrameVerifier(KEY, 7, SIG)
+
+    def shared(drone_id):
+        config = make_node(drone_id, codec=codec).config
+        return GossipNode(config, verifier)
+
+    a, b, c = shared(1), shared(2), shared(3)
+    x = np.random.default_rng(5).standard_normal(OFFSETS[-1]).astype(np.float32)
+    (frame,) = a.publish(x, samples=10, now=0.0)
+    for receiver in (b, c):
+        receiver.receive(frame, 0.0)
+    # Neither receiver decoded the payload: both hold the sender's own read-only replica.
+    held_b, held_c = b._peers[1].decoder.replica, c._peers[1].decoder.replica
+    assert np.shares_memory(held_b, held_c)
+    assert not held_b.flags.writeable
+    # ... which is bitwise what a receiver with its own verifier decodes.
+    alone = make_node(4, codec=codec)
+    alone.receive(frame, 0.0)
+    np.testing.assert_array_equal(held_b, alone._peers[1].decoder.replica)
+
+
+def test_a_verifier_refuses_to_share_writable_keyframe_values():
+    node = make_node(1)
+    (data,) = node.publish(np.zeros(OFFSETS[-1], np.float32), samples=1, now=0.0)
+    verifier = FrameVerifier(KEY, 7, SIG)
+    with pytest.raises(ConfigError, match="read-only"):
+        verifier.remember(data, verifier.decode(data), np.zeros(OFFSETS[-1], np.float32))

@@ -56,3 +56,32 @@ def test_charged_compute_spends_flops_on_the_clock():
     assert run_virtual(charged_only) == pytest.approx(2.5)
     with pytest.raises(ConfigError, match="flops_per_s"):
         ChargedCompute(0)
+
+
+def test_a_simulation_leaves_the_garbage_collector_as_it_found_it():
+    import gc
+    import weakref
+
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+    async def main():
+        # The heap that existed before the run is frozen while it runs: collections during
+        # the run do not walk it (nor collect it)...
+        gc.collect()
+        return gc.get_freeze_count(), ref() is not None
+
+    gc.disable()
+    try:
+        cycle = Cycle()
+        ref = weakref.ref(cycle)
+        del cycle  # garbage now, but only the cyclic collector can free it
+        frozen, survived = run_virtual(main)
+    finally:
+        gc.enable()
+    assert frozen > 0 and survived
+    # ... and unfrozen afterwards: garbage from before the run is still collected.
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert ref() is None
