@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from swarmfl.config import (
+    ByteSize,
     DataSection,
     GossipSection,
     MergeSection,
@@ -111,10 +112,16 @@ class AgentDataSection(DataSection):
 
 
 class AgentTrainingSection(TrainingSection):
-    """Local SGD, plus whether to train at all and on how many threads."""
+    """Local SGD, plus whether to train at all, on how many threads and within what memory.
+
+    With ``budget_bytes`` the drone plans what it trains within that budget (the whole model, a
+    suffix of blocks or biases only; :mod:`swarmfl.memory`), as a simulated device class does.
+    """
 
     enabled: bool = True  # false: gossip and merge only (a relay, or a benchmark)
     threads: PositiveInt | None = None  # torch threads (default: torch's choice)
+    budget_bytes: ByteSize | None = None  # training memory budget, e.g. "64MiB"; unset: all
+    neighbour_replicas: Annotated[int, Field(ge=0)] = 4  # peers' replicas budgeted for
 
 
 class UdpSection(Section):

@@ -35,6 +35,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from swarmfl.agent import Agent
 from swarmfl.agentconfig import AgentConfig, LoadedAgentConfig
@@ -50,8 +51,10 @@ from swarmfl.data import (
     partition_iid,
     shard,
 )
-from swarmfl.errors import ConfigError, SwarmError
+from swarmfl.errors import ConfigError, PlanError, SwarmError
+from swarmfl.fleet import planner_optimizer
 from swarmfl.learner import StepResult, TorchLearner, TrainingConfig
+from swarmfl.memory import MemoryPlan, TrainPlan, plan_flops_per_sample
 from swarmfl.merge import MergeRule
 from swarmfl.models import build_model, model_signature, training_flops_per_sample
 from swarmfl.node import GossipNode, NodeConfig, NodeState
@@ -294,14 +297,22 @@ class FieldAgent:
             # Fine-tuning a pretrained (perception) model is the usual case on a drone.
             load_pretrained(model, loaded.path(config.model.checkpoint))
         self.signature = model_signature(model)
-        training = config.training.model_dump(exclude={"enabled", "threads"})
+        self.plan = self._plan(model)
+        training = config.training.model_dump(
+            exclude={"enabled", "threads", "budget_bytes", "neighbour_replicas"}
+        )
         self.learner = TorchLearner(
             copy.deepcopy(model),
             self.data.x_train,
             self.data.y_train,
             TrainingConfig(**training),
-            flops_per_sample=training_flops_per_sample(model, self.data.input_shape),
+            flops_per_sample=(
+                training_flops_per_sample(model, self.data.input_shape)
+                if self.plan is None
+                else plan_flops_per_sample(model, self.data.input_shape, self.plan)
+            ),
             seed=config.data.seed * 100_003 + self.drone_id,
+            plan=self.plan,
         )
         gossip, merge = config.gossip, config.merge
         self.node = _FieldNode(
@@ -349,6 +360,34 @@ class FieldAgent:
         self._last_checkpoint_round = self.rounds_total
 
     # -- checkpoints ----------------------------------------------------------------------------
+
+    def _plan(self, model: nn.Sequential) -> TrainPlan | None:
+        """What this drone trains within ``training.budget_bytes`` (None: no budget, all of it).
+
+        Peers' replicas are budgeted at the whole model's size: a field swarm may mix devices,
+        and a peer's frames may carry layers this drone keeps frozen (they are merged).
+        """
+        training, gossip = self.config.training, self.config.gossip
+        if training.budget_bytes is None:
+            return None
+        try:
+            plan = MemoryPlan.choose(
+                model,
+                self.data.input_shape,
+                training.batch_size,
+                training.budget_bytes,
+                optimizer=planner_optimizer(training.momentum),
+                neighbour_replicas=training.neighbour_replicas,
+                codec=gossip.codec,
+                block_size=gossip.block_size,
+                replica_scope="model",
+            )
+        except PlanError as exc:
+            raise PlanError(
+                exc.problem, source=str(self.loaded.source), key="training.budget_bytes"
+            ) from None
+        log.info("drone %d: memory plan: %s", self.drone_id, plan.describe())
+        return plan
 
     def _restore(self, resume: bool) -> None:
         checkpoint = self.store.load_latest() if resume else None
@@ -713,7 +752,9 @@ def run_agent(loaded: LoadedAgentConfig, *, resume: bool = True) -> int:
         resumed = agent.resumed_from
         print(
             f"swarmfl agent: drone {agent.drone_id} of swarm {agent.swarm_id}, "
-            f"{agent.data.description}, {config.radio.kind} radio, "
+            f"{agent.data.description}, {config.radio.kind} radio, trains "
+            + (agent.plan.describe() if agent.plan is not None else "the whole model")
+            + ", "
             + (f"resumed at update {resumed}" if resumed is not None else "fresh start"),
             file=sys.stderr,
             flush=True,

@@ -463,3 +463,62 @@ def test_field_agent_starts_from_the_pretrained_checkpoint(
     first = backbone[0][1]  # Flatten, Linear, ReLU: the Linear
     torch.testing.assert_close(model[0][1].weight.detach(), first.weight.detach())
     assert not torch.equal(model[1][0].weight.detach(), backbone[1][0].weight.detach())
+
+
+def test_a_drone_with_a_memory_budget_trains_and_sends_only_what_fits(
+    tmp_path: Path, secret_env: None
+) -> None:
+    from swarmfl.memory import MemoryPlan
+    from swarmfl.wire import decode_frame
+
+    tables = agent_tables(tmp_path, 0, unique_swarm_id(), shards=2)
+    whole = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    assert whole.plan is None and whole.trains == "full"
+    # A budget one byte below the smallest way to train the whole model (as the agent plans).
+    plans = MemoryPlan.candidates(
+        whole.learner.model,
+        whole.data.input_shape,
+        32,
+        0,
+        neighbour_replicas=4,
+        codec="int8",
+        block_size=whole.config.gossip.block_size,
+        replica_scope="model",
+    )
+    budget = min(p.predicted.total for p in plans if p.mode == "full") - 1
+    tables["training"]["budget_bytes"] = budget
+    tables["checkpoint"]["dir"] = "ckpt-budget"
+    small = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    assert small.plan is not None and small.plan.mode != "full"
+    assert small.plan.predicted.total <= budget
+    trained = small.learner.trained_layers
+    assert 0 < len(trained) < len(whole.learner.trained_layers)
+    # It trains only those layers, and its frames carry only those layers.
+    params = small.learner.flat_parameters()
+    before = params.copy()
+    small.learner.train_round()
+    offsets = small.learner.layer_offsets
+    changed = [
+        i for i in range(len(offsets) - 1) if (params != before)[offsets[i] : offsets[i + 1]].any()
+    ]
+    assert tuple(changed) == trained
+    (data,) = small.node.publish(params, small.learner.sample_count, 0.0)
+    frame = decode_frame(data, small.loaded.key, swarm_id=small.swarm_id, signature=None)
+    assert frame.layers == trained
+
+
+def test_a_budget_below_every_plan_is_one_line_naming_the_key(
+    tmp_path: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from swarmfl.cli import main
+
+    tables = agent_tables(tmp_path, 0, unique_swarm_id(), shards=2)
+    tables["training"]["budget_bytes"] = "4KiB"
+    path = write_config(tmp_path, 0, tables)
+    with pytest.raises(ConfigError) as info:
+        FieldAgent(load_agent_config(path))
+    assert info.value.key == "training.budget_bytes"
+    assert "smallest feasible plan" in info.value.problem
+    assert main(["agent", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"swarmfl: error: {path}: key 'training.budget_bytes': budget ")
