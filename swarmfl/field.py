@@ -419,6 +419,9 @@ class FieldAgent:
                     key="checkpoint.dir",
                 )
             np.copyto(flat, params)
+            momentum = checkpoint.arrays.get("momentum")
+            if momentum is not None and self._momentum_fits(momentum):
+                self.learner.load_momentum_state(momentum)
             counter = checkpoint.counter
             saved_seq = checkpoint.seq
             control_seq = int(meta.get("control_seq", 0))
@@ -430,13 +433,27 @@ class FieldAgent:
             NodeState(counter=counter, next_seq=start, control_seq=max(start, control_seq))
         )
 
+    def _momentum_fits(self, momentum: np.ndarray) -> bool:
+        """Whether a checkpoint's momentum suits this learner (a changed budget or momentum
+        setting starts the momentum afresh, as a new optimizer would)."""
+        mine = self.learner.config.momentum > 0
+        size = sum(
+            self.learner.layer_offsets[i + 1] - self.learner.layer_offsets[i]
+            for i in self.learner.trained_layers
+        )
+        return mine and momentum.dtype == np.float32 and momentum.shape == (size,)
+
     def _checkpoint(self) -> Checkpoint:
         state = self.node.export_state()
+        arrays = {"params": self.learner.flat_parameters().copy()}
+        momentum = self.learner.momentum_state()
+        if momentum is not None:
+            arrays["momentum"] = momentum
         return Checkpoint(
             drone_id=self.drone_id,
             counter=state.counter,
             seq=state.next_seq,
-            arrays={"params": self.learner.flat_parameters().copy()},
+            arrays=arrays,
             meta={
                 "swarm_id": self.swarm_id,
                 "signature": self.signature.hex(),

@@ -290,6 +290,32 @@ class TorchLearner:
         samples = count * self.config.local_epochs
         return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
 
+    def momentum_state(self) -> np.ndarray | None:
+        """A copy of the SGD momentum buffer (the trained values, flat), for a checkpoint.
+
+        None without momentum, or before the first step (there is no buffer yet).
+        """
+        if self._momentum is None or not self._momentum_started:
+            return None
+        return self._momentum.numpy().copy()
+
+    def load_momentum_state(self, buffer: np.ndarray) -> None:
+        """Restore a momentum buffer saved by :meth:`momentum_state`.
+
+        Raises :class:`ConfigError` if this learner has no momentum or ``buffer`` is not one
+        float32 value per trained value.
+        """
+        if self._momentum is None:
+            raise ConfigError("this learner trains without momentum", key="momentum")
+        if buffer.dtype != np.float32 or buffer.shape != tuple(self._momentum.shape):
+            raise ConfigError(
+                f"expected {self._momentum.numel()} float32 values, got {buffer.dtype} "
+                f"{buffer.shape}",
+                key="momentum",
+            )
+        self._momentum.copy_(torch.from_numpy(buffer))
+        self._momentum_started = True
+
     def reset_optimizer_state(self) -> None:
         """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would.
 

@@ -522,3 +522,30 @@ def test_a_budget_below_every_plan_is_one_line_naming_the_key(
     assert main(["agent", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"swarmfl: error: {path}: key 'training.budget_bytes': budget ")
+
+
+def test_a_resumed_drone_continues_its_momentum_exactly(tmp_path: Path, secret_env: None) -> None:
+    # One batch holds the whole shard, so a step does not depend on the shuffle: a resumed
+    # drone's next step must be bitwise the uninterrupted drone's.
+    tables = agent_tables(tmp_path, 0, unique_swarm_id(), shards=2)
+    tables["training"].update({"momentum": 0.9, "batch_size": 2048})
+    path = write_config(tmp_path, 0, tables)
+    flying = FieldAgent(load_agent_config(path))
+    for _ in range(2):
+        flying.learner.train_round()
+    flying.store.save(flying._checkpoint())
+    flying.learner.train_round()
+
+    resumed = FieldAgent(load_agent_config(path))
+    assert resumed.resumed_from is not None
+    momentum = resumed.learner.momentum_state()
+    assert momentum is not None and np.abs(momentum).max() > 0
+    resumed.learner.train_round()
+    np.testing.assert_array_equal(
+        resumed.learner.flat_parameters(), flying.learner.flat_parameters()
+    )
+
+    # Without momentum in the new config, the saved buffer is ignored (a fresh optimizer).
+    tables["training"]["momentum"] = 0.0
+    plain = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    assert plain.resumed_from is not None and plain.learner.momentum_state() is None
