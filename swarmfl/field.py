@@ -420,8 +420,10 @@ class FieldAgent:
                 )
             np.copyto(flat, params)
             momentum = checkpoint.arrays.get("momentum")
-            if momentum is not None and self._momentum_fits(momentum):
-                self.learner.load_momentum_state(momentum)
+            if momentum is not None:
+                # Momentum now off, or another plan: start it afresh, as a new optimizer would.
+                with contextlib.suppress(ConfigError):
+                    self.learner.load_momentum_state(momentum)
             counter = checkpoint.counter
             saved_seq = checkpoint.seq
             control_seq = int(meta.get("control_seq", 0))
@@ -432,16 +434,6 @@ class FieldAgent:
         self.node.import_state(
             NodeState(counter=counter, next_seq=start, control_seq=max(start, control_seq))
         )
-
-    def _momentum_fits(self, momentum: np.ndarray) -> bool:
-        """Whether a checkpoint's momentum suits this learner (a changed budget or momentum
-        setting starts the momentum afresh, as a new optimizer would)."""
-        mine = self.learner.config.momentum > 0
-        size = sum(
-            self.learner.layer_offsets[i + 1] - self.learner.layer_offsets[i]
-            for i in self.learner.trained_layers
-        )
-        return mine and momentum.dtype == np.float32 and momentum.shape == (size,)
 
     def _checkpoint(self) -> Checkpoint:
         state = self.node.export_state()

@@ -99,14 +99,19 @@ class Quantizer(Protocol):
         ...
 
 
-def _as_vector(values: np.ndarray) -> FloatArray:
-    """The input as a contiguous 1-D float32 array (no copy when it already is one)."""
-    if (
+def is_flat_float32(values: object) -> bool:
+    """True for a contiguous 1-D float32 ndarray: what the codecs take as it is, no conversion."""
+    return (
         type(values) is np.ndarray
         and values.dtype == _F32
         and values.ndim == 1
         and values.flags.c_contiguous
-    ):
+    )
+
+
+def _as_vector(values: np.ndarray) -> FloatArray:
+    """The input as a contiguous 1-D float32 array (no copy when it already is one)."""
+    if is_flat_float32(values):
         return values
     # A float64 input above FLT_MAX becomes inf in the cast; the finiteness check reports it.
     with np.errstate(over="ignore", invalid="ignore"):

@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 
 from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
-from swarmfl.quant import Float32Quantizer, NonFiniteError, Quantizer
+from swarmfl.quant import Float32Quantizer, NonFiniteError, Quantizer, is_flat_float32
 
 __all__ = ["PacketKind", "StreamDecoder", "StreamEncoder", "StreamPacket"]
 
@@ -134,7 +134,7 @@ class StreamEncoder:
         the wrong number of values and :class:`~swarmfl.quant.NonFiniteError` if it holds NaN or
         infinity (the stream state is then unchanged).
         """
-        if type(x) is np.ndarray and x.dtype == _F32 and x.ndim == 1 and x.flags.c_contiguous:
+        if is_flat_float32(x):
             vector = x  # the common case (a learner's flat parameters): no conversion at all
         else:
             with np.errstate(over="ignore", invalid="ignore"):
