@@ -38,15 +38,15 @@ from typing import Any
 import numpy as np
 import psutil
 
-from swarmfl.data import load_builtin
-from swarmfl.learner import flatten_parameters
-from swarmfl.merge import MergeRule
-from swarmfl.models import build_model, model_signature
-from swarmfl.node import GossipNode, NodeConfig
+from swarmfl.core.merge import MergeRule
+from swarmfl.core.node import GossipNode, NodeConfig
+from swarmfl.core.wire import derive_swarm_key
+from swarmfl.learning.data import load_builtin
+from swarmfl.learning.learner import flatten_parameters
+from swarmfl.learning.models import build_model, model_signature
 from swarmfl.radio.discovery import PeerInfo, PeerUp, ZeroconfDiscovery
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.udp import UdpRadio
-from swarmfl.wire import derive_swarm_key
 
 SECRET = "bench-agent-secret"
 SEED = 3

@@ -1,4 +1,4 @@
-"""Codec throughput and lz4 ratios for swarmfl.quant / swarmfl.wire, on one core.
+"""Codec throughput and lz4 ratios for swarmfl.core.quant / swarmfl.core.wire, on one core.
 
 Prints JSON lines:
 
@@ -32,8 +32,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import lz4.block  # noqa: E402
 import numpy as np  # noqa: E402
 
-from swarmfl.quant import make_quantizer  # noqa: E402
-from swarmfl.wire import Frame, FrameKind, decode_frame, encode_frame  # noqa: E402
+from swarmfl.core.quant import make_quantizer  # noqa: E402
+from swarmfl.core.wire import Frame, FrameKind, decode_frame, encode_frame  # noqa: E402
 
 KEY = bytes(range(32))
 

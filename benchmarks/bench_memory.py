@@ -97,8 +97,8 @@ def build_task(workdir: Path) -> dict[str, Any]:
     from sklearn.datasets import load_digits
     from torch import nn
 
-    from swarmfl.models import build_model
-    from swarmfl.pretrained import save_pretrained
+    from swarmfl.learning.models import build_model
+    from swarmfl.learning.pretrained import save_pretrained
 
     torch.set_num_threads(1)  # as the simulator does; steadier on a shared machine
     rng = np.random.default_rng(SEED)
@@ -205,10 +205,10 @@ def measure_rss(workdir: Path, budget_bytes: int | None) -> dict[str, float]:
     """
     import torch
 
-    from swarmfl.learner import TorchLearner, TrainingConfig
-    from swarmfl.memory import MemoryPlan, plan_flops_per_sample
-    from swarmfl.models import build_model
-    from swarmfl.pretrained import load_pretrained
+    from swarmfl.learning.learner import TorchLearner, TrainingConfig
+    from swarmfl.learning.memory import MemoryPlan, plan_flops_per_sample
+    from swarmfl.learning.models import build_model
+    from swarmfl.learning.pretrained import load_pretrained
 
     torch.set_num_threads(1)
     with np.load(workdir / "drone-digits.npz") as arrays:
@@ -279,8 +279,8 @@ def child(workdir: Path, budget_bytes: int | None, drones: int, duration_s: floa
 
 def plans_and_overheads(fractions: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Per variant: the budget, the plan, and its predicted and measured working set."""
-    from swarmfl.memory import MemoryPlan, measure_training_step
-    from swarmfl.models import build_model
+    from swarmfl.learning.memory import MemoryPlan, measure_training_step
+    from swarmfl.learning.models import build_model
 
     model = build_model("cnn", INPUT_SHAPE, 10, channels=CHANNELS, seed=SEED)
     settings: dict[str, Any] = {"neighbour_replicas": REPLICAS, "codec": CODEC}

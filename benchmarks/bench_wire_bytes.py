@@ -17,10 +17,10 @@ import json
 from importlib.resources import files
 
 from swarmfl.config import load_scenario
+from swarmfl.core.wire import Frame, FrameKind, encode_frame
 from swarmfl.sim.metrics import MetricsRecorder
 from swarmfl.sim.runner import simulate
 from swarmfl.sim.vtime import run_virtual
-from swarmfl.wire import Frame, FrameKind, encode_frame
 
 VARIANTS = {
     "fp32": ["gossip.codec='fp32'"],

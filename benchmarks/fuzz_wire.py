@@ -1,4 +1,4 @@
-"""Long fuzz of swarmfl.wire.decode_frame: mutated frames must only raise FrameDecodeError.
+"""Long fuzz of swarmfl.core.wire.decode_frame: mutated frames must only raise FrameDecodeError.
 
 Mutations (seeded ``random.Random``): bit flips, byte overwrites, inserts, deletes, truncations,
 splices of two frames, extreme values in the length fields, and a share of mutants *re-signed*
@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import lz4.block
 
+from swarmfl.core.wire import TAG_BYTES, Frame, FrameKind, decode_frame, encode_frame, nack_payload
 from swarmfl.errors import FrameDecodeError
-from swarmfl.wire import TAG_BYTES, Frame, FrameKind, decode_frame, encode_frame, nack_payload
 
 KEY = bytes(range(32))
 SWARM_ID = 7

@@ -55,8 +55,8 @@ __all__ = [
 FrameClass = tuple[Hashable | None, bool]
 
 _WIRE_MAGIC = b"SWFL"
-_KIND_KEY = 1  # swarmfl.wire.FrameKind.KEY
-_KIND_DELTA = 2  # swarmfl.wire.FrameKind.DELTA
+_KIND_KEY = 1  # swarmfl.core.wire.FrameKind.KEY
+_KIND_DELTA = 2  # swarmfl.core.wire.FrameKind.DELTA
 _MODEL_STREAM = "model"
 _NO_STREAM: FrameClass = (None, False)
 _KEYFRAME: FrameClass = (_MODEL_STREAM, True)

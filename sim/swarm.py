@@ -28,7 +28,12 @@ import torch
 from swarmfl.agent import Agent
 from swarmfl.clock import ChargedCompute, LoopClock
 from swarmfl.config import Scenario
-from swarmfl.data import (
+from swarmfl.core.merge import MergeRule
+from swarmfl.core.node import FrameVerifier, GossipNode, NodeConfig, NodeState
+from swarmfl.core.wire import derive_swarm_key
+from swarmfl.errors import ConfigError
+from swarmfl.fleet import plan_fleet
+from swarmfl.learning.data import (
     Dataset,
     load_builtin,
     load_idx,
@@ -36,19 +41,14 @@ from swarmfl.data import (
     partition_dirichlet,
     partition_iid,
 )
-from swarmfl.errors import ConfigError
-from swarmfl.fleet import plan_fleet
-from swarmfl.learner import StepResult, TorchLearner, TrainingConfig
-from swarmfl.merge import MergeRule
-from swarmfl.models import build_model, model_signature
-from swarmfl.node import FrameVerifier, GossipNode, NodeConfig, NodeState
-from swarmfl.pretrained import load_pretrained
+from swarmfl.learning.learner import StepResult, TorchLearner, TrainingConfig
+from swarmfl.learning.models import build_model, model_signature
+from swarmfl.learning.pretrained import load_pretrained
 from swarmfl.radio.link import LinkConfig
-from swarmfl.radio.simulated import SimMedium, SimRadio
 from swarmfl.sim.faults import Lifecycle
+from swarmfl.sim.medium import SimMedium, SimRadio
 from swarmfl.sim.metrics import DroneSample
 from swarmfl.sim.world import World, build_world
-from swarmfl.wire import derive_swarm_key
 
 
 def load_dataset(scenario: Scenario) -> Dataset:

@@ -34,7 +34,7 @@ import numpy as np
 
 from swarmfl.config import MobilitySection, RadioSection, Scenario, TopologySection
 from swarmfl.errors import ConfigError
-from swarmfl.radio.simulated import LinkParams
+from swarmfl.sim.medium import LinkParams
 from swarmfl.sim.mobility import Formation, RandomWaypoint, Scripted, Static
 from swarmfl.sim.pathloss import LinkModel, links_from_positions
 

@@ -6,7 +6,7 @@ An :class:`Agent` owns two tasks in one :class:`asyncio.TaskGroup`:
   a local round (through the :class:`~swarmfl.clock.Compute` seam), publish the trained model,
   wait for the next period;
 * the *receive* task: feed every frame heard on the radio to the sans-IO
-  :class:`~swarmfl.node.GossipNode` and send its replies.
+  :class:`~swarmfl.core.node.GossipNode` and send its replies.
 
 Only the seams change between the simulator and the field: the clock (virtual or real), the
 compute (charged to the virtual clock or run in a worker thread) and the radio (simulated, UDP,
@@ -24,9 +24,9 @@ from collections.abc import Callable
 from types import TracebackType
 
 from swarmfl.clock import Clock, Compute
-from swarmfl.learner import Learner, StepResult
-from swarmfl.node import GossipNode
-from swarmfl.quant import NonFiniteError
+from swarmfl.core.node import GossipNode
+from swarmfl.core.quant import NonFiniteError
+from swarmfl.learning.learner import Learner, StepResult
 from swarmfl.radio.base import Radio
 from swarmfl.radio.discovery import Discovery, PeerDown
 

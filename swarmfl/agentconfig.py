@@ -41,8 +41,8 @@ from swarmfl.config import (
     _KeyedValueError,
     apply_overrides,
 )
+from swarmfl.core.wire import derive_swarm_key
 from swarmfl.errors import ConfigError
-from swarmfl.wire import derive_swarm_key
 
 __all__ = [
     "DEFAULT_KEY_ENV",
@@ -115,7 +115,8 @@ class AgentTrainingSection(TrainingSection):
     """Local SGD, plus whether to train at all, on how many threads and within what memory.
 
     With ``budget_bytes`` the drone plans what it trains within that budget (the whole model, a
-    suffix of blocks or biases only; :mod:`swarmfl.memory`), as a simulated device class does.
+    suffix of blocks or biases only; :mod:`swarmfl.learning.memory`), as a simulated device
+    class does.
     """
 
     enabled: bool = True  # false: gossip and merge only (a relay, or a benchmark)

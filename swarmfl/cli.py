@@ -123,7 +123,7 @@ def _add_field_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 def _cmd_agent(args: argparse.Namespace) -> int:
     from swarmfl.agentconfig import load_agent_config
     from swarmfl.errors import RadioError
-    from swarmfl.field import run_agent
+    from swarmfl.field.agent import run_agent
 
     loaded = load_agent_config(args.config, list(args.overrides))
     try:
@@ -134,7 +134,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from swarmfl.status import run_status
+    from swarmfl.field.status_table import run_status
 
     return run_status(args)
 

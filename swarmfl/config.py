@@ -72,8 +72,8 @@ class ModelSection(Section):
     kind: Literal["mlp", "cnn"] = "mlp"
     hidden: list[PositiveInt] = [128]
     channels: list[PositiveInt] = [16, 32]
-    # pretrained start: a saved state dict / checkpoint (swarmfl.pretrained); a relative path in
-    # a scenario file is taken from the file's folder
+    # pretrained start: a saved state dict / checkpoint (swarmfl.learning.pretrained); a relative
+    # path in a scenario file is taken from the file's folder
     checkpoint: str | None = None
 
 
@@ -123,7 +123,7 @@ ByteSize = Annotated[int, BeforeValidator(_byte_size), Field(gt=0)]
 class DeviceClass(Section):
     """A kind of drone in a heterogeneous fleet, and how many of them fly.
 
-    Every drone plans for itself what it trains within ``budget_bytes`` (swarmfl.memory);
+    Every drone plans for itself what it trains within ``budget_bytes`` (swarmfl.learning.memory);
     without a budget it trains the whole model. Unset compute and radio figures are the swarm's
     and the radio section's.
     """

@@ -47,7 +47,7 @@ class PeerError(SwarmError):
 class FrameDecodeError(PeerError):
     """A frame could not be decoded: malformed, truncated, oversized, forged, replayed or foreign.
 
-    This is the only exception :func:`swarmfl.wire.decode_frame` raises.
+    This is the only exception :func:`swarmfl.core.wire.decode_frame` raises.
     """
 
 

@@ -2,9 +2,9 @@
 
 A scenario may declare device classes (``[[swarm.devices]]``: a memory budget, FLOP/s, a radio
 rate and how many drones of each). Every drone plans for itself, with
-:meth:`~swarmfl.memory.MemoryPlan.choose`, what it trains within its budget: the whole model, a
-suffix of blocks or biases only. Its frames then carry only the layers it trains, and a merge
-averages a layer only over the peers that carry it (:mod:`swarmfl.merge`).
+:meth:`~swarmfl.learning.memory.MemoryPlan.choose`, what it trains within its budget: the whole
+model, a suffix of blocks or biases only. Its frames then carry only the layers it trains, and a
+merge averages a layer only over the peers that carry it (:mod:`swarmfl.core.merge`).
 
 Why a fleet of mixed plans learns nearly as well as a fleet of full-model drones: a drone that
 trains only the last blocks still *merges* every layer it hears, so its frozen blocks follow
@@ -27,8 +27,8 @@ from torch import nn
 
 from swarmfl.config import DeviceClass, Scenario
 from swarmfl.errors import ConfigError, PlanError
-from swarmfl.memory import MemoryPlan, OptimizerName, TrainPlan, plan_flops_per_sample
-from swarmfl.models import training_flops_per_sample
+from swarmfl.learning.memory import MemoryPlan, OptimizerName, TrainPlan, plan_flops_per_sample
+from swarmfl.learning.models import training_flops_per_sample
 
 __all__ = ["DeviceSetup", "assign_devices", "plan_fleet", "planner_optimizer"]
 

@@ -1,8 +1,8 @@
 """``swarmfl plan``: what a device would train within its memory budget, as a table.
 
-Builds the model the simulator would build (:func:`~swarmfl.models.build_model`), asks
-:class:`~swarmfl.memory.MemoryPlan` for its candidates and its choice, and renders them with
-rich, byte counts in binary units (:func:`~swarmfl.sizes.format_bytes`).
+Builds the model the simulator would build (:func:`~swarmfl.learning.models.build_model`), asks
+:class:`~swarmfl.learning.memory.MemoryPlan` for its candidates and its choice, and renders them
+with rich, byte counts in binary units (:func:`~swarmfl.sizes.format_bytes`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from swarmfl.errors import ConfigError
-from swarmfl.memory import (
+from swarmfl.learning.memory import (
     CodecName,
     MemoryPlan,
     OptimizerName,
@@ -23,7 +23,7 @@ from swarmfl.memory import (
     TrainPlan,
     plan_table_rows,
 )
-from swarmfl.models import build_model
+from swarmfl.learning.models import build_model
 from swarmfl.sizes import format_bytes, parse_bytes
 
 __all__ = ["PlanRequest", "parse_shape", "parse_widths", "print_plan"]

@@ -9,8 +9,8 @@ import pytest
 
 from swarmfl.agentconfig import load_agent_config, parse_agent_config
 from swarmfl.cli import main
+from swarmfl.core.wire import derive_swarm_key
 from swarmfl.errors import ConfigError
-from swarmfl.wire import derive_swarm_key
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "drone.toml"
 

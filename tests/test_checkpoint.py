@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swarmfl.checkpoint import MAGIC, Checkpoint, CheckpointStore, decode, encode
 from swarmfl.errors import CheckpointError, ConfigError
+from swarmfl.field.checkpoint import MAGIC, Checkpoint, CheckpointStore, decode, encode
 
 
 def make_checkpoint(counter: int = 7, *, seed: int = 0) -> Checkpoint:
@@ -118,7 +118,7 @@ def test_crash_leftovers_fall_back_to_previous_good_checkpoint(
     leftover.write_bytes(encode(make_checkpoint(7))[:100])
     newest.write_bytes(newest.read_bytes()[:-10])
 
-    with caplog.at_level(logging.WARNING, logger="swarmfl.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="swarmfl.field.checkpoint"):
         loaded = store.load_latest()
 
     assert loaded is not None

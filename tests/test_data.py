@@ -1,4 +1,4 @@
-"""Tests for swarmfl.data: built-in datasets, .npz/IDX loaders, partitions."""
+"""Tests for swarmfl.learning.data: built-in datasets, .npz/IDX loaders, partitions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmfl.data import (
+from swarmfl.errors import ConfigError
+from swarmfl.learning.data import (
     BUILTIN_DATASETS,
     Dataset,
     load_builtin,
@@ -25,7 +26,6 @@ from swarmfl.data import (
     shard,
     stratified_split,
 )
-from swarmfl.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
 # Dataset
@@ -122,7 +122,7 @@ def test_builtin_seed_changes_split_deterministically() -> None:
     b = load_builtin("digits", seed=2, standardize=False)
     assert not np.array_equal(a.y_test, b.y_test) or not np.array_equal(a.x_test, b.x_test)
     # Same content from a cold cache: the cache is not what makes it deterministic.
-    from swarmfl import data as data_module
+    from swarmfl.learning import data as data_module
 
     data_module._load_builtin_cached.cache_clear()
     again = load_builtin("digits", seed=1, standardize=False)

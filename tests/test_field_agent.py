@@ -35,10 +35,10 @@ from _field_helpers import (
 )
 
 from swarmfl.agentconfig import load_agent_config
+from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
 from swarmfl.errors import ConfigError
-from swarmfl.field import RESTART_SEQ_GAP, FieldAgent, stream_start_seq
+from swarmfl.field.agent import RESTART_SEQ_GAP, FieldAgent, stream_start_seq
 from swarmfl.radio.fragment import Fragmenter
-from swarmfl.wire import Frame, FrameKind, derive_swarm_key, encode_frame
 
 pytestmark = [pytest.mark.network]
 
@@ -450,8 +450,8 @@ def test_field_agent_starts_from_the_pretrained_checkpoint(
 ) -> None:
     import torch
 
-    from swarmfl.models import build_model
-    from swarmfl.pretrained import save_pretrained
+    from swarmfl.learning.models import build_model
+    from swarmfl.learning.pretrained import save_pretrained
 
     backbone = build_model("mlp", (1, 8, 8), 10, hidden=(32,), seed=99)
     save_pretrained(backbone, tmp_path / "backbone.pt", first_blocks=1)
@@ -468,8 +468,8 @@ def test_field_agent_starts_from_the_pretrained_checkpoint(
 def test_a_drone_with_a_memory_budget_trains_and_sends_only_what_fits(
     tmp_path: Path, secret_env: None
 ) -> None:
-    from swarmfl.memory import MemoryPlan
-    from swarmfl.wire import decode_frame
+    from swarmfl.core.wire import decode_frame
+    from swarmfl.learning.memory import MemoryPlan
 
     tables = agent_tables(tmp_path, 0, unique_swarm_id(), shards=2)
     whole = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))

@@ -12,9 +12,9 @@ from torch import nn
 from swarmfl.config import load_scenario, scenario_to_toml, validate_scenario
 from swarmfl.errors import ConfigError, PlanError
 from swarmfl.fleet import assign_devices, plan_fleet
-from swarmfl.memory import MemoryPlan, TrainPlan
-from swarmfl.models import build_model, training_flops_per_sample
-from swarmfl.pretrained import save_pretrained
+from swarmfl.learning.memory import MemoryPlan, TrainPlan
+from swarmfl.learning.models import build_model, training_flops_per_sample
+from swarmfl.learning.pretrained import save_pretrained
 from swarmfl.sim.swarm import Swarm, load_dataset
 from swarmfl.sim.vtime import run_virtual
 from swarmfl.testing import scenario

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
-from swarmfl.learner import TorchLearner, TrainingConfig
-from swarmfl.models import build_model
+from swarmfl.learning.learner import TorchLearner, TrainingConfig
+from swarmfl.learning.models import build_model
 
 
 def data(n=40, seed=0):

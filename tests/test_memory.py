@@ -1,4 +1,4 @@
-"""Tests for swarmfl.memory: predicted working sets match real training steps, and plans fit."""
+"""swarmfl.learning.memory: predicted working sets match real training steps, and plans fit."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError, PlanError
-from swarmfl.memory import (
+from swarmfl.learning.memory import (
     CodecName,
     MemoryBreakdown,
     MemoryPlan,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swarmfl.core.merge import Contribution, MergeRule, merge_into, staleness_weight
 from swarmfl.errors import ConfigError
-from swarmfl.merge import Contribution, MergeRule, merge_into, staleness_weight
 
 RULE = MergeRule(alpha=1.0, exponent=0.5, cutoff=10.0)
 

@@ -1,4 +1,4 @@
-"""Tests for swarmfl.models: architectures, seeded init, signatures, FLOP counts."""
+"""Tests for swarmfl.learning.models: architectures, seeded init, signatures, FLOP counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
-from swarmfl.models import (
+from swarmfl.learning.models import (
     MODEL_KINDS,
     SIGNATURE_BYTES,
     build_model,

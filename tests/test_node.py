@@ -5,11 +5,11 @@ import random
 import numpy as np
 import pytest
 
+from swarmfl.core.merge import MergeRule
+from swarmfl.core.node import FrameVerifier, GossipNode, NodeConfig
+from swarmfl.core.quant import NonFiniteError
+from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
 from swarmfl.errors import ConfigError
-from swarmfl.merge import MergeRule
-from swarmfl.node import FrameVerifier, GossipNode, NodeConfig
-from swarmfl.quant import NonFiniteError
-from swarmfl.wire import Frame, FrameKind, derive_swarm_key, encode_frame
 
 KEY = derive_swarm_key("test swarm", 7)
 SIG = b"model-01"
@@ -192,7 +192,7 @@ def test_agent_forgets_a_peer_that_discovery_reports_gone():
 
     from swarmfl.agent import Agent
     from swarmfl.clock import ChargedCompute, LoopClock
-    from swarmfl.learner import StepResult
+    from swarmfl.learning.learner import StepResult
     from swarmfl.radio.discovery import PeerDown
     from swarmfl.sim.vtime import run_virtual
 

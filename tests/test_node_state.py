@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from swarmfl.core.node import GossipNode, NodeConfig, NodeState
+from swarmfl.core.wire import FrameKind, decode_frame
 from swarmfl.errors import ConfigError
-from swarmfl.node import GossipNode, NodeConfig, NodeState
-from swarmfl.wire import FrameKind, decode_frame
 
 KEY = bytes(range(32))
 SIG = b"sig12345"

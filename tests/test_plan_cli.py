@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from swarmfl.cli import main
-from swarmfl.memory import MemoryPlan
-from swarmfl.models import build_model
+from swarmfl.learning.memory import MemoryPlan
+from swarmfl.learning.models import build_model
 from swarmfl.sizes import format_bytes
 
 CNN = ["plan", "--model", "cnn", "--input", "3x32x32", "--batch", "32", "--channels", "16,32,64"]

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
-from swarmfl.learner import TorchLearner, TrainingConfig
-from swarmfl.memory import (
+from swarmfl.learning.learner import TorchLearner, TrainingConfig
+from swarmfl.learning.memory import (
     BIAS_ONLY_FLOPS_FACTOR,
     MemoryPlan,
     TrainPlan,
@@ -24,7 +24,7 @@ from swarmfl.memory import (
     plan_flops_per_sample,
     train_step_following_plan,
 )
-from swarmfl.models import (
+from swarmfl.learning.models import (
     TRAINING_FLOPS_FACTOR,
     build_model,
     flops_per_block,

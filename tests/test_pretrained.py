@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from swarmfl.checkpoint import Checkpoint, encode
 from swarmfl.errors import ConfigError
-from swarmfl.learner import TorchLearner, TrainingConfig
-from swarmfl.models import build_model
-from swarmfl.pretrained import load_pretrained, save_pretrained
+from swarmfl.field.checkpoint import Checkpoint, encode
+from swarmfl.learning.learner import TorchLearner, TrainingConfig
+from swarmfl.learning.models import build_model
+from swarmfl.learning.pretrained import load_pretrained, save_pretrained
 
 SHAPE = (3, 8, 8)
 

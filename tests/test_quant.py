@@ -1,4 +1,4 @@
-"""Tests of swarmfl.quant: round trips, error bounds, layouts, refusals, total decoding."""
+"""Tests of swarmfl.core.quant: round trips, error bounds, layouts, refusals, total decoding."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from swarmfl.errors import ConfigError, FrameDecodeError
-from swarmfl.quant import (
+from swarmfl.core.quant import (
     BlockInt4Quantizer,
     BlockInt8Quantizer,
     Float32Quantizer,
@@ -19,6 +18,7 @@ from swarmfl.quant import (
     make_quantizer,
     quantization_step,
 )
+from swarmfl.errors import ConfigError, FrameDecodeError
 
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)

@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from swarmfl.cli import main
+from swarmfl.field.status_table import collect_udp, render_table, table_rows
 from swarmfl.radio.udp import UdpRadio
-from swarmfl.status import collect_udp, render_table, table_rows
 
 NOW = 1_800_000_000.0
 

@@ -1,4 +1,4 @@
-"""Tests of swarmfl.stream: error-feedback tracking, keyframes, gaps, loss and resync."""
+"""Tests of swarmfl.core.stream: error-feedback tracking, keyframes, gaps, loss and resync."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import random
 import numpy as np
 import pytest
 
-from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
-from swarmfl.quant import (
+from swarmfl.core.quant import (
     BlockInt4Quantizer,
     BlockInt8Quantizer,
     NonFiniteError,
     Quantizer,
     make_quantizer,
 )
-from swarmfl.stream import StreamDecoder, StreamEncoder, StreamPacket
+from swarmfl.core.stream import StreamDecoder, StreamEncoder, StreamPacket
+from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
 
 SIZE = 10_000
 
@@ -310,7 +310,7 @@ def test_sparse_deltas_still_track_without_drift(density: float) -> None:
 
 
 def test_sparse_delta_payloads_pack_small_under_lz4() -> None:
-    from swarmfl.wire import Frame, FrameKind, encode_frame
+    from swarmfl.core.wire import Frame, FrameKind, encode_frame
 
     quantizer = make_quantizer("int8", 128)
     xs = drifting(3, SIZE, seed=6)

@@ -6,7 +6,7 @@ import pytest
 
 from swarmfl.clock import ChargedCompute, LoopClock
 from swarmfl.errors import ConfigError
-from swarmfl.learner import StepResult
+from swarmfl.learning.learner import StepResult
 from swarmfl.sim.vtime import VirtualDeadlockError, run_virtual
 
 

@@ -1,4 +1,4 @@
-"""Tests of swarmfl.wire: round trips, the total decoder, caps, replay window, key derivation."""
+"""swarmfl.core.wire: round trips, the total decoder, caps, replay window, key derivation."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmfl.errors import ConfigError, FrameDecodeError
-from swarmfl.quant import BlockInt4Quantizer, BlockInt8Quantizer, Float32Quantizer
-from swarmfl.wire import (
+from swarmfl.core.quant import BlockInt4Quantizer, BlockInt8Quantizer, Float32Quantizer
+from swarmfl.core.wire import (
     FLAG_LZ4,
     MAX_FRAME_BYTES,
     MAX_LAYERS,
@@ -40,6 +39,7 @@ from swarmfl.wire import (
     nack_target,
     quantizer_for,
 )
+from swarmfl.errors import ConfigError, FrameDecodeError
 
 KEY = derive_swarm_key("test secret", 7)
 SWARM = 7

@@ -39,9 +39,13 @@ from torch import nn
 
 from swarmfl.agent import Agent
 from swarmfl.agentconfig import AgentConfig, LoadedAgentConfig
-from swarmfl.checkpoint import Checkpoint, CheckpointStore
 from swarmfl.clock import Costed, LoopClock
-from swarmfl.data import (
+from swarmfl.core.merge import MergeRule
+from swarmfl.core.node import GossipNode, NodeConfig, NodeState
+from swarmfl.errors import ConfigError, PlanError, SwarmError
+from swarmfl.field.checkpoint import Checkpoint, CheckpointStore
+from swarmfl.fleet import planner_optimizer
+from swarmfl.learning.data import (
     BUILTIN_DATASETS,
     Dataset,
     load_builtin,
@@ -51,14 +55,10 @@ from swarmfl.data import (
     partition_iid,
     shard,
 )
-from swarmfl.errors import ConfigError, PlanError, SwarmError
-from swarmfl.fleet import planner_optimizer
-from swarmfl.learner import StepResult, TorchLearner, TrainingConfig
-from swarmfl.memory import MemoryPlan, TrainPlan, plan_flops_per_sample
-from swarmfl.merge import MergeRule
-from swarmfl.models import build_model, model_signature, training_flops_per_sample
-from swarmfl.node import GossipNode, NodeConfig, NodeState
-from swarmfl.pretrained import load_pretrained
+from swarmfl.learning.learner import StepResult, TorchLearner, TrainingConfig
+from swarmfl.learning.memory import MemoryPlan, TrainPlan, plan_flops_per_sample
+from swarmfl.learning.models import build_model, model_signature, training_flops_per_sample
+from swarmfl.learning.pretrained import load_pretrained
 from swarmfl.radio.discovery import (
     PeerDown,
     PeerInfo,

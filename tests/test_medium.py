@@ -1,4 +1,4 @@
-"""The simulated medium (swarmfl.radio.simulated): datagram loss, rate, queue, shared airtime."""
+"""The simulated medium (swarmfl.sim.medium): datagram loss, rate, queue, shared airtime."""
 
 import asyncio
 import math
@@ -8,7 +8,7 @@ import pytest
 from swarmfl.radio.base import Radio
 from swarmfl.radio.fragment import HEADER_SIZE, fragment_count
 from swarmfl.radio.link import LinkConfig
-from swarmfl.radio.simulated import SimMedium
+from swarmfl.sim.medium import SimMedium
 from swarmfl.sim.vtime import run_virtual
 
 

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError, PlanError
-from swarmfl.models import TRAINING_FLOPS_FACTOR, flops_per_block
+from swarmfl.learning.models import TRAINING_FLOPS_FACTOR, flops_per_block
 from swarmfl.sizes import format_bytes, parse_bytes
 
 __all__ = [
@@ -466,11 +466,11 @@ def plan_flops_per_sample(
     """FLOPs to train on one sample following ``plan``: what the simulator charges.
 
     The frozen prefix costs its forward pass only (it runs under ``torch.no_grad``). A trained
-    block of a full or suffix plan costs :data:`~swarmfl.models.TRAINING_FLOPS_FACTOR` times its
-    forward (forward, backward for inputs, backward for weights); a block of a bias-only plan
-    costs :data:`BIAS_ONLY_FLOPS_FACTOR` times (a bias gradient is a sum, the weight gradients
-    are never formed). Micro-batches do not change the FLOPs, only how many run at once. For a
-    full plan this equals :func:`~swarmfl.models.training_flops_per_sample`.
+    block of a full or suffix plan costs :data:`~swarmfl.learning.models.TRAINING_FLOPS_FACTOR`
+    times its forward (forward, backward for inputs, backward for weights); a block of a
+    bias-only plan costs :data:`BIAS_ONLY_FLOPS_FACTOR` times (a bias gradient is a sum, the
+    weight gradients are never formed). Micro-batches do not change the FLOPs, only how many run
+    at once. For a full plan this equals :func:`~swarmfl.learning.models.training_flops_per_sample`.
 
     Raises :class:`ConfigError` if the model does not run on ``input_shape`` or is not the
     plan's model (another number of blocks).

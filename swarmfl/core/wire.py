@@ -44,8 +44,8 @@ from enum import IntEnum
 
 import lz4.block
 
+from swarmfl.core.quant import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Quantizer, make_quantizer
 from swarmfl.errors import ConfigError, FrameDecodeError
-from swarmfl.quant import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Quantizer, make_quantizer
 
 __all__ = [
     "CODEC_FP32",

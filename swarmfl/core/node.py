@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
-from swarmfl.merge import Contribution, MergeRule, merge_into, staleness_weight
-from swarmfl.quant import Quantizer, make_quantizer
-from swarmfl.stream import StreamDecoder, StreamEncoder
-from swarmfl.wire import (
+from swarmfl.core.merge import Contribution, MergeRule, merge_into, staleness_weight
+from swarmfl.core.quant import Quantizer, make_quantizer
+from swarmfl.core.stream import StreamDecoder, StreamEncoder
+from swarmfl.core.wire import (
     CODEC_NAMES,
     Frame,
     FrameKind,
@@ -44,6 +43,7 @@ from swarmfl.wire import (
     nack_target,
     quantizer_for,
 )
+from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class GossipNode:
     def publish(self, x: np.ndarray, samples: int, now: float) -> list[bytes]:
         """Count one local update and return the frame carrying the trained layers of ``x``.
 
-        Raises :class:`~swarmfl.quant.NonFiniteError` (a :class:`ConfigError`) if the model
+        Raises :class:`~swarmfl.core.quant.NonFiniteError` (a :class:`ConfigError`) if the model
         holds NaN or Inf: a diverged model is never sent.
         """
         self.counter += 1

@@ -4,9 +4,9 @@
 buffer, so the gossip layer reads and merges the whole model as a single numpy array with no
 copies (``flat_parameters()``), and the optimizer sees the merged values at once.
 
-Given a :class:`~swarmfl.memory.TrainPlan`, it trains the way the plan was costed: the frozen
-prefix of blocks runs under ``torch.no_grad`` (it saves nothing for backward), the gradient and
-momentum buffers cover the trained parameters only, and a batch larger than the plan's
+Given a :class:`~swarmfl.learning.memory.TrainPlan`, it trains the way the plan was costed: the
+frozen prefix of blocks runs under ``torch.no_grad`` (it saves nothing for backward), the
+gradient and momentum buffers cover the trained parameters only, and a batch larger than the plan's
 micro-batch is split into micro-batches whose gradients accumulate before one step.
 """
 
@@ -22,7 +22,7 @@ from torch import nn
 from swarmfl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from swarmfl.memory import TrainPlan
+    from swarmfl.learning.memory import TrainPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +136,7 @@ class TorchLearner:
     """A PyTorch model trained with SGD on a local shard.
 
     ``flops_per_sample`` is the training cost of one sample, used by the simulator to charge
-    virtual time (for a plan, :func:`~swarmfl.memory.plan_flops_per_sample`).
+    virtual time (for a plan, :func:`~swarmfl.learning.memory.plan_flops_per_sample`).
 
     What is trained is either every parameter (the default), the parameter tensors listed in
     ``trained_layers`` (indexes in ``named_parameters()`` order; the forward pass is unchanged),

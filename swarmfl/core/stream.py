@@ -41,8 +41,8 @@ from typing import Literal
 
 import numpy as np
 
+from swarmfl.core.quant import Float32Quantizer, NonFiniteError, Quantizer, is_flat_float32
 from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
-from swarmfl.quant import Float32Quantizer, NonFiniteError, Quantizer, is_flat_float32
 
 __all__ = ["PacketKind", "StreamDecoder", "StreamEncoder", "StreamPacket"]
 
@@ -131,8 +131,8 @@ class StreamEncoder:
         """The next frame for the current model ``x`` (any shape with ``size`` values).
 
         Updates the replica exactly as receivers will. Raises :class:`ConfigError` if ``x`` has
-        the wrong number of values and :class:`~swarmfl.quant.NonFiniteError` if it holds NaN or
-        infinity (the stream state is then unchanged).
+        the wrong number of values and :class:`~swarmfl.core.quant.NonFiniteError` if it holds NaN
+        or infinity (the stream state is then unchanged).
         """
         if is_flat_float32(x):
             vector = x  # the common case (a learner's flat parameters): no conversion at all

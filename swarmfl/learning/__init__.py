@@ -1,0 +1,7 @@
+"""swarmfl.learning: what a drone trains, on what data, within what memory.
+
+Models (:mod:`~swarmfl.learning.models`), the learner seam and its torch implementation
+(:mod:`~swarmfl.learning.learner`), memory planning and measurement, datasets and partitions,
+and pretrained starts. No I/O beyond reading data and weight files, no asyncio, no config files:
+values come in already validated.
+"""
