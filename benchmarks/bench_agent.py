@@ -64,13 +64,15 @@ def agent_config(folder: Path, swarm_id: int) -> Path:
     text = f"""
 [drone]
 id = 0
+[swarm]
 swarm_id = {swarm_id}
+[run]
+seed = {SEED}
 [data]
 dataset = "digits"
 partition = "iid"
 shards = 4
 shard = 0
-seed = {SEED}
 [model]
 kind = "mlp"
 hidden = [{HIDDEN}]

@@ -31,7 +31,7 @@ BASELINE_ROUNDS = 2000  # drone-rounds of bare training timed for the baseline
 
 
 def child(drones: int, minutes: float) -> None:
-    from swarmfl.config import load_scenario
+    from swarmfl.config.scenario_file import load_scenario
     from swarmfl.sim.metrics import MetricsRecorder
     from swarmfl.sim.runner import simulate
     from swarmfl.sim.vtime import run_virtual

@@ -50,7 +50,7 @@ def scenario_overrides(n: int) -> list[str]:
 def run_swarmfl(n: int) -> dict[str, float]:
     from importlib.resources import files
 
-    from swarmfl.config import load_scenario
+    from swarmfl.config.scenario_file import load_scenario
     from swarmfl.sim.runner import run_scenario
 
     scenario = load_scenario(

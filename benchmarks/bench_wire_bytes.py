@@ -16,7 +16,7 @@ import argparse
 import json
 from importlib.resources import files
 
-from swarmfl.config import load_scenario
+from swarmfl.config.scenario_file import load_scenario
 from swarmfl.core.wire import Frame, FrameKind, encode_frame
 from swarmfl.sim.metrics import MetricsRecorder
 from swarmfl.sim.runner import simulate

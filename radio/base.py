@@ -44,6 +44,26 @@ class Radio(Protocol):
         ...
 
 
+@runtime_checkable
+class UnicastRadio(Radio, Protocol):
+    """A radio that sends each frame to explicit destinations, found by discovery (UDP).
+
+    ``transport`` names the medium its destinations are on (``"udp"``); the agent hands it the
+    peers discovery reports on that transport. Broadcast radios (the simulated air, an MQTT
+    broker) reach everyone in range and do not implement it.
+    """
+
+    transport: str
+
+    def set_peer(self, drone_id: int, host: str, port: int) -> None:
+        """Send to ``host:port`` as drone ``drone_id`` (replaces its previous address)."""
+        ...
+
+    def remove_peer(self, drone_id: int) -> None:
+        """Stop sending to ``drone_id``."""
+        ...
+
+
 class FrameInbox:
     """Frames heard and not yet read: a bounded FIFO with one asynchronous reader.
 

@@ -169,6 +169,10 @@ class Discovery(Protocol):
         """Changes in who is around, until the discovery closes."""
         ...
 
+    async def aclose(self) -> None:
+        """Stop announcing and browsing; :meth:`events` ends."""
+        ...
+
 
 class _Closed:
     """Queue sentinel: the discovery has closed."""

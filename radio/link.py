@@ -111,9 +111,9 @@ class LinkConfig:
     burst_bytes: int | None = None
     queue_frames: int = 16
     queue_bytes: int = 4 * 1024 * 1024
-    reassembly_timeout_s: float = 10.0
-    reassembly_buffer_bytes: int = 32 * 1024 * 1024
-    max_frame_bytes: int = 16 * 1024 * 1024
+    reassembly_timeout_s: float = 5.0
+    reassembly_buffer_bytes: int = 16 * 1024 * 1024
+    max_frame_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not (isinstance(self.rate_bps, int | float) and math.isfinite(self.rate_bps)):

@@ -160,6 +160,7 @@ class UdpRadio:
     ) -> None:
         if not 0.0 <= loss < 1.0:
             raise ConfigError(f"must be in [0, 1), got {loss!r}", key="loss")
+        self.transport = "udp"
         self.drone_id = drone_id
         self.host = host
         self.port = port

@@ -29,7 +29,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from swarmfl.config import Scenario
+from swarmfl.config.scenario_file import Scenario
 from swarmfl.errors import ConfigError
 from swarmfl.sim.battery import Battery, BatteryModel
 

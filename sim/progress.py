@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from swarmfl.config import Scenario
+from swarmfl.config.scenario_file import Scenario
 from swarmfl.sim.metrics import SwarmPoint
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from swarmfl.config import Scenario, scenario_to_toml
+from swarmfl.config.scenario_file import Scenario, scenario_to_toml
 from swarmfl.sim.metrics import (
     ACCURACY_TARGETS,
     DroneSample,

@@ -27,59 +27,46 @@ import torch
 
 from swarmfl.agent import Agent
 from swarmfl.clock import ChargedCompute, LoopClock
-from swarmfl.config import Scenario
-from swarmfl.core.merge import MergeRule
-from swarmfl.core.node import FrameVerifier, GossipNode, NodeConfig, NodeState
+from swarmfl.config.scenario_file import SIM_MTU_BYTES, Scenario
+from swarmfl.core.node import FrameVerifier, NodeState
 from swarmfl.core.wire import derive_swarm_key
+from swarmfl.drone import AssembledDrone, DroneAssembly, SwarmSettings
 from swarmfl.errors import ConfigError
-from swarmfl.fleet import plan_fleet
-from swarmfl.learning.data import (
-    Dataset,
-    load_builtin,
-    load_idx,
-    load_npz,
-    partition_dirichlet,
-    partition_iid,
-)
-from swarmfl.learning.learner import StepResult, TorchLearner, TrainingConfig
-from swarmfl.learning.models import build_model, model_signature
-from swarmfl.learning.pretrained import load_pretrained
-from swarmfl.radio.link import LinkConfig
+from swarmfl.learning.learner import StepResult
+from swarmfl.seeding import churn_rng
 from swarmfl.sim.faults import Lifecycle
+from swarmfl.sim.fleet import SimDevice, fleet_devices
 from swarmfl.sim.medium import SimMedium, SimRadio
 from swarmfl.sim.metrics import DroneSample
 from swarmfl.sim.world import World, build_world
 
 
-def load_dataset(scenario: Scenario) -> Dataset:
-    """The scenario's dataset (built-in, npz or IDX). Raises :class:`ConfigError`."""
-    data, seed = scenario.data, scenario.run.seed
-    if data.dataset in ("digits", "mnist1d"):
-        return load_builtin(
-            data.dataset, seed=seed, test_fraction=data.test_fraction, num_samples=data.num_samples
-        )
-    if data.dataset == "npz":
-        assert data.path is not None
-        return load_npz(data.path, seed=seed, test_fraction=data.test_fraction)
-    assert data.images is not None and data.labels is not None
-    return load_idx(data.images, data.labels, seed=seed, test_fraction=data.test_fraction)
-
-
-def partition(scenario: Scenario, dataset: Dataset) -> list[np.ndarray]:
-    """Index arrays, one per drone, split as the scenario says (deterministic per seed)."""
-    rng = np.random.default_rng([scenario.run.seed, 0x5A17])
-    drones = scenario.swarm.drones
-    if scenario.data.partition == "iid":
-        return partition_iid(dataset.y_train, drones, rng)
-    min_size = 2 if 2 * drones <= dataset.num_train else 1
-    return partition_dirichlet(dataset.y_train, drones, scenario.data.alpha, rng, min_size)
+def swarm_settings(scenario: Scenario) -> SwarmSettings:
+    """The learning settings a scenario gives every drone (one shard per drone)."""
+    swarm = scenario.swarm
+    return SwarmSettings(
+        seed=scenario.run.seed,
+        swarm_id=swarm.swarm_id,
+        key=derive_swarm_key(swarm.secret, swarm.swarm_id),
+        shards=swarm.drones,
+        data=scenario.data,
+        model=scenario.model,
+        training=scenario.training,
+        gossip=scenario.gossip,
+        merge=scenario.merge,
+        link=scenario.radio,
+        default_mtu=SIM_MTU_BYTES,
+        eval_samples=scenario.run.eval_samples,
+    )
 
 
 @dataclass
 class Drone:
-    """One simulated drone: its agent and radio, and what the simulator knows of it."""
+    """One simulated drone: its parts, agent and radio, and what the simulator knows of it."""
 
     drone_id: int
+    parts: AssembledDrone
+    device: SimDevice
     agent: Agent
     radio: SimRadio
     start_offset_s: float
@@ -90,17 +77,18 @@ class Drone:
 class Swarm:
     """The drones of a scenario, run on the current (virtual-time) event loop.
 
+    Every drone is assembled by :class:`~swarmfl.drone.DroneAssembly`, as a field drone is.
     Raises :class:`ConfigError` for a scenario that cannot be built (bad data files, a
-    partition that cannot give every drone a sample, ...).
+    partition that cannot give every drone a sample, a budget no plan fits, ...).
     """
 
     def __init__(self, scenario: Scenario) -> None:
         torch.set_num_threads(1)  # tiny models: threads cost more than they give, and add noise
         self.scenario = scenario
         seed = scenario.run.seed
-        self.dataset = load_dataset(scenario)
-        parts = partition(scenario, self.dataset)
-        self.x_eval, self.y_eval = self._eval_set()
+        self.assembly = DroneAssembly(swarm_settings(scenario))
+        self.dataset = self.assembly.dataset
+        self.x_eval, self.y_eval = self.assembly.x_eval, self.assembly.y_eval
         self.world: World = build_world(scenario)
         self.medium = SimMedium(
             self.world,
@@ -108,109 +96,47 @@ class Swarm:
             airtime=scenario.radio.airtime,
             fragments=scenario.radio.fragments,
         )
-        # Every drone starts from the same initial weights (the run's seed); building is
-        # three times faster than deep-copying the template.
-        new_model = functools.partial(
-            build_model,
-            scenario.model.kind,
-            self.dataset.input_shape,
-            self.dataset.num_classes,
-            hidden=tuple(scenario.model.hidden),
-            channels=tuple(scenario.model.channels),
-            seed=seed,
-        )
-        template = new_model()
-        signature = model_signature(template)
-        if scenario.model.checkpoint is not None:
-            load_pretrained(template, scenario.model.checkpoint)  # a pretrained start
         # Every drone plans what it trains within its device class's memory budget.
-        self.devices = plan_fleet(scenario, template, self.dataset.input_shape)
-        key = derive_swarm_key(scenario.swarm.secret, scenario.swarm.swarm_id)
-        # Frames in flight at once: about one per drone (deliveries take milliseconds).
+        self.devices = fleet_devices(scenario)
+        settings = self.assembly.settings
+        # Frames in flight at once: about one per drone (deliveries take milliseconds). One
+        # verifier for the whole medium: a frame heard by many drones is verified once.
         verifier = FrameVerifier(
-            key, scenario.swarm.swarm_id, signature, cache_frames=max(64, 2 * scenario.swarm.drones)
+            settings.key,
+            settings.swarm_id,
+            self.assembly.signature,
+            cache_frames=max(64, 2 * scenario.swarm.drones),
         )
-        gossip, merge = scenario.gossip, scenario.merge
-        training = TrainingConfig(**scenario.training.model_dump())
+        period_s = scenario.gossip.period_s
         rng = random.Random(seed)
         self.drones: list[Drone] = []
-        for drone_id, indices in enumerate(parts):
-            model = new_model()
-            if scenario.model.checkpoint is not None:
-                model.load_state_dict(template.state_dict())
-            setup = self.devices[drone_id]
-            learner = TorchLearner(
-                model,
-                self.dataset.x_train[indices],
-                self.dataset.y_train[indices],
-                training,
-                flops_per_sample=setup.flops_per_sample,
-                seed=seed * 100_003 + drone_id,
-                plan=setup.plan,
-            )
-            node = GossipNode(
-                NodeConfig(
-                    drone_id=drone_id,
-                    swarm_id=scenario.swarm.swarm_id,
-                    signature=signature,
-                    key=key,
-                    layer_offsets=learner.layer_offsets,
-                    trained_layers=learner.trained_layers,
-                    period_s=gossip.period_s,
-                    codec=gossip.codec,
-                    block_size=gossip.block_size,
-                    keyframe_interval=gossip.keyframe_interval,
-                    delta_density=gossip.delta_density,
-                    merge=MergeRule(merge.alpha, merge.exponent, merge.cutoff),
-                ),
-                verifier,
-            )
-            radio = self.medium.radio(drone_id, self.link_config(setup.rate_bps))
+        for drone_id, device in enumerate(self.devices):
+            parts = self.assembly.build(drone_id, drone_id, device.profile, verifier=verifier)
+            radio = self.medium.radio(drone_id, parts.link_config)
             agent = Agent(
                 drone_id=drone_id,
-                learner=learner,
-                node=node,
+                learner=parts.learner,
+                node=parts.node,
                 radio=radio,
                 clock=LoopClock(),
-                compute=ChargedCompute(setup.flops_per_s),
-                period_s=gossip.period_s,
+                compute=ChargedCompute(device.flops_per_s),
+                period_s=period_s,
             )
             self.drones.append(
                 Drone(
                     drone_id,
+                    parts,
+                    device,
                     agent,
                     radio,
-                    rng.uniform(0, gossip.period_s),
-                    random.Random(f"{seed}/churn/{drone_id}"),
+                    rng.uniform(0, period_s),
+                    churn_rng(seed, drone_id),
                 )
             )
         self._lives: dict[int, asyncio.Task[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         self._setup_lifecycle()
-
-    def _eval_set(self) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self.dataset.x_test, self.dataset.y_test
-        limit = self.scenario.run.eval_samples
-        if limit is not None and limit < len(y):
-            pick = np.random.default_rng([self.scenario.run.seed, 0xE7A1]).choice(
-                len(y), limit, replace=False
-            )
-            pick.sort()
-            x, y = x[pick], y[pick]
-        # Own, writable copies: torch refuses to wrap the read-only cached arrays.
-        return np.array(x, dtype=np.float32), np.array(y, dtype=np.int64)
-
-    def link_config(self, rate_bps: float | None = None) -> LinkConfig:
-        """A radio's link settings from the scenario's ``[radio]``, at ``rate_bps`` if given."""
-        radio = self.scenario.radio
-        return LinkConfig(
-            rate_bps=rate_bps or radio.rate_bps,
-            mtu_bytes=radio.mtu_bytes,
-            burst_bytes=radio.burst_bytes,
-            queue_frames=radio.queue_frames,
-            queue_bytes=radio.queue_bytes,
-        )
 
     # -- lifecycle: start, churn, batteries, crashes, drop-outs (swarmfl.sim.faults) ---------
 

@@ -32,7 +32,7 @@ from typing import Protocol
 import networkx as nx
 import numpy as np
 
-from swarmfl.config import MobilitySection, RadioSection, Scenario, TopologySection
+from swarmfl.config.scenario_file import MobilitySection, RadioSection, Scenario, TopologySection
 from swarmfl.errors import ConfigError
 from swarmfl.sim.medium import LinkParams
 from swarmfl.sim.mobility import Formation, RandomWaypoint, Scripted, Static

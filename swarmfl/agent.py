@@ -9,10 +9,12 @@ An :class:`Agent` owns two tasks in one :class:`asyncio.TaskGroup`:
   :class:`~swarmfl.core.node.GossipNode` and send its replies.
 
 Only the seams change between the simulator and the field: the clock (virtual or real), the
-compute (charged to the virtual clock or run in a worker thread) and the radio (simulated, UDP,
-MQTT). With a :class:`~swarmfl.radio.discovery.Discovery` (zeroconf in the field) a third task
-forgets peers that leave. In the simulator the medium is the discovery (whoever is in range
-hears you), so none is given. Cancelling :meth:`Agent.run` cancels every task.
+compute (charged to the virtual clock or run in a worker thread), the radio (simulated, UDP,
+MQTT) and the discovery. With a :class:`~swarmfl.radio.discovery.Discovery` (zeroconf, a static
+list or the MQTT broker's presence) a third task tells a radio that sends to explicit
+destinations (:class:`~swarmfl.radio.base.UnicastRadio`) where its peers are. In the simulator
+the medium is the discovery (whoever is in range hears you), so none is given. Cancelling
+:meth:`Agent.run` cancels every task.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from types import TracebackType
 
@@ -27,8 +30,8 @@ from swarmfl.clock import Clock, Compute
 from swarmfl.core.node import GossipNode
 from swarmfl.core.quant import NonFiniteError
 from swarmfl.learning.learner import Learner, StepResult
-from swarmfl.radio.base import Radio
-from swarmfl.radio.discovery import Discovery, PeerDown
+from swarmfl.radio.base import Radio, UnicastRadio
+from swarmfl.radio.discovery import Discovery, PeerDown, PeerUp
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,8 @@ class Agent:
 
     Use ``await agent.run()`` (runs until cancelled) or ``async with agent:`` (runs in the
     background while the block executes). ``on_round`` is called after every local round with
-    the step result, for metrics and checkpoints.
+    the step result, for metrics and checkpoints. With ``trains=False`` the drone only merges
+    and gossips (a relay): no training step runs and its round reports no samples.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class Agent:
         period_s: float,
         discovery: Discovery | None = None,
         on_round: Callable[[Agent, StepResult], None] | None = None,
+        trains: bool = True,
     ) -> None:
         self.drone_id = drone_id
         self.learner = learner
@@ -63,6 +68,7 @@ class Agent:
         self.period_s = period_s
         self.discovery = discovery
         self.on_round = on_round
+        self.trains = trains
         self.rounds = 0
         self.last_step: StepResult | None = None
         self._task: asyncio.Task[None] | None = None
@@ -86,7 +92,10 @@ class Agent:
             # workload W at N = 100 this order reaches 0.82 where train-merge-publish reached
             # 0.55 (see benchmarks/bench_swarm.py).
             self.node.mix(params, started)
-            step = await self.compute.run(self.learner.train_round)
+            if self.trains:
+                step = await self.compute.run(self.learner.train_round)
+            else:
+                step = StepResult(0, 0.0, math.nan)
             now = self.clock.now()
             try:
                 frames = self.node.publish(params, self.learner.sample_count, now)
@@ -110,11 +119,19 @@ class Agent:
 
     async def _discovery_loop(self) -> None:
         assert self.discovery is not None
+        radio = self.radio
         async for event in self.discovery.events():
-            # Discovery is a hint: a peer is merged only once its frames authenticate, but one
-            # that left is forgotten at once instead of lingering until the staleness cut-off.
-            if isinstance(event, PeerDown):
-                self.node.forget(event.drone_id)
+            # Discovery is a hint: it says where a peer may be heard, never whom to merge (the
+            # node merges only frames that authenticate), and a peer that vanished is aged out
+            # by the merge cut-off rather than forgotten on an unauthenticated goodbye.
+            if not isinstance(radio, UnicastRadio):
+                continue
+            if isinstance(event, PeerUp):
+                peer = event.peer
+                if peer.transport == radio.transport:
+                    radio.set_peer(peer.drone_id, peer.host, peer.port)
+            elif isinstance(event, PeerDown):
+                radio.remove_peer(event.drone_id)
 
     async def _receive_loop(self) -> None:
         async for heard in self.radio.frames():

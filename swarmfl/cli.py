@@ -121,11 +121,11 @@ def _add_field_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from swarmfl.agentconfig import load_agent_config
+    from swarmfl.config.drone_file import load_drone_config
     from swarmfl.errors import RadioError
     from swarmfl.field.agent import run_agent
 
-    loaded = load_agent_config(args.config, list(args.overrides))
+    loaded = load_drone_config(args.config, list(args.overrides))
     try:
         return run_agent(loaded, resume=args.resume)
     except RadioError as exc:
@@ -215,7 +215,7 @@ def _bundled_quickstart() -> Path:
 def _cmd_sim(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from swarmfl.config import load_scenario
+    from swarmfl.config.scenario_file import load_scenario
     from swarmfl.sim.progress import SimulationProgress, print_summary
     from swarmfl.sim.runner import run_scenario
 

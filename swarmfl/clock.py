@@ -14,8 +14,9 @@ a :class:`Compute`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from swarmfl.errors import ConfigError
 
@@ -91,8 +92,25 @@ class ChargedCompute:
 
 
 class ThreadedCompute:
-    """Runs the step in a worker thread, in real time (the field agent)."""
+    """Runs the step in a worker thread, in real time (the field agent).
+
+    The event loop keeps serving the radio and discovery meanwhile. Cancelling the caller does
+    not stop a thread mid-step: :meth:`drain` waits for the step in flight, so a checkpoint
+    taken afterwards is never half an SGD step.
+    """
+
+    def __init__(self) -> None:
+        self._inflight: asyncio.Future[Any] | None = None
 
     async def run(self, step: Callable[[], C]) -> C:
-        """Run ``step`` in a thread; the event loop keeps serving the radio meanwhile."""
-        return await asyncio.to_thread(step)
+        """Run ``step`` in a thread and return its result."""
+        future = asyncio.ensure_future(asyncio.to_thread(step))
+        self._inflight = future
+        return await asyncio.shield(future)
+
+    async def drain(self) -> None:
+        """Wait for the step in flight, if any, to finish (its result or error is dropped)."""
+        future, self._inflight = self._inflight, None
+        if future is not None and not future.done():
+            with contextlib.suppress(Exception):
+                await future

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from swarmfl.config import Scenario, load_scenario
+from swarmfl.config.scenario_file import Scenario, load_scenario
 from swarmfl.errors import ConfigError
 from swarmfl.sim.swarm import Swarm
 from swarmfl.sim.vtime import VirtualTimeLoop, run_virtual

@@ -85,13 +85,14 @@ def agent_tables(
 ) -> dict[str, dict[str, Any]]:
     """A small, fast agent config: digits shard, tiny MLP, short gossip period."""
     tables: dict[str, dict[str, Any]] = {
-        "drone": {"id": drone, "swarm_id": swarm_id},
+        "drone": {"id": drone},
+        "swarm": {"swarm_id": swarm_id},
+        "run": {"seed": 3, "eval_interval_s": 0.001},
         "data": {
             "dataset": "digits",
             "partition": "iid",
             "shards": shards,
             "shard": drone % shards,
-            "seed": 3,
         },
         "model": {"kind": "mlp", "hidden": [32]},
         "training": {"lr": 0.1, "batch_size": 32, "threads": 1},
@@ -100,7 +101,7 @@ def agent_tables(
         "radio.udp": {"host": "127.0.0.1", "port": port},
         "discovery": {"interfaces": ["127.0.0.1"]},
         "checkpoint": {"dir": f"ckpt-{drone}", "interval_rounds": 3},
-        "status": {"log": f"status-{drone}.jsonl", "interval_s": 0.2, "eval_interval_s": 0.0},
+        "status": {"log": f"status-{drone}.jsonl", "interval_s": 0.2},
     }
     if radio == "mqtt":
         assert broker_port is not None

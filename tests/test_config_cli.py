@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from swarmfl.cli import main
-from swarmfl.config import apply_overrides, load_scenario, scenario_to_toml
+from swarmfl.config.loader import apply_overrides
+from swarmfl.config.scenario_file import load_scenario, scenario_to_toml
 from swarmfl.errors import ConfigError
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"

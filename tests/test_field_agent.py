@@ -34,10 +34,11 @@ from _field_helpers import (
     write_config,
 )
 
-from swarmfl.agentconfig import load_agent_config
+from swarmfl.config.drone_file import load_drone_config
 from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
 from swarmfl.errors import ConfigError
-from swarmfl.field.agent import RESTART_SEQ_GAP, FieldAgent, stream_start_seq
+from swarmfl.field.agent import FieldAgent
+from swarmfl.field.resume import RESTART_SEQ_GAP, stream_start_seq
 from swarmfl.radio.fragment import Fragmenter
 
 pytestmark = [pytest.mark.network]
@@ -138,7 +139,7 @@ async def test_bad_datagrams_and_frames_are_counted_and_dropped_while_the_agent_
 ) -> None:
     swarm_id = unique_swarm_id()
     paths = static_pair(tmp_path, swarm_id)
-    drones = [FieldAgent(load_agent_config(p)) for p in paths]
+    drones = [FieldAgent(load_drone_config(p)) for p in paths]
     target = drones[0]
 
     async def body() -> None:
@@ -187,7 +188,7 @@ async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
 ) -> None:
     swarm_id = unique_swarm_id()
     paths = static_pair(tmp_path, swarm_id)
-    first = [FieldAgent(load_agent_config(p)) for p in paths]
+    first = [FieldAgent(load_drone_config(p)) for p in paths]
 
     async def body() -> None:
         await eventually(lambda: first[0].node.counter >= 6, 30, "six rounds")
@@ -195,9 +196,9 @@ async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
     await running(first, body)
     saved = first[0].node.export_state()
     params = first[0].learner.flat_parameters().copy()
-    assert first[0].store.checkpoint_paths()
+    assert first[0].checkpoints.store.checkpoint_paths()
 
-    again = FieldAgent(load_agent_config(paths[0]))
+    again = FieldAgent(load_drone_config(paths[0]))
     assert again.resumed_from == saved.counter
     assert again.node.counter == saved.counter
     np.testing.assert_array_equal(again.learner.flat_parameters(), params)
@@ -205,7 +206,7 @@ async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
     assert restarted.next_seq >= saved.next_seq + RESTART_SEQ_GAP
     assert restarted.control_seq >= restarted.next_seq
 
-    fresh = FieldAgent(load_agent_config(paths[0]), resume=False)
+    fresh = FieldAgent(load_drone_config(paths[0]), resume=False)
     assert fresh.resumed_from is None and fresh.node.counter == 0
     assert not np.array_equal(fresh.learner.flat_parameters(), params)
     # Even without a checkpoint, a new start numbers its frames above the earlier run's.
@@ -213,15 +214,15 @@ async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
 
     # A torn newest checkpoint (power lost mid-write on a disk without atomic rename, or bit rot)
     # is detected by its checksum: the drone resumes from the previous good one.
-    newest, previous = first[0].store.checkpoint_paths()[:2]
+    newest, previous = first[0].checkpoints.store.checkpoint_paths()[:2]
     newest.write_bytes(newest.read_bytes()[:-100])
-    fallback = FieldAgent(load_agent_config(paths[0]))
+    fallback = FieldAgent(load_drone_config(paths[0]))
     assert fallback.resumed_from == int(previous.name[5:17]) < saved.counter
 
     other = paths[1].read_text().replace("ckpt-1", "ckpt-0")
     paths[1].write_text(other)
     with pytest.raises(ConfigError) as info:
-        FieldAgent(load_agent_config(paths[1]))
+        FieldAgent(load_drone_config(paths[1]))
     assert info.value.key == "checkpoint.dir"
     assert "drone 0" in str(info.value)
 
@@ -439,10 +440,10 @@ def test_a_drone_trains_on_its_own_npz_folder_or_idx_files(
         write_idx(tmp_path / "labels.idx", labels)
         data = {"dataset": "idx", "images": "images.idx", "labels": "labels.idx"}
     tables = agent_tables(tmp_path, 0, 5, shards=1, extra={"data": {**data, "test_fraction": 0.2}})
-    agent = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
-    assert agent.learner.sample_count == 48 and len(agent.data.y_eval) == 12
-    assert agent.data.input_shape == (1, 6, 6) and agent.data.num_classes == 3
-    assert agent.data.description.startswith(source)
+    agent = FieldAgent(load_drone_config(write_config(tmp_path, 0, tables)))
+    assert agent.learner.sample_count == 48 and len(agent.assembly.y_eval) == 12
+    assert agent.assembly.input_shape == (1, 6, 6) and agent.assembly.dataset.num_classes == 3
+    assert agent.description.startswith(source)
 
 
 def test_field_agent_starts_from_the_pretrained_checkpoint(
@@ -458,7 +459,7 @@ def test_field_agent_starts_from_the_pretrained_checkpoint(
     tables = agent_tables(
         tmp_path, 0, unique_swarm_id(), shards=2, extra={"model": {"checkpoint": "backbone.pt"}}
     )
-    drone = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    drone = FieldAgent(load_drone_config(write_config(tmp_path, 0, tables)))
     model = drone.learner.model
     first = backbone[0][1]  # Flatten, Linear, ReLU: the Linear
     torch.testing.assert_close(model[0][1].weight.detach(), first.weight.detach())
@@ -472,12 +473,12 @@ def test_a_drone_with_a_memory_budget_trains_and_sends_only_what_fits(
     from swarmfl.learning.memory import MemoryPlan
 
     tables = agent_tables(tmp_path, 0, unique_swarm_id(), shards=2)
-    whole = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    whole = FieldAgent(load_drone_config(write_config(tmp_path, 0, tables)))
     assert whole.plan is None and whole.trains == "full"
     # A budget one byte below the smallest way to train the whole model (as the agent plans).
     plans = MemoryPlan.candidates(
         whole.learner.model,
-        whole.data.input_shape,
+        whole.assembly.input_shape,
         32,
         0,
         neighbour_replicas=4,
@@ -488,7 +489,7 @@ def test_a_drone_with_a_memory_budget_trains_and_sends_only_what_fits(
     budget = min(p.predicted.total for p in plans if p.mode == "full") - 1
     tables["training"]["budget_bytes"] = budget
     tables["checkpoint"]["dir"] = "ckpt-budget"
-    small = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    small = FieldAgent(load_drone_config(write_config(tmp_path, 0, tables)))
     assert small.plan is not None and small.plan.mode != "full"
     assert small.plan.predicted.total <= budget
     trained = small.learner.trained_layers
@@ -516,7 +517,7 @@ def test_a_budget_below_every_plan_is_one_line_naming_the_key(
     tables["training"]["budget_bytes"] = "4KiB"
     path = write_config(tmp_path, 0, tables)
     with pytest.raises(ConfigError) as info:
-        FieldAgent(load_agent_config(path))
+        FieldAgent(load_drone_config(path))
     assert info.value.key == "training.budget_bytes"
     assert "smallest feasible plan" in info.value.problem
     assert main(["agent", "--config", str(path)]) == 2
@@ -530,13 +531,13 @@ def test_a_resumed_drone_continues_its_momentum_exactly(tmp_path: Path, secret_e
     tables = agent_tables(tmp_path, 0, unique_swarm_id(), shards=2)
     tables["training"].update({"momentum": 0.9, "batch_size": 2048})
     path = write_config(tmp_path, 0, tables)
-    flying = FieldAgent(load_agent_config(path))
+    flying = FieldAgent(load_drone_config(path))
     for _ in range(2):
         flying.learner.train_round()
-    flying.store.save(flying._checkpoint())
+    flying.checkpoints.store.save(flying.checkpoints.snapshot(rounds=2, accuracy=None))
     flying.learner.train_round()
 
-    resumed = FieldAgent(load_agent_config(path))
+    resumed = FieldAgent(load_drone_config(path))
     assert resumed.resumed_from is not None
     momentum = resumed.learner.momentum_state()
     assert momentum is not None and np.abs(momentum).max() > 0
@@ -547,5 +548,5 @@ def test_a_resumed_drone_continues_its_momentum_exactly(tmp_path: Path, secret_e
 
     # Without momentum in the new config, the saved buffer is ignored (a fresh optimizer).
     tables["training"]["momentum"] = 0.0
-    plain = FieldAgent(load_agent_config(write_config(tmp_path, 0, tables)))
+    plain = FieldAgent(load_drone_config(write_config(tmp_path, 0, tables)))
     assert plain.resumed_from is not None and plain.learner.momentum_state() is None

@@ -9,13 +9,14 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from swarmfl.config import load_scenario, scenario_to_toml, validate_scenario
+from swarmfl.config.scenario_file import load_scenario, scenario_to_toml, validate_scenario
+from swarmfl.drone import DroneAssembly, load_dataset
 from swarmfl.errors import ConfigError, PlanError
-from swarmfl.fleet import assign_devices, plan_fleet
 from swarmfl.learning.memory import MemoryPlan, TrainPlan
 from swarmfl.learning.models import build_model, training_flops_per_sample
 from swarmfl.learning.pretrained import save_pretrained
-from swarmfl.sim.swarm import Swarm, load_dataset
+from swarmfl.sim.fleet import assign_devices, fleet_devices
+from swarmfl.sim.swarm import Swarm, swarm_settings
 from swarmfl.sim.vtime import run_virtual
 from swarmfl.testing import scenario
 
@@ -117,18 +118,24 @@ def test_classes_are_spread_evenly_over_the_drone_ids() -> None:
 
 
 def test_no_device_classes_means_every_drone_trains_the_whole_model() -> None:
-    setups = plan_fleet(scenario("quickstart"), digits_mlp(), DIGITS)
-    assert len(setups) == 16
-    assert {(s.plan, s.flops_per_s, s.rate_bps) for s in setups} == {(None, 1e9, None)}
-    assert setups[0].flops_per_sample == training_flops_per_sample(digits_mlp(), DIGITS)
+    quickstart = scenario("quickstart")
+    devices = fleet_devices(quickstart)
+    assert len(devices) == 16
+    assert {(d.profile.budget_bytes, d.flops_per_s, d.profile.rate_bps) for d in devices} == {
+        (None, 1e9, None)
+    }
+    assembly = DroneAssembly(swarm_settings(quickstart))
+    assert assembly.plan(devices[0].profile) is None
+    assert assembly.flops_per_sample(None) == training_flops_per_sample(digits_mlp(), DIGITS)
 
 
 def test_a_budget_below_the_smallest_plan_names_the_device_class_and_the_need() -> None:
     plans = MemoryPlan.candidates(digits_mlp(), DIGITS, 16, 0, neighbour_replicas=4)
     need = min(p.predicted.total for p in plans)
     # replicas are sized by the whole model in a mixed fleet: the need is larger still
+    small = scenario("quickstart", mixed(need))
     with pytest.raises(PlanError) as caught:
-        plan_fleet(scenario("quickstart", mixed(need)), digits_mlp(), DIGITS)
+        DroneAssembly(swarm_settings(small)).plan(fleet_devices(small)[1].profile)
     line = caught.value.one_line()
     assert line.startswith("key 'swarm.devices.1.budget_bytes': device class 'micro': budget")
     assert "smallest feasible plan" in line and "bytes)" in line
@@ -139,10 +146,10 @@ def test_swarm_builds_each_drone_from_its_device_class() -> None:
     swarm = Swarm(scenario("quickstart", mixed(budget)))
     names = [n for n, _ in digits_mlp().named_parameters()]
     for drone in swarm.drones:
-        setup = swarm.devices[drone.drone_id]
+        device = swarm.devices[drone.drone_id].profile.name
         learner = drone.agent.learner
-        assert setup.device == ("jetson" if drone.drone_id % 2 == 0 else "micro")
-        if setup.device == "jetson":
+        assert device == ("jetson" if drone.drone_id % 2 == 0 else "micro")
+        if device == "jetson":
             assert learner.plan is None
             assert learner.trained_layers == tuple(range(len(names)))
             assert drone.agent.compute.flops_per_s == 5e9
@@ -159,7 +166,8 @@ def test_swarm_builds_each_drone_from_its_device_class() -> None:
 
 
 def test_pretrained_start_every_drone_begins_from_the_checkpoint(tmp_path) -> None:
-    data = load_dataset(scenario("quickstart"))
+    quickstart = scenario("quickstart")
+    data = load_dataset(quickstart.data, quickstart.run.seed)
     model = digits_mlp(seed=99)
     x, y = torch.from_numpy(np.array(data.x_train)), torch.from_numpy(np.array(data.y_train))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -230,7 +238,7 @@ async def run_and_measure(overrides: dict[str, object], seconds: float) -> dict[
         by_device: dict[str, list[float]] = {}
         accuracies = swarm.accuracies()
         for drone in swarm.drones:
-            by_device.setdefault(swarm.devices[drone.drone_id].device, []).append(
+            by_device.setdefault(swarm.devices[drone.drone_id].profile.name, []).append(
                 accuracies[drone.drone_id]
             )
         frame_bytes = {
@@ -239,7 +247,7 @@ async def run_and_measure(overrides: dict[str, object], seconds: float) -> dict[
                     [
                         d.radio.stats.bytes_sent / d.radio.stats.frames_sent
                         for d in swarm.drones
-                        if swarm.devices[d.drone_id].device == device
+                        if swarm.devices[d.drone_id].profile.name == device
                     ]
                 )
             )
@@ -295,7 +303,7 @@ def test_half_the_drones_on_the_last_block_only_within_2_points_of_all_full(tmp_
 
 def test_bundled_mixed_fleet_scenario_plans_the_output_layer_for_micro_drones() -> None:
     swarm = Swarm(scenario("mixed_fleet"))
-    plans = {swarm.devices[d.drone_id].device: d.agent.learner.plan for d in swarm.drones}
+    plans = {swarm.devices[d.drone_id].profile.name: d.agent.learner.plan for d in swarm.drones}
     assert plans["jetson"] is None
     micro = plans["micro"]
     assert micro is not None

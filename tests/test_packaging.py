@@ -36,6 +36,10 @@ def test_wheel_installs_into_clean_venv_without_generic_top_level_names(tmp_path
     assert "sim" not in tops and "radio" not in tops and "scenarios" not in tops
     assert "swarmfl/scenarios/quickstart.toml" in names
     assert "swarmfl/py.typed" in names
+    # every sub-package of the source tree ships (a folder left out of pyproject would not)
+    for init in (ROOT / "swarmfl").glob("*/__init__.py"):
+        assert f"swarmfl/{init.parent.name}/__init__.py" in names
+    assert {"swarmfl/radio/__init__.py", "swarmfl/sim/__init__.py"} <= set(names)
 
     env = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env)

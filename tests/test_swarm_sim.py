@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from swarmfl.config import load_scenario
+from swarmfl.config.scenario_file import load_scenario
 from swarmfl.sim.metrics import read_metrics
 from swarmfl.sim.runner import run_scenario
 from swarmfl.testing import scenario

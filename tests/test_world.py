@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from swarmfl.config import validate_scenario
+from swarmfl.config.scenario_file import validate_scenario
 from swarmfl.errors import ConfigError
 from swarmfl.sim.mobility import RandomWaypoint
 from swarmfl.sim.pathloss import links_from_positions

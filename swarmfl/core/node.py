@@ -111,6 +111,8 @@ class NodeStats:
     diverged: int = 0  # local models that held NaN/inf and were replaced by neighbours' merge
     nacks_sent: int = 0
     keyframes_requested: int = 0
+    replicas_merged: int = 0  # fresh replicas merged (each heard frame counts once)
+    merge_lag_s: float = 0.0  # their total wait between being heard and being merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,7 @@ class PeerReplica:
     samples: int = 0
     heard_at: float = float("-inf")
     nacked_at: float = float("-inf")
+    merged_heard_at: float = float("-inf")  # heard_at of the replica last merged
 
 
 class FrameVerifier:
@@ -403,6 +406,10 @@ class GossipNode:
             if weight == 0.0:
                 expired.append(peer_id)
                 continue
+            if peer.merged_heard_at != peer.heard_at:
+                peer.merged_heard_at = peer.heard_at
+                self.stats.replicas_merged += 1
+                self.stats.merge_lag_s += now - peer.heard_at
             contributions.append(Contribution(peer.layers, replica, weight))
         for peer_id in expired:
             del self._peers[peer_id]

@@ -68,6 +68,7 @@ __all__ = [
     "decode_frame",
     "derive_swarm_key",
     "encode_frame",
+    "frame_overhead_bytes",
     "nack_payload",
     "nack_target",
     "quantizer_for",
@@ -269,6 +270,11 @@ def _tag(key: bytes, message: bytes | memoryview) -> bytes:
     return hmac.digest(key, message, hashlib.sha256)[:TAG_BYTES]
 
 
+def frame_overhead_bytes(layers: int) -> int:
+    """Bytes a frame carrying ``layers`` layers adds around its payload (header, tag)."""
+    return _HEAD.size + 2 * layers + _LENGTHS.size + TAG_BYTES
+
+
 def encode_frame(frame: Frame, key: bytes) -> bytes:
     """The authenticated wire bytes of ``frame`` (see the module docstring for the layout).
 
@@ -287,7 +293,7 @@ def encode_frame(frame: Frame, key: bytes) -> bytes:
         compressed = lz4.block.compress(raw, store_size=False)
         if len(compressed) < len(raw):
             stored, flags = compressed, FLAG_LZ4
-    size = _HEAD.size + 2 * len(frame.layers) + _LENGTHS.size + len(stored) + TAG_BYTES
+    size = frame_overhead_bytes(len(frame.layers)) + len(stored)
     if size > MAX_FRAME_BYTES:
         raise ConfigError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}", key="payload")
     head = b"".join(

@@ -208,10 +208,10 @@ async def _collect(args: argparse.Namespace) -> tuple[dict[int, dict[str, Any]],
     peers = [_parse_peer(text) for text in args.peers]
     username = password = None
     if args.config is not None:
-        from swarmfl.agentconfig import mqtt_password, parse_agent_config
+        from swarmfl.config.drone_file import mqtt_password, parse_drone_config
 
-        config = parse_agent_config(args.config)
-        swarm_id = config.drone.swarm_id if swarm_id is None else swarm_id
+        config = parse_drone_config(args.config)
+        swarm_id = config.swarm.swarm_id if swarm_id is None else swarm_id
         if config.radio.kind == "mqtt" and broker is None:
             broker = config.radio.mqtt.url
             prefix = args.topic_prefix or config.radio.mqtt.topic_prefix

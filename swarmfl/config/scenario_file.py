@@ -1,166 +1,159 @@
-"""Scenario files: TOML validated into frozen pydantic models.
+"""Scenario files (``swarmfl sim``): TOML validated into a frozen :class:`Scenario`.
 
-Every key is declared here with its type, range and default; an unknown key, a wrong type or an
+A scenario describes a whole simulated swarm. The sections a drone has in the field too
+(``[run]`` seed and evaluation, ``[data]``, ``[model]``, ``[training]``, ``[gossip]``,
+``[merge]``, ``[swarm]``, and the link part of ``[radio]``) are the shared ones of
+:mod:`swarmfl.config.sections`; this module adds what only a simulation has: its length and
+name, the number of drones and their device classes, the topology, the radio's physics
+(latency, loss, path loss, airtime), mobility, batteries, churn and faults.
+
+Every key is declared with its type, range and default; an unknown key, a wrong type or an
 out-of-range value becomes a :class:`~swarmfl.errors.ConfigError` whose one line names the file,
-the dotted key and the problem. ``--set key.path=value`` overrides are applied before validation.
+the dotted key and the problem. ``--set key.path=value`` overrides are applied before validation;
+relative paths written in the file are taken from the file's folder.
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
+from pydantic import Field, model_validator
+
+from swarmfl.config.loader import (
+    KeyedValueError,
+    apply_overrides,
+    read_toml,
+    resolve_paths,
+    validate,
+)
+from swarmfl.config.sections import (
+    ByteSize,
+    DataSection,
+    GossipSection,
+    LinkSection,
+    MergeSection,
+    ModelSection,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    RunSection,
+    Section,
+    SwarmSection,
+    TrainingSection,
 )
 
-from swarmfl.errors import ConfigError
-from swarmfl.sizes import parse_bytes
+__all__ = [
+    "MAX_DRONES",
+    "SIM_MTU_BYTES",
+    "DeviceClass",
+    "RadioSection",
+    "Scenario",
+    "ScenarioRunSection",
+    "ScenarioSwarmSection",
+    "load_scenario",
+    "scenario_to_toml",
+    "validate_scenario",
+]
 
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Probability = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
-PositiveInt = Annotated[int, Field(gt=0)]
+MAX_DRONES = 100_000
+"""The largest swarm a scenario may declare."""
 
+SIM_MTU_BYTES = 1472
+"""The simulated radio's datagram when ``radio.mtu_bytes`` is unset (as UDP's)."""
 
-class Section(BaseModel):
-    """Base of every scenario section: frozen, unknown keys refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-
-class RunSection(Section):
-    """How long to simulate and how often to measure."""
-
-    name: str = "scenario"
-    seed: int = 0
-    duration_s: PositiveFloat = 120.0
-    eval_interval_s: PositiveFloat = 5.0
-    eval_samples: PositiveInt | None = None  # evaluate on a fixed subset of the test set
+_MAX_EVALUATIONS = 1_000_000  # evaluation instants in one run
+_MAX_PERIODS = 10_000_000  # gossip periods in one run
 
 
-class DataSection(Section):
-    """Which data each drone holds and how it is split among drones."""
+class ScenarioRunSection(RunSection):
+    """The run: its name and virtual length, plus the shared seed and evaluation settings."""
 
-    dataset: Literal["digits", "mnist1d", "npz", "idx"] = "digits"
-    path: str | None = None  # npz file or folder
-    images: str | None = None  # idx images file
-    labels: str | None = None  # idx labels file
-    num_samples: PositiveInt | None = None  # mnist1d: samples to generate
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    partition: Literal["iid", "dirichlet"] = "dirichlet"
-    alpha: PositiveFloat = 0.5  # Dirichlet concentration over labels
-
-    @model_validator(mode="after")
-    def _paths_for_files(self) -> DataSection:
-        if self.dataset == "npz" and not self.path:
-            raise ValueError("dataset 'npz' needs data.path")
-        if self.dataset == "idx" and not (self.images and self.labels):
-            raise ValueError("dataset 'idx' needs data.images and data.labels")
-        return self
-
-
-class ModelSection(Section):
-    """The shared model architecture, and the weights it starts from."""
-
-    kind: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[PositiveInt] = [128]
-    channels: list[PositiveInt] = [16, 32]
-    # pretrained start: a saved state dict / checkpoint (swarmfl.learning.pretrained); a relative
-    # path in a scenario file is taken from the file's folder
-    checkpoint: str | None = None
-
-
-class TrainingSection(Section):
-    """Local SGD on each drone."""
-
-    lr: PositiveFloat = 0.05
-    batch_size: PositiveInt = 16
-    local_epochs: PositiveInt = 1
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    weight_decay: NonNegativeFloat = 0.0
-
-
-class GossipSection(Section):
-    """How often and how compactly drones talk."""
-
-    period_s: PositiveFloat = 1.0
-    codec: Literal["fp32", "int8", "int4"] = "fp32"
-    block_size: Annotated[int, Field(ge=64, le=256)] = 128
-    keyframe_interval: PositiveInt = 10
-    # int8/int4 deltas carry only this fraction of blocks (the strongest); the rest waits in the
-    # error-feedback residual for a later frame
-    delta_density: Annotated[float, Field(gt=0, le=1)] = 0.5
-
-
-class MergeSection(Section):
-    """Staleness-weighted merging: weight ``alpha * (1 + s) ** -exponent``, 0 past ``cutoff``."""
-
-    alpha: NonNegativeFloat = 1.0
-    exponent: NonNegativeFloat = 0.5
-    cutoff: PositiveFloat = 10.0  # in gossip periods
-
-
-def _byte_size(value: object) -> object:
-    """``"64MiB"``-style strings and ints to bytes; anything else is left for the type check."""
-    if isinstance(value, str | int) and not isinstance(value, bool):
-        try:
-            return parse_bytes(value)
-        except ConfigError as exc:
-            raise ValueError(exc.problem) from None
-    return value
-
-
-ByteSize = Annotated[int, BeforeValidator(_byte_size), Field(gt=0)]
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "scenario"
+    duration_s: Annotated[float, Field(gt=0, le=1e8, allow_inf_nan=False)] = 120.0
 
 
 class DeviceClass(Section):
     """A kind of drone in a heterogeneous fleet, and how many of them fly.
 
-    Every drone plans for itself what it trains within ``budget_bytes`` (swarmfl.learning.memory);
-    without a budget it trains the whole model. Unset compute and radio figures are the swarm's
-    and the radio section's.
+    Every drone plans for itself what it trains within ``budget_bytes`` (default: the training
+    section's); without any budget it trains the whole model. Unset compute and radio figures
+    are the swarm's and the radio section's.
     """
 
-    name: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1, max_length=64)]
     count: PositiveInt
-    budget_bytes: ByteSize | None = None  # training memory budget, e.g. "64MiB"
-    flops_per_s: PositiveFloat | None = None  # default: swarm.flops_per_s
-    rate_bps: PositiveFloat | None = None  # default: radio.rate_bps
-    neighbour_replicas: Annotated[int, Field(ge=0)] = 4  # peers' replicas budgeted for
+    budget_bytes: ByteSize | None = None  # default: training.budget_bytes
+    flops_per_s: Annotated[float, Field(gt=0, le=1e18)] | None = None  # default: swarm's
+    rate_bps: Annotated[float, Field(gt=0, le=1e12)] | None = None  # default: radio.rate_bps
+    neighbour_replicas: Annotated[int, Field(ge=0, le=4096)] | None = None  # default: training's
 
 
-class SwarmSection(Section):
-    """The drones: how many, how fast they compute, which swarm they form."""
+class ScenarioSwarmSection(SwarmSection):
+    """The drones: how many, how fast they compute, their swarm id and secret.
 
-    drones: PositiveInt = 16
-    flops_per_s: PositiveFloat = 1e9  # effective training FLOP/s of the companion computer
-    swarm_id: Annotated[int, Field(ge=0, lt=2**32)] = 1
-    secret: str = "swarmfl-simulation"  # the swarm key is derived from it
-    # heterogeneous fleet ([[swarm.devices]]); empty: every drone trains the whole model
-    devices: list[DeviceClass] = []
+    The secret is written in the scenario (a simulation has nothing to protect); the swarm key
+    is derived from it.
+    """
+
+    drones: Annotated[int, Field(gt=0, le=MAX_DRONES)] = 16
+    flops_per_s: Annotated[float, Field(gt=0, le=1e18)] = 1e9  # effective training FLOP/s
+    secret: Annotated[str, Field(min_length=16, max_length=4096)] = "swarmfl-simulation"
+    # heterogeneous fleet ([[swarm.devices]]); empty: every drone is of one class
+    devices: list[DeviceClass] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _device_counts(self) -> SwarmSection:
+    def _device_counts(self) -> ScenarioSwarmSection:
         if not self.devices:
             return self
         names = [device.name for device in self.devices]
         for index, name in enumerate(names):
             if name in names[:index]:
-                raise _KeyedValueError(
+                raise KeyedValueError(
                     ("swarm", "devices", index, "name"), f"device class {name!r} appears twice"
                 )
         total = sum(device.count for device in self.devices)
         if total != self.drones:
-            raise _KeyedValueError(
+            raise KeyedValueError(
                 ("swarm", "devices"),
                 f"device counts sum to {total} but swarm.drones is {self.drones}",
+            )
+        return self
+
+
+class RadioSection(LinkSection):
+    """Each drone's radio: the shared link settings plus the simulated physics.
+
+    ``loss`` and ``datagram_loss`` apply on every link (a static topology's whole loss model);
+    with ``topology.kind = "positions"`` each link also loses datagrams by distance (log-distance
+    path loss: ``reference_loss`` at ``reference_distance_m``, default a third of the range,
+    ``edge_loss`` at ``range_m``, no link beyond).
+    """
+
+    latency_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.005
+    loss: Probability = 0.0  # probability a frame is lost on a link
+    datagram_loss: Probability = 0.0  # probability each datagram is lost on a link
+    airtime: bool = False  # shared medium: a transmission silences the sender's neighbours
+    fragments: Literal["sampled", "exact"] = "sampled"  # simulate datagrams, or price frames
+    range_m: PositiveFloat = 300.0  # positions: no link beyond
+    path_loss_exponent: PositiveFloat = 2.2  # positions: 2.0-2.6 for UAVs in open field
+    reference_loss: Annotated[float, Field(gt=0, lt=1)] = 0.02  # positions: datagram loss at d0
+    reference_distance_m: PositiveFloat | None = None  # positions: d0 (default: range_m / 3)
+    edge_loss: Annotated[float, Field(gt=0, lt=1)] = 0.5  # positions: datagram loss at range_m
+
+    @model_validator(mode="after")
+    def _link_model(self) -> RadioSection:
+        mtu = self.mtu_bytes if self.mtu_bytes is not None else SIM_MTU_BYTES
+        if self.burst_bytes is not None and self.burst_bytes < mtu:
+            raise KeyedValueError(("radio", "burst_bytes"), f"must be at least mtu_bytes ({mtu})")
+        if self.reference_distance_m is not None and self.reference_distance_m >= self.range_m:
+            raise KeyedValueError(
+                ("radio", "reference_distance_m"), f"must be below range_m ({self.range_m})"
+            )
+        if self.edge_loss <= self.reference_loss:
+            raise KeyedValueError(
+                ("radio", "edge_loss"), f"must be above reference_loss ({self.reference_loss})"
             )
         return self
 
@@ -174,49 +167,7 @@ class TopologySection(Section):
     degree: PositiveInt = 4  # random_regular
     range_m: PositiveFloat = 120.0  # random_geometric
     area_m: PositiveFloat = 400.0  # random_geometric: side of the square
-    edges: list[tuple[int, int]] = []  # edges: explicit undirected edge list
-
-
-class RadioSection(Section):
-    """Each drone's radio and the links between drones (swarmfl.radio.link, swarmfl.sim.world).
-
-    ``loss`` and ``datagram_loss`` apply on every link (a static topology's whole loss model);
-    with ``topology.kind = "positions"`` each link also loses datagrams by distance (log-distance
-    path loss: ``reference_loss`` at ``reference_distance_m``, default a third of the range,
-    ``edge_loss`` at ``range_m``, no link beyond).
-    """
-
-    rate_bps: PositiveFloat = 1_000_000.0  # bit rate: token bucket refill and air time
-    latency_s: NonNegativeFloat = 0.005
-    loss: Probability = 0.0  # probability a frame is lost on a link
-    datagram_loss: Probability = 0.0  # probability each datagram is lost on a link
-    mtu_bytes: Annotated[int, Field(ge=20)] = 1472  # datagram size, 19-byte header included
-    burst_bytes: PositiveInt | None = None  # token bucket depth (default: one MTU)
-    queue_frames: PositiveInt = 16  # send queue bounds
-    queue_bytes: PositiveInt = 4 * 1024 * 1024
-    airtime: bool = False  # shared medium: a transmission silences the sender's neighbours
-    fragments: Literal["sampled", "exact"] = "sampled"  # simulate datagrams, or price frames
-    range_m: PositiveFloat = 300.0  # positions: no link beyond
-    path_loss_exponent: PositiveFloat = 2.2  # positions: 2.0-2.6 for UAVs in open field
-    reference_loss: Annotated[float, Field(gt=0, lt=1)] = 0.02  # positions: datagram loss at d0
-    reference_distance_m: PositiveFloat | None = None  # positions: d0 (default: range_m / 3)
-    edge_loss: Annotated[float, Field(gt=0, lt=1)] = 0.5  # positions: datagram loss at range_m
-
-    @model_validator(mode="after")
-    def _link_model(self) -> RadioSection:
-        if self.burst_bytes is not None and self.burst_bytes < self.mtu_bytes:
-            raise _KeyedValueError(
-                ("radio", "burst_bytes"), f"must be at least mtu_bytes ({self.mtu_bytes})"
-            )
-        if self.reference_distance_m is not None and self.reference_distance_m >= self.range_m:
-            raise _KeyedValueError(
-                ("radio", "reference_distance_m"), f"must be below range_m ({self.range_m})"
-            )
-        if self.edge_loss <= self.reference_loss:
-            raise _KeyedValueError(
-                ("radio", "edge_loss"), f"must be above reference_loss ({self.reference_loss})"
-            )
-        return self
+    edges: list[tuple[int, int]] = Field(default_factory=list)  # explicit undirected edges
 
 
 Point3 = tuple[
@@ -238,7 +189,9 @@ class MobilitySection(Section):
     max_speed_mps: PositiveFloat = 10.0
     min_pause_s: NonNegativeFloat = 0.0
     max_pause_s: NonNegativeFloat = 10.0
-    waypoints: list[Point3] = [(0.0, 0.0, 50.0), (1000.0, 0.0, 50.0)]  # formation leader's path
+    waypoints: list[Point3] = Field(  # formation leader's path
+        default_factory=lambda: [(0.0, 0.0, 50.0), (1000.0, 0.0, 50.0)]
+    )
     speed_mps: PositiveFloat = 8.0  # formation leader's speed
     shape: Literal["line", "grid", "v"] = "v"  # formation shape
     loop: bool = True  # formation: fly the path round and round
@@ -248,15 +201,15 @@ class MobilitySection(Section):
     def _ranges(self) -> MobilitySection:
         low, high = self.bounds
         if any(a > b for a, b in zip(low, high, strict=True)):
-            raise _KeyedValueError(("mobility", "bounds"), "min corner above max corner")
+            raise KeyedValueError(("mobility", "bounds"), "min corner above max corner")
         if self.min_speed_mps > self.max_speed_mps:
-            raise _KeyedValueError(("mobility", "min_speed_mps"), "must be <= max_speed_mps")
+            raise KeyedValueError(("mobility", "min_speed_mps"), "must be <= max_speed_mps")
         if self.min_pause_s > self.max_pause_s:
-            raise _KeyedValueError(("mobility", "min_pause_s"), "must be <= max_pause_s")
+            raise KeyedValueError(("mobility", "min_pause_s"), "must be <= max_pause_s")
         if self.kind == "formation" and not self.waypoints:
-            raise _KeyedValueError(("mobility", "waypoints"), "a formation needs waypoints")
+            raise KeyedValueError(("mobility", "waypoints"), "a formation needs waypoints")
         if self.kind == "scripted" and not self.csv:
-            raise _KeyedValueError(("mobility", "csv"), "mobility 'scripted' needs a csv file")
+            raise KeyedValueError(("mobility", "csv"), "mobility 'scripted' needs a csv file")
         return self
 
 
@@ -276,9 +229,9 @@ class BatterySection(Section):
     @model_validator(mode="after")
     def _levels(self) -> BatterySection:
         if self.return_level <= self.land_threshold:
-            raise _KeyedValueError(("battery", "return_level"), "must be above land_threshold")
+            raise KeyedValueError(("battery", "return_level"), "must be above land_threshold")
         if self.initial_min <= self.land_threshold:
-            raise _KeyedValueError(("battery", "initial_min"), "must be above land_threshold")
+            raise KeyedValueError(("battery", "initial_min"), "must be above land_threshold")
         return self
 
 
@@ -326,9 +279,9 @@ class Crash(Section):
 class FaultsSection(Section):
     """Scheduled faults, random crashes and checkpoints."""
 
-    removals: list[Removal] = []
-    partitions: list[Partition] = []
-    crashes: list[Crash] = []
+    removals: list[Removal] = Field(default_factory=list)
+    partitions: list[Partition] = Field(default_factory=list)
+    crashes: list[Crash] = Field(default_factory=list)
     crash_mean_interval_s: PositiveFloat | None = None  # random crashes: exponential gaps
     crash_down_s: NonNegativeFloat = 30.0  # reboot time after a random crash
     # each drone checkpoints (in memory) this often; 0: never, a crashed drone rejoins with the
@@ -339,13 +292,13 @@ class FaultsSection(Section):
 class Scenario(Section):
     """A whole simulation scenario, as read from a TOML file."""
 
-    run: RunSection = RunSection()
+    run: ScenarioRunSection = ScenarioRunSection()
     data: DataSection = DataSection()
     model: ModelSection = ModelSection()
     training: TrainingSection = TrainingSection()
     gossip: GossipSection = GossipSection()
     merge: MergeSection = MergeSection()
-    swarm: SwarmSection = SwarmSection()
+    swarm: ScenarioSwarmSection = ScenarioSwarmSection()
     topology: TopologySection = TopologySection()
     radio: RadioSection = RadioSection()
     mobility: MobilitySection = MobilitySection()
@@ -357,7 +310,7 @@ class Scenario(Section):
     def _world_checks(self) -> Scenario:
         n = self.swarm.drones
         if self.topology.kind != "positions" and self.mobility != MobilitySection():
-            raise _KeyedValueError(
+            raise KeyedValueError(
                 ("topology", "kind"),
                 "a [mobility] model needs topology.kind = 'positions' (links from positions)",
             )
@@ -369,15 +322,38 @@ class Scenario(Section):
                 for drone in members:
                     if drone >= n or drone in seen:
                         problem = f"no drone {drone} in {n}" if drone >= n else "drone listed twice"
-                        raise _KeyedValueError(
+                        raise KeyedValueError(
                             ("faults", "partitions", index, "groups", group), problem
                         )
                     seen.add(drone)
         for index, crash in enumerate(self.faults.crashes):
             if crash.drone >= n:
-                raise _KeyedValueError(
+                raise KeyedValueError(
                     ("faults", "crashes", index, "drone"), f"no drone {crash.drone} in {n}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _run_length(self) -> Scenario:
+        # A run that would take forever is refused before it starts (a typo such as
+        # eval_interval_s = 1e-9 or duration_s = 1e12 would otherwise hang the simulator).
+        duration = self.run.duration_s
+        if duration / self.run.eval_interval_s > _MAX_EVALUATIONS:
+            raise KeyedValueError(
+                ("run", "eval_interval_s"),
+                f"{duration / self.run.eval_interval_s:.3g} evaluations in {duration} s; "
+                f"at most {_MAX_EVALUATIONS}",
+            )
+        if duration / self.gossip.period_s > _MAX_PERIODS:
+            raise KeyedValueError(
+                ("run", "duration_s"),
+                f"{duration / self.gossip.period_s:.3g} gossip periods; at most {_MAX_PERIODS}",
+            )
+        if self.topology.kind == "positions" and duration / self.mobility.tick_s > _MAX_PERIODS:
+            raise KeyedValueError(
+                ("mobility", "tick_s"),
+                f"{duration / self.mobility.tick_s:.3g} mobility ticks; at most {_MAX_PERIODS}",
+            )
         return self
 
     @model_validator(mode="after")
@@ -385,124 +361,51 @@ class Scenario(Section):
         n = self.swarm.drones
         for index, (a, b) in enumerate(self.topology.edges):
             if not (0 <= a < n and 0 <= b < n) or a == b:
-                raise _KeyedValueError(
+                raise KeyedValueError(
                     ("topology", "edges", index), f"edge ({a}, {b}) is not between 2 of {n} drones"
                 )
         for index, removal in enumerate(self.faults.removals):
             if removal.drone >= n:
-                raise _KeyedValueError(
+                raise KeyedValueError(
                     ("faults", "removals", index, "drone"), f"no drone {removal.drone} in {n}"
                 )
         if self.topology.kind == "random_regular" and (
             self.topology.degree >= n or (self.topology.degree * n) % 2
         ):
-            raise _KeyedValueError(
+            raise KeyedValueError(
                 ("topology", "degree"),
                 f"a {self.topology.degree}-regular graph on {n} drones does not exist",
             )
         return self
 
 
-class _KeyedValueError(ValueError):
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``key.path=value``; the value is read as TOML, else taken as a string.
-
-    Raises :class:`ConfigError` when there is no ``=`` or no key.
-    """
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"expected key.path=value, got {text!r}", source="--set")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``key.path=value`` override applied."""
-    result = _deep_copy(raw)
-    for text in overrides:
-        path, value = parse_override(text)
-        node = result
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"'{part}' is not a table", source="--set", key=".".join(path))
-            node = child
-        node[path[-1]] = value
-    return result
-
-
-def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
-
-
 def validate_scenario(raw: dict[str, Any], *, source: str) -> Scenario:
     """Validate a scenario dict; raises :class:`ConfigError` naming ``source`` and the key."""
-    try:
-        return Scenario.model_validate(raw)
-    except ValidationError as exc:
-        raise _config_error(exc, source) from None
+    return validate(Scenario, raw, source=source)
 
 
-def _config_error(exc: ValidationError, source: str) -> ConfigError:
-    error = exc.errors()[0]
-    loc = tuple(error.get("loc", ()))
-    context = error.get("ctx") or {}
-    inner = context.get("error")
-    if isinstance(inner, _KeyedValueError):
-        loc, problem = inner.loc, str(inner)
-    elif error["type"] == "extra_forbidden":
-        problem = "unknown key"
-    elif error["type"] == "value_error" and inner is not None:
-        problem = str(inner)
-    else:
-        value = error.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        problem = f"{error['msg'][0].lower()}{error['msg'][1:]}{shown}"
-    key = ".".join(str(part) for part in loc) or None
-    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return ConfigError(problem + extra, source=source, key=key)
+SCENARIO_PATH_KEYS: list[tuple[str, ...]] = [
+    ("data", "path"),
+    ("data", "images"),
+    ("data", "labels"),
+    ("model", "checkpoint"),
+    ("mobility", "csv"),
+]
+"""Keys holding paths: relative ones written in a scenario file are taken from its folder."""
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario file.
 
-    Raises :class:`ConfigError` (one line: file, key, problem) for a missing or unreadable file,
-    invalid TOML, or any invalid key.
+    Raises :class:`ConfigError` (one line: file, key, problem) for a missing, unreadable,
+    oversized or non-UTF-8 file, invalid TOML, or any invalid key.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("file not found", source=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", source=str(path)) from None
+    raw = read_toml(path)
     # before the overrides: a path written in the file is relative to the file's folder, one
     # given with --set to the current directory
-    _resolve_model_checkpoint(raw, path.parent)
+    resolve_paths(raw, SCENARIO_PATH_KEYS, path.parent)
     return validate_scenario(apply_overrides(raw, overrides or []), source=str(path))
-
-
-def _resolve_model_checkpoint(raw: dict[str, Any], folder: Path) -> None:
-    """Make a relative ``model.checkpoint`` absolute against ``folder`` (the scenario's)."""
-    model = raw.get("model")
-    if not isinstance(model, dict):
-        return  # missing, or a wrong type that validation reports
-    checkpoint = model.get("checkpoint")
-    if isinstance(checkpoint, str) and checkpoint and not Path(checkpoint).is_absolute():
-        model["checkpoint"] = str((folder / checkpoint).absolute())
 
 
 def scenario_to_toml(scenario: Scenario) -> str:

@@ -1,4 +1,5 @@
-"""The field agent's config file: one-line errors naming the key, secrets kept out of the file."""
+"""drone.toml (swarmfl.config.drone_file): one-line errors naming the key, secrets kept out of
+the file, the same sections and defaults as scenarios."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from swarmfl.agentconfig import load_agent_config, parse_agent_config
 from swarmfl.cli import main
+from swarmfl.config.drone_file import load_drone_config, parse_drone_config
 from swarmfl.core.wire import derive_swarm_key
 from swarmfl.errors import ConfigError
 
@@ -20,6 +21,8 @@ interfaces = ["127.0.0.1"]
 
 [drone]
 id = 3
+
+[swarm]
 swarm_id = 42
 """
 
@@ -32,62 +35,69 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.fixture
 def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("SWARMFL_SECRET", "a shared secret")
-    return "a shared secret"
+    monkeypatch.setenv("SWARMFL_SECRET", "a shared swarm secret")
+    return "a shared swarm secret"
 
 
 def test_a_minimal_config_takes_the_defaults(tmp_path: Path, secret_env: str) -> None:
-    loaded = load_agent_config(write(tmp_path, MINIMAL))
+    loaded = load_drone_config(write(tmp_path, MINIMAL))
     config = loaded.config
-    assert (config.drone.id, config.drone.swarm_id) == (3, 42)
+    assert (config.drone.id, config.swarm.swarm_id) == (3, 42)
     assert loaded.key == derive_swarm_key(secret_env, 42)
     assert config.radio.kind == "udp" and config.discovery.resolved_kind("udp") == "zeroconf"
-    assert config.mtu_bytes() == 1472
-    assert loaded.path("checkpoints") == tmp_path / "checkpoints"
+    assert config.radio.default_mtu() == 1472
+    assert Path(config.checkpoint.dir) == tmp_path / "checkpoints"
 
 
 def test_the_example_config_is_valid(secret_env: str) -> None:
-    loaded = load_agent_config(EXAMPLE)
+    loaded = load_drone_config(EXAMPLE)
     assert loaded.config.data.shards == 4
     assert loaded.config.radio.udp.port == 47100
 
 
 def test_the_secret_comes_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SWARMFL_SECRET", raising=False)
-    (tmp_path / "swarm.secret").write_text("from a file\n")
+    (tmp_path / "swarm.secret").write_text("from a file, long enough\n")
     (tmp_path / "swarm.secret").chmod(0o600)
-    loaded = load_agent_config(write(tmp_path, MINIMAL + 'key_file = "swarm.secret"\n'))
-    assert loaded.key == derive_swarm_key("from a file", 42)
+    loaded = load_drone_config(write(tmp_path, MINIMAL + 'secret_file = "swarm.secret"\n'))
+    assert loaded.key == derive_swarm_key("from a file, long enough", 42)
 
 
 @pytest.mark.parametrize(
     ("extra", "key", "problem"),
     [
-        ('secret = "plain"\n', "drone.secret", "readable by anyone"),
-        ('key_file = "k"\nkey_env = "E"\n', "drone.key_env", "give one of"),
-        ('key_env = "SWARMFL_TEST_UNSET_VAR"\n', "drone.key_env", "is not set"),
-        ('key_file = "missing.secret"\n', "drone.key_file", "file not found"),
+        ('secret = "plain but long enough"\n', "swarm.secret", "readable by anyone"),
+        ('secret_file = "k"\nsecret_env = "E"\n', "swarm.secret_env", "give one of"),
+        ('secret_env = "SWARMFL_TEST_UNSET_VAR"\n', "swarm.secret_env", "is not set"),
+        ('secret_file = "missing.secret"\n', "swarm.secret_file", "file not found"),
+        ('secret_file = "."\n', "swarm.secret_file", "not a regular file"),
+        (
+            'secret = "short"\nallow_secret_in_file = true\n',
+            "swarm.secret",
+            "at least 16 characters",
+        ),
     ],
 )
 def test_secret_problems_name_the_key(
     tmp_path: Path, secret_env: str, extra: str, key: str, problem: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        load_agent_config(write(tmp_path, MINIMAL + extra))
+        load_drone_config(write(tmp_path, MINIMAL + extra))
     assert info.value.key == key
     assert problem in info.value.problem
     assert info.value.source == str(tmp_path / "drone.toml")
 
 
 def test_a_secret_in_the_file_is_allowed_only_when_said_so(tmp_path: Path) -> None:
-    text = MINIMAL + 'secret = "demo"\nallow_secret_in_file = true\n'
-    assert load_agent_config(write(tmp_path, text)).key == derive_swarm_key("demo", 42)
+    text = MINIMAL + 'secret = "demo-secret-0123456789"\nallow_secret_in_file = true\n'
+    loaded = load_drone_config(write(tmp_path, text))
+    assert loaded.key == derive_swarm_key("demo-secret-0123456789", 42)
 
 
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     [
-        ("[drone]\nswarm_id = 1\n", "drone.id", "field required"),
+        ("[drone]\n[swarm]\nswarm_id = 1\n", "drone.id", "field required"),
         ("[drone]\nid = 1\n", "radio.udp.advertise_host", "zeroconf must announce an address"),
         (MINIMAL + "[radio]\nkind = 'udp'\nspeed = 3\n", "radio.speed", "unknown key"),
         (MINIMAL + "[radio.udp]\nport = 70000\n", "radio.udp.port", "less than or equal"),
@@ -100,14 +110,17 @@ def test_a_secret_in_the_file_is_allowed_only_when_said_so(tmp_path: Path) -> No
             "discovery.interfaces.0",
             "IP address",
         ),
-        (MINIMAL + "[gossip]\nperiod_s = 0\n", "gossip.period_s", "greater than 0"),
+        (MINIMAL + "[gossip]\nperiod_s = 0\n", "gossip.period_s", "greater than or equal to 0.001"),
+        (MINIMAL + "[training]\nlocal_epochs = 1000000000\n", "training.local_epochs", "less than"),
+        (MINIMAL + "[status]\ninterval_s = 1e-9\n", "status.interval_s", "greater than"),
+        (MINIMAL + "[model]\nhidden = [10000000]\n", "model.hidden.0", "less than"),
     ],
 )
 def test_bad_configs_are_one_line_naming_the_key(
     tmp_path: Path, text: str, key: str, problem: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_agent_config(write(tmp_path, text))
+        parse_drone_config(write(tmp_path, text))
     assert info.value.key == key
     assert problem in info.value.problem
     assert "\n" not in info.value.one_line()
@@ -145,6 +158,47 @@ def test_a_port_in_use_is_one_line_and_exit_2(
 
 def test_overrides_apply_before_validation(tmp_path: Path, secret_env: str) -> None:
     path = write(tmp_path, MINIMAL)
-    loaded = load_agent_config(path, ["radio.udp.port=47999", "gossip.codec='int4'"])
+    loaded = load_drone_config(path, ["radio.udp.port=47999", "gossip.codec='int4'"])
     assert loaded.config.radio.udp.port == 47999
     assert loaded.config.gossip.codec == "int4"
+
+
+def test_the_learning_sections_are_the_scenarios_own(tmp_path: Path, secret_env: str) -> None:
+    """drone.toml and scenarios share their sections: same names, same defaults."""
+    from swarmfl.config.scenario_file import Scenario
+
+    field = load_drone_config(write(tmp_path, MINIMAL)).config
+    sim = Scenario()
+    for name in ("data", "model", "training", "gossip", "merge"):
+        shared = type(getattr(sim, name)).model_fields
+        assert {k: getattr(getattr(field, name), k) for k in shared} == dict(getattr(sim, name))
+    assert (field.run.seed, field.run.eval_interval_s, field.run.eval_samples) == (
+        sim.run.seed,
+        sim.run.eval_interval_s,
+        sim.run.eval_samples,
+    )
+    link = {k: getattr(field.radio, k) for k in type(sim.radio).__mro__[1].model_fields}
+    assert link == {k: getattr(sim.radio, k) for k in link}
+    assert field.radio.link_config(default_mtu=1472) == sim.radio.link_config(default_mtu=1472)
+
+
+@pytest.mark.parametrize("special", ["fifo", "folder", "huge", "binary"])
+def test_a_config_that_is_not_a_small_text_file_is_one_line(tmp_path: Path, special: str) -> None:
+    import os
+
+    path = tmp_path / "drone.toml"
+    if special == "fifo":
+        os.mkfifo(path)
+    elif special == "folder":
+        path.mkdir()
+    elif special == "huge":
+        path.write_bytes(b"#" * (2 << 20))
+    else:
+        path.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError) as info:
+        parse_drone_config(path)
+    assert info.value.source == str(path)
+    assert any(
+        words in info.value.problem
+        for words in ("not a regular file", "over the limit", "not UTF-8")
+    )
