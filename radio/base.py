@@ -1,4 +1,9 @@
-"""The radio seam: one protocol, several media (simulated, UDP, MQTT)."""
+"""The radio seam: one protocol, several media (simulated, UDP, MQTT).
+
+:class:`Radio` is what the agent needs from any medium; :class:`UnicastRadio` is a radio that
+sends to explicit destinations, which discovery supplies; :class:`FrameInbox` is the queue of
+frames heard that every radio reads from.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,31 @@ class Radio(Protocol):
 
     async def aclose(self) -> None:
         """Stop sending and receiving; pending frames are dropped."""
+        ...
+
+
+@runtime_checkable
+class UnicastRadio(Radio, Protocol):
+    """A :class:`Radio` that sends each frame to explicit destinations rather than to the air.
+
+    Its ``send`` reaches only the drones set with :meth:`set_peer`, so whoever runs discovery
+    must route what it hears to the radio: :meth:`set_peer` on
+    :class:`~swarmfl.radio.discovery.PeerUp` (a peer's host and port), :meth:`remove_peer` on
+    :class:`~swarmfl.radio.discovery.PeerDown`. The UDP radio is one; the simulated and MQTT
+    radios broadcast (to the drones in range, or through the broker) and are not.
+    ``isinstance(radio, UnicastRadio)`` tells them apart.
+    """
+
+    def set_peer(self, drone_id: int, host: str, port: int) -> None:
+        """Send to ``host:port`` as drone ``drone_id`` (replaces its previous address).
+
+        Our own ``drone_id`` is ignored. Raises nothing: an address that cannot be reached
+        shows up as send errors in the radio's counters.
+        """
+        ...
+
+    def remove_peer(self, drone_id: int) -> None:
+        """Stop sending to ``drone_id`` (nothing happens if it is not a destination)."""
         ...
 
 
