@@ -56,10 +56,14 @@ class UnicastRadio(Radio, Protocol):
     Its ``send`` reaches only the drones set with :meth:`set_peer`, so whoever runs discovery
     must route what it hears to the radio: :meth:`set_peer` on
     :class:`~swarmfl.radio.discovery.PeerUp` (a peer's host and port), :meth:`remove_peer` on
-    :class:`~swarmfl.radio.discovery.PeerDown`. The UDP radio is one; the simulated and MQTT
-    radios broadcast (to the drones in range, or through the broker) and are not.
-    ``isinstance(radio, UnicastRadio)`` tells them apart.
+    :class:`~swarmfl.radio.discovery.PeerDown`. ``transport`` names the medium its destinations
+    are on, as :class:`~swarmfl.radio.discovery.PeerInfo` does (``"udp"``): only peers announced
+    on it are destinations. The UDP radio is one; the simulated and MQTT radios broadcast (to
+    the drones in range, or through the broker) and are not. ``isinstance(radio, UnicastRadio)``
+    tells them apart.
     """
+
+    transport: str
 
     def set_peer(self, drone_id: int, host: str, port: int) -> None:
         """Send to ``host:port`` as drone ``drone_id`` (replaces its previous address).

@@ -24,7 +24,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Self
 
 from swarmfl.errors import ClosedRadioError
 from swarmfl.radio.base import FrameInbox, ReceivedFrame
@@ -66,13 +66,14 @@ class DatagramRadio(ABC):
     link (``link``: its settings) and wakes the pump; frames heard are read with ``frames``,
     at most ``inbox_frames`` of them waiting. Subclasses say how one datagram is transmitted
     (:meth:`_transmit`), run :meth:`_pump` while their medium is open, pass each datagram heard
-    to :meth:`_hear`, and implement :meth:`start` and :meth:`_close_medium`. ``medium_name``
-    names the medium in error messages.
+    to :meth:`_hear`, and implement :meth:`start` and :meth:`_close_medium`. ``transport`` names
+    the medium as discovery does (:class:`~swarmfl.radio.discovery.PeerInfo`: ``"udp"``,
+    ``"mqtt"``).
 
     Use ``async with radio:`` or ``start()`` / ``aclose()``.
     """
 
-    medium_name: ClassVar[str]
+    transport: str
 
     def __init__(self, *, drone_id: int, link: LinkConfig, inbox_frames: int) -> None:
         self.drone_id = drone_id
@@ -113,7 +114,9 @@ class DatagramRadio(ABC):
     def send(self, frame: bytes) -> None:
         """Queue ``frame`` for the medium. Raises :class:`ClosedRadioError` once closed."""
         if self._closed:
-            raise ClosedRadioError(f"{self.medium_name} radio of drone {self.drone_id} is closed")
+            raise ClosedRadioError(
+                f"{self.transport.upper()} radio of drone {self.drone_id} is closed"
+            )
         self._link.send(frame, asyncio.get_running_loop().time())
         self._wake.set()
 

@@ -182,7 +182,7 @@ class MqttRadio(DatagramRadio):
     :class:`ConfigError` for bad TLS files (from :meth:`start`).
     """
 
-    medium_name = "MQTT"
+    transport = "mqtt"
 
     def __init__(
         self,

@@ -101,7 +101,7 @@ class UdpRadio(DatagramRadio):
     :class:`RadioError` for any other socket failure.
     """
 
-    medium_name = "UDP"
+    transport = "udp"
 
     def __init__(
         self,

@@ -51,7 +51,7 @@ class WireRadio(DatagramRadio):
     ``copies`` is what each transmission reports; with ``medium_open`` false the medium is gone.
     """
 
-    medium_name = "wire"
+    transport = "wire"
 
     def __init__(
         self, drone_id: int, link: LinkConfig = SMALL_MTU, inbox_frames: int = 256
@@ -220,7 +220,7 @@ def test_closing_is_idempotent_ends_readers_and_refuses_sends() -> None:
         assert radio.closes == 1
         with pytest.raises(AssertionError, match="closed"):
             await reader
-        with pytest.raises(ClosedRadioError, match="wire radio of drone 1 is closed"):
+        with pytest.raises(ClosedRadioError, match="WIRE radio of drone 1 is closed"):
             radio.send(b"late")
         assert radio.counters()["datagrams_sent"] == 0
 
@@ -237,6 +237,8 @@ def test_only_the_udp_radio_sends_to_explicit_destinations() -> None:
     assert isinstance(udp, DatagramRadio) and isinstance(mqtt, DatagramRadio)
     assert isinstance(udp, UnicastRadio) and isinstance(udp, Radio)
     assert not isinstance(mqtt, UnicastRadio) and isinstance(mqtt, Radio)
+    # Named as discovery names them: the agent gives the UDP radio only peers announced on UDP.
+    assert udp.transport == "udp" and mqtt.transport == me.transport == "mqtt"
 
 
 @pytest.fixture(scope="module")
