@@ -1,4 +1,9 @@
-"""The radio seam: one protocol, several media (simulated, UDP, MQTT)."""
+"""The radio seam: one protocol, several media (simulated, UDP, MQTT).
+
+:class:`Radio` is what the agent needs from any medium; :class:`UnicastRadio` is a radio that
+sends to explicit destinations, which discovery supplies; :class:`FrameInbox` is the queue of
+frames heard that every radio reads from.
+"""
 
 from __future__ import annotations
 
@@ -46,21 +51,30 @@ class Radio(Protocol):
 
 @runtime_checkable
 class UnicastRadio(Radio, Protocol):
-    """A radio that sends each frame to explicit destinations, found by discovery (UDP).
+    """A :class:`Radio` that sends each frame to explicit destinations rather than to the air.
 
-    ``transport`` names the medium its destinations are on (``"udp"``); the agent hands it the
-    peers discovery reports on that transport. Broadcast radios (the simulated air, an MQTT
-    broker) reach everyone in range and do not implement it.
+    Its ``send`` reaches only the drones set with :meth:`set_peer`, so whoever runs discovery
+    must route what it hears to the radio: :meth:`set_peer` on
+    :class:`~swarmfl.radio.discovery.PeerUp` (a peer's host and port), :meth:`remove_peer` on
+    :class:`~swarmfl.radio.discovery.PeerDown`. ``transport`` names the medium its destinations
+    are on, as :class:`~swarmfl.radio.discovery.PeerInfo` does (``"udp"``): only peers announced
+    on it are destinations. The UDP radio is one; the simulated and MQTT radios broadcast (to
+    the drones in range, or through the broker) and are not. ``isinstance(radio, UnicastRadio)``
+    tells them apart.
     """
 
     transport: str
 
     def set_peer(self, drone_id: int, host: str, port: int) -> None:
-        """Send to ``host:port`` as drone ``drone_id`` (replaces its previous address)."""
+        """Send to ``host:port`` as drone ``drone_id`` (replaces its previous address).
+
+        Our own ``drone_id`` is ignored. Raises nothing: an address that cannot be reached
+        shows up as send errors in the radio's counters.
+        """
         ...
 
     def remove_peer(self, drone_id: int) -> None:
-        """Stop sending to ``drone_id``."""
+        """Stop sending to ``drone_id`` (nothing happens if it is not a destination)."""
         ...
 
 

@@ -1,4 +1,4 @@
-"""The MQTT radio: frames through a broker, with presence and a last will (aiomqtt).
+"""The MQTT radio: frames through a broker, with the swarm's presence and a last will (aiomqtt).
 
 The broker is only a medium. It relays datagrams between the drones of a swarm and keeps each
 drone's presence; it aggregates nothing and coordinates nothing, and frames stay authenticated
@@ -14,7 +14,9 @@ Topics, under ``{prefix}/{swarm_id}/`` (``prefix`` defaults to ``swarmfl``):
 
 A dropped connection is retried forever with exponential backoff and jitter; each failure is
 logged as one line, never a traceback. Frames sent while disconnected wait in the bounded send
-queue, where a newer keyframe supersedes older frames of our stream.
+queue, where a newer keyframe supersedes older frames of our stream. Queueing, fragmentation,
+the token bucket and reassembly are the :class:`~swarmfl.radio.datagram.DatagramRadio` pump
+every real radio shares; this module adds the broker connection, the topics and presence.
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from swarmfl.errors import ClosedRadioError, ConfigError
-from swarmfl.radio.base import FrameInbox, ReceivedFrame
+from swarmfl.radio.datagram import DatagramRadio
 from swarmfl.radio.discovery import PeerDown, PeerInfo, PeerUp
-from swarmfl.radio.link import DatagramLink, LinkConfig
-from swarmfl.radio.udp import RadioStats, radio_counters
+from swarmfl.radio.link import LinkConfig
 
 __all__ = ["MqttRadio", "MqttSettings", "broker_address", "telemetry_topic", "topic_root"]
 
@@ -166,7 +167,7 @@ class _Closed:
 _CLOSED = _Closed()
 
 
-class MqttRadio:
+class MqttRadio(DatagramRadio):
     """An unreliable, unordered broadcast of frames to the swarm through an MQTT broker.
 
     It is also the swarm's presence (the :class:`~swarmfl.radio.discovery.Discovery` protocol):
@@ -176,9 +177,12 @@ class MqttRadio:
 
     Use ``async with MqttRadio(...) as radio:`` or :meth:`start` / :meth:`aclose`. Neither
     raises when the broker is unreachable: the radio keeps retrying with backoff, logs each
-    failure as one line and reports :attr:`connected`. Raises :class:`ConfigError` for bad TLS
-    files (from :meth:`start`).
+    failure as one line and reports :attr:`connected`; :meth:`aclose` announces the offline
+    presence itself (a clean disconnect does not fire the last will) and never raises. Raises
+    :class:`ConfigError` for bad TLS files (from :meth:`start`).
     """
+
+    transport = "mqtt"
 
     def __init__(
         self,
@@ -189,14 +193,14 @@ class MqttRadio:
         inbox_frames: int = 256,
         seed: int | None = None,
     ) -> None:
+        # One MQTT message carries up to 64 KiB of a frame: fewer, larger messages over TCP.
+        super().__init__(
+            drone_id=me.drone_id,
+            link=link or LinkConfig(mtu_bytes=65_507, burst_bytes=256 * 1024),
+            inbox_frames=inbox_frames,
+        )
         self.me = me
         self.settings = settings
-        # One MQTT message carries up to 64 KiB of a frame: fewer, larger messages over TCP.
-        self.link_config = link or LinkConfig(mtu_bytes=65_507, burst_bytes=256 * 1024)
-        self._link = DatagramLink(
-            self.link_config, sender=me.drone_id, first_frame_id=secrets.randbits(32)
-        )
-        self.stats = RadioStats()
         root = topic_root(settings.topic_prefix, me.swarm_id)
         self._root = root
         self._frames_topic = f"{root}/frames/{me.drone_id}"
@@ -205,11 +209,8 @@ class MqttRadio:
         self._rng = random.Random(seed)
         self._peers: dict[int, PeerInfo] = {}
         self._events: asyncio.Queue[PeerUp | PeerDown | _Closed] = asyncio.Queue()
-        self._inbox = FrameInbox(inbox_frames)
-        self._wake = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
         self._up = asyncio.Event()
         self._telemetry_tasks: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
@@ -217,13 +218,6 @@ class MqttRadio:
         self.connect_failures = 0
         self.presence_malformed = 0
         self.last_error: str | None = None
-
-    async def __aenter__(self) -> MqttRadio:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     @property
     def connected(self) -> bool:
@@ -305,7 +299,7 @@ class MqttRadio:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._read(client))
-                    tasks.create_task(self._pump(client))
+                    tasks.create_task(self._pump())
             except* aiomqtt.MqttError as group:
                 raise group.exceptions[0] from None
             finally:
@@ -323,27 +317,12 @@ class MqttRadio:
             elif topic.startswith(f"{self._root}/presence/"):
                 self._on_presence(topic, bytes(payload))
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
-        loop = asyncio.get_running_loop()
-        link = self._link
-        stats = self.stats
-        while True:
-            now = loop.time()
-            ready_at = link.ready_at(now)
-            if ready_at is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if ready_at > now:
-                await asyncio.sleep(ready_at - now)
-                continue
-            datagram = link.next_datagram(now)
-            if datagram is None:
-                await asyncio.sleep(0)
-                continue
-            await client.publish(self._frames_topic, datagram, qos=0)
-            stats.datagrams_sent += 1
-            stats.bytes_sent += len(datagram)
+    async def _transmit(self, datagram: bytes, now: float) -> int | None:
+        client = self._client
+        if client is None:  # the session is over (the pump runs inside it)
+            return None
+        await client.publish(self._frames_topic, datagram, qos=0)
+        return 1
 
     # -- what we hear -------------------------------------------------------------------------
 
@@ -351,15 +330,7 @@ class MqttRadio:
         sender = topic.rsplit("/", 1)[-1]
         if sender == str(self.me.drone_id):
             return  # the broker echoes our own messages
-        now = asyncio.get_running_loop().time()
-        self.stats.datagrams_received += 1
-        self.stats.bytes_received += len(data)
-        frame = self._link.receive(data, sender, now)
-        if frame is None:
-            return
-        self.stats.frames_received += 1
-        if not self._inbox.push(ReceivedFrame(frame, sender, now)):
-            self.stats.frames_dropped_inbox += 1
+        self._hear(data, sender)
 
     def _on_presence(self, topic: str, data: bytes) -> None:
         name = topic.rsplit("/", 1)[-1]
@@ -388,22 +359,7 @@ class MqttRadio:
         elif self._peers.pop(peer.drone_id, None) is not None:
             self._events.put_nowait(PeerDown(peer.drone_id))
 
-    # -- the Radio and Discovery protocols ----------------------------------------------------
-
-    def send(self, frame: bytes) -> None:
-        """Queue ``frame`` for the swarm. Raises :class:`ClosedRadioError` once closed."""
-        if self._closed:
-            raise ClosedRadioError(f"MQTT radio of drone {self.me.drone_id} is closed")
-        self._link.send(frame, asyncio.get_running_loop().time())
-        self._wake.set()
-
-    def frames(self) -> AsyncIterator[ReceivedFrame]:
-        """Whole frames heard (not yet authenticated), until the radio closes."""
-        return self._inbox.frames()  # no second generator hop per frame
-
-    def counters(self) -> dict[str, int]:
-        """The radio's and its link's counters, flat (see ``radio_counters``)."""
-        return radio_counters(self._link, self.stats)
+    # -- the Discovery protocol --------------------------------------------------------------
 
     def peers(self) -> Mapping[int, PeerInfo]:
         """Swarm mates whose presence is online, by drone id (read-only live view)."""
@@ -437,11 +393,8 @@ class MqttRadio:
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(self._telemetry_topic, body, qos=0, retain=True, timeout=2.0)
 
-    async def aclose(self) -> None:
-        """Say goodbye (offline presence), disconnect and stop. Idempotent; never raises."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _close_medium(self) -> None:
+        # Say goodbye (offline presence), disconnect and stop; never raises.
         client = self._client
         if client is not None:
             # A clean disconnect does not fire the last will: announce it ourselves.
@@ -454,6 +407,4 @@ class MqttRadio:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._client = None
-        self._link.clear()
-        self._inbox.close()
         self._events.put_nowait(_CLOSED)

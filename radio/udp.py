@@ -1,12 +1,10 @@
-"""The UDP radio: real datagrams on real sockets, throttled, fragmented and queued.
+"""The UDP radio: frames as real datagrams on a real socket, unicast to the peers discovery finds.
 
-Frames go through the :class:`~swarmfl.radio.link.DatagramLink` every radio shares (the
-simulated one included): a bounded send queue where a keyframe supersedes older queued frames of
-our model stream, fragmentation into MTU-sized datagrams and a token bucket at ``rate_bps``;
-datagrams heard are rebuilt into frames by its reassembler. :class:`UdpRadio` adds the socket:
-unicast to every peer discovery reports (each copy is charged to the bucket, as airtime is on a
-unicast mesh), an optional in-process loss injector for tests (this kernel has no netem), and
-answers to ``swarmfl status`` queries.
+Queueing, fragmentation, the token bucket at ``rate_bps`` and reassembly are the
+:class:`~swarmfl.radio.datagram.DatagramRadio` pump every real radio shares. :class:`UdpRadio`
+adds the socket: unicast to every peer discovery reports (each extra copy is charged to the
+bucket, as airtime is on a unicast mesh), an optional in-process loss injector for tests (this
+kernel has no netem), and answers to ``swarmfl status`` queries (:func:`query_status` asks them).
 
 A datagram that is not ours (garbage, truncated, a foreign protocol) is counted, logged at debug
 level and dropped; nothing a peer sends can stop the radio. Whole frames are authenticated later,
@@ -22,23 +20,20 @@ import logging
 import random
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from swarmfl.errors import ClosedRadioError, ConfigError, RadioError
-from swarmfl.radio.base import FrameInbox, ReceivedFrame
-from swarmfl.radio.link import DatagramLink, LinkConfig
+from swarmfl.errors import ConfigError, RadioError
+from swarmfl.radio.datagram import DatagramRadio
+from swarmfl.radio.link import LinkConfig
 
 __all__ = [
     "STATUS_REPLY",
     "STATUS_REQUEST",
     "STATUS_REQUEST_BYTES",
-    "RadioStats",
     "UdpRadio",
     "parse_status_reply",
     "query_status",
-    "radio_counters",
     "status_request",
 ]
 
@@ -53,47 +48,6 @@ STATUS_REPLY = b"SWFL="
 STATUS_REQUEST_BYTES = 512
 _STATUS_REPLY_MAX_BYTES = 3 * STATUS_REQUEST_BYTES
 _NONCE_BYTES = 8
-# Yield to the event loop after this many datagrams sent back to back.
-_DATAGRAMS_PER_YIELD = 64
-
-
-@dataclass(slots=True)
-class RadioStats:
-    """What a real radio did beyond its link's counters (counters only grow).
-
-    ``datagrams_sent``/``bytes_sent`` count every copy put on the medium (one per unicast
-    destination); ``frames_dropped_inbox`` frames heard while the reader was too far behind;
-    ``datagrams_lost_injected`` datagrams dropped on purpose by the test loss injector.
-    """
-
-    datagrams_sent: int = 0
-    bytes_sent: int = 0
-    datagrams_received: int = 0
-    bytes_received: int = 0
-    frames_received: int = 0
-    frames_dropped_inbox: int = 0
-    datagrams_lost_injected: int = 0
-    send_errors: int = 0
-
-
-def radio_counters(link: DatagramLink, stats: RadioStats) -> dict[str, int]:
-    """One flat dict of a radio's counters (for status lines and telemetry)."""
-    snapshot = link.stats()
-    reassembly = snapshot.reassembly
-    return {
-        "frames_sent": snapshot.frames_sent,
-        "datagrams_sent": stats.datagrams_sent,
-        "bytes_sent": stats.bytes_sent,
-        "frames_received": stats.frames_received,
-        "datagrams_received": stats.datagrams_received,
-        "bytes_received": stats.bytes_received,
-        "datagrams_malformed": reassembly.malformed + reassembly.oversize,
-        "frames_incomplete": snapshot.frames_incomplete,
-        "frames_dropped_sending": snapshot.frames_dropped_sending,
-        "frames_dropped_inbox": stats.frames_dropped_inbox,
-        "datagrams_lost_injected": stats.datagrams_lost_injected,
-        "send_errors": stats.send_errors,
-    }
 
 
 def status_request(nonce: bytes) -> bytes:
@@ -131,20 +85,23 @@ class _Protocol(asyncio.DatagramProtocol):
         log.debug("udp socket error: %r", exc)
 
 
-class UdpRadio:
+class UdpRadio(DatagramRadio):
     """An unreliable, unordered broadcast of frames over UDP to the peers discovery reports.
 
     No ordering, no delivery guarantee, no duplicate suppression. Use ``async with
     UdpRadio(...) as radio:`` or :meth:`start` / :meth:`aclose`. Each frame is queued, fragmented
-    and throttled by a :class:`~swarmfl.radio.link.DatagramLink` (``link``), then sent to every
-    destination set with :meth:`set_peer`. ``loss`` drops that fraction of the datagrams heard,
-    on purpose, seeded by ``seed`` (for tests). ``status`` answers ``swarmfl status`` queries
-    when given. ``inbox_frames`` bounds the frames heard but not yet read.
+    and throttled by the shared :class:`~swarmfl.radio.datagram.DatagramRadio` pump (``link``:
+    its settings), then sent to every destination set with :meth:`set_peer` (it is a
+    :class:`~swarmfl.radio.base.UnicastRadio`). ``loss`` drops that fraction of the datagrams
+    heard, on purpose, seeded by ``seed`` (for tests). ``status`` answers ``swarmfl status``
+    queries when given. ``inbox_frames`` bounds the frames heard but not yet read.
 
     Raises :class:`ConfigError` for a bad ``loss`` or ``drone_id``; :meth:`start` raises
     :class:`ConfigError` if the port is in use or the address cannot be bound, and
     :class:`RadioError` for any other socket failure.
     """
+
+    transport = "udp"
 
     def __init__(
         self,
@@ -160,33 +117,15 @@ class UdpRadio:
     ) -> None:
         if not 0.0 <= loss < 1.0:
             raise ConfigError(f"must be in [0, 1), got {loss!r}", key="loss")
-        self.transport = "udp"
-        self.drone_id = drone_id
+        super().__init__(drone_id=drone_id, link=link or LinkConfig(), inbox_frames=inbox_frames)
         self.host = host
         self.port = port
-        self.link_config = link or LinkConfig()
-        # A random first frame id: receivers never take a restarted drone's new frames for
-        # fragments of its old ones.
-        self._link = DatagramLink(
-            self.link_config, sender=drone_id, first_frame_id=secrets.randbits(32)
-        )
-        self.stats = RadioStats()
         self._loss = loss
         self._rng = random.Random(seed)
         self._status = status
         self._peers: dict[int, tuple[str, int]] = {}
-        self._inbox = FrameInbox(inbox_frames)
-        self._wake = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def __aenter__(self) -> UdpRadio:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     @property
     def local_port(self) -> int:
@@ -245,81 +184,35 @@ class UdpRadio:
         """Current destinations by drone id."""
         return dict(self._peers)
 
-    # -- the Radio protocol -------------------------------------------------------------------
-
-    def send(self, frame: bytes) -> None:
-        """Queue ``frame`` for every peer. Raises :class:`ClosedRadioError` once closed."""
-        if self._closed:
-            raise ClosedRadioError(f"UDP radio of drone {self.drone_id} is closed")
-        self._link.send(frame, asyncio.get_running_loop().time())
-        self._wake.set()
-
-    def frames(self) -> AsyncIterator[ReceivedFrame]:
-        """Whole frames heard (not yet authenticated), until the radio closes."""
-        return self._inbox.frames()  # no second generator hop per frame
-
-    async def aclose(self) -> None:
-        """Close the socket; queued frames are dropped; readers stop. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._link.clear()
+    async def _close_medium(self) -> None:
         task, self._pump_task = self._pump_task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if self._transport is not None:
             self._transport.close()
-        self._inbox.close()
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- the medium ---------------------------------------------------------------------------
 
-    def counters(self) -> dict[str, int]:
-        """The radio's and its link's counters, flat (see :func:`radio_counters`)."""
-        return radio_counters(self._link, self.stats)
-
-    async def _pump(self) -> None:
-        loop = asyncio.get_running_loop()
-        link = self._link
-        stats = self.stats
-        burst = 0
-        while True:
-            now = loop.time()
-            ready_at = link.ready_at(now)
-            if ready_at is None:
-                self._wake.clear()
-                await self._wake.wait()
-                burst = 0
+    async def _transmit(self, datagram: bytes, now: float) -> int | None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return None
+        destinations = list(self._peers.values())
+        if len(destinations) > 1:
+            # Each extra copy costs airtime too: charge it (the bucket may go into debt, which
+            # delays what follows, so the long-run rate holds).
+            self._link.bucket.consume(len(datagram) * (len(destinations) - 1), now)
+        sent = 0
+        for address in destinations:
+            try:
+                transport.sendto(datagram, address)
+            except OSError as exc:  # e.g. an unresolvable host name
+                self.stats.send_errors += 1
+                log.debug("udp send to %s failed: %r", address, exc)
                 continue
-            if ready_at > now:
-                await asyncio.sleep(ready_at - now)
-                burst = 0
-                continue
-            datagram = link.next_datagram(now)
-            if datagram is None:
-                await asyncio.sleep(0)
-                continue
-            transport = self._transport
-            if transport is None or transport.is_closing():
-                return
-            destinations = list(self._peers.values())
-            if len(destinations) > 1:
-                # Each extra copy costs airtime too: charge it (the bucket may go into debt,
-                # which delays what follows, so the long-run rate holds).
-                link.bucket.consume(len(datagram) * (len(destinations) - 1), now)
-            for address in destinations:
-                try:
-                    transport.sendto(datagram, address)
-                except OSError as exc:  # e.g. an unresolvable host name
-                    stats.send_errors += 1
-                    log.debug("udp send to %s failed: %r", address, exc)
-                    continue
-                stats.datagrams_sent += 1
-                stats.bytes_sent += len(datagram)
-            burst += 1
-            if burst >= _DATAGRAMS_PER_YIELD:
-                burst = 0
-                await asyncio.sleep(0)
+            sent += 1
+        return sent
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
         if self._closed:
@@ -330,17 +223,7 @@ class UdpRadio:
         if self._loss and self._rng.random() < self._loss:
             self.stats.datagrams_lost_injected += 1
             return
-        now = asyncio.get_running_loop().time()
-        self.stats.datagrams_received += 1
-        self.stats.bytes_received += len(data)
-        frame = self._link.receive(data, addr, now)
-        if frame is None:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("datagram of %d bytes from %s: no frame completed", len(data), addr)
-            return
-        self.stats.frames_received += 1
-        if not self._inbox.push(ReceivedFrame(frame, addr, now)):
-            self.stats.frames_dropped_inbox += 1
+        self._hear(data, addr)
 
     def _answer_status(self, data: bytes, addr: tuple[Any, int]) -> None:
         if self._status is None or self._transport is None:

@@ -39,7 +39,7 @@ from swarmfl.errors import ClosedRadioError, ConfigError
 from swarmfl.radio.base import FrameInbox, ReceivedFrame
 from swarmfl.radio.link import DatagramLink, LinkConfig
 
-__all__ = ["LinkParams", "LinkTable", "MediumStats", "RadioStats", "SimMedium", "SimRadio"]
+__all__ = ["LinkParams", "LinkTable", "MediumStats", "SimMedium", "SimRadio", "SimRadioStats"]
 
 FragmentMode = Literal["sampled", "exact"]
 
@@ -71,7 +71,7 @@ class LinkTable(Protocol):
 
 
 @dataclass(slots=True)
-class RadioStats:
+class SimRadioStats:
     """What one simulated radio sent, heard and lost.
 
     ``bytes_sent`` counts frame bytes, ``wire_bytes_sent`` adds the datagram headers.
@@ -284,7 +284,7 @@ class SimRadio:
         self.drone_id = drone_id
         self.link = DatagramLink(config, sender=drone_id)
         self.seconds_per_byte = 8.0 / config.rate_bps
-        self.stats = RadioStats()
+        self.stats = SimRadioStats()
         self.up = True
         self.closed = False
         self.on_transmit: Callable[[int, float], None] | None = None

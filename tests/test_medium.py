@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from swarmfl.radio.base import Radio
+from swarmfl.radio.base import Radio, UnicastRadio
 from swarmfl.radio.fragment import HEADER_SIZE, fragment_count
 from swarmfl.radio.link import LinkConfig
-from swarmfl.sim.medium import SimMedium
+from swarmfl.sim.medium import SimMedium, SimRadioStats
 from swarmfl.sim.vtime import run_virtual
 
 
@@ -32,6 +32,12 @@ def star(receivers: int, loss: float) -> FakeWorld:
 
 def test_a_sim_radio_is_a_radio() -> None:
     assert isinstance(SimMedium(star(1, 0.0), seed=0).radio(0), Radio)
+
+
+def test_a_sim_radio_broadcasts_and_takes_no_destinations() -> None:
+    radio = SimMedium(star(1, 0.0), seed=0).radio(0)
+    assert not isinstance(radio, UnicastRadio)
+    assert isinstance(radio.stats, SimRadioStats)
 
 
 @pytest.mark.parametrize("fragments", ["sampled", "exact"])
