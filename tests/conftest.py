@@ -1,11 +1,43 @@
-"""Shared pytest configuration: the swarmfl test kit, and one torch thread for stable runs."""
+"""Shared pytest configuration: the swarmfl test kit, one torch thread for stable runs, and a
+guard that keeps IP sockets to the tests marked ``network``."""
 
 import os
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
 
 pytest_plugins = ["swarmfl.testing"]
+
+_IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+@pytest.fixture(autouse=True)
+def _ip_sockets_only_in_network_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that binds, connects or sends on an IP socket must be marked ``network``.
+
+    The event loop's own self-pipe is a Unix socket pair and stays allowed.
+    """
+    if request.node.get_closest_marker("network") is not None:
+        yield
+        return
+    name = request.node.nodeid
+
+    def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(sock: socket.socket, *args: Any, **kwargs: Any) -> Any:
+            if sock.family in _IP_FAMILIES:
+                raise AssertionError(f"{name} uses an IP socket: mark it network")
+            return method(sock, *args, **kwargs)
+
+        return call
+
+    with pytest.MonkeyPatch.context() as patch:
+        for method in ("bind", "connect", "connect_ex", "sendto"):
+            patch.setattr(socket.socket, method, guarded(getattr(socket.socket, method)))
+        yield

@@ -90,6 +90,7 @@ def test_bad_arguments_are_one_line_and_exit_2(
     assert problem in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.network
 def test_an_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["status", "--broker", "mqtt://127.0.0.1:1", "--swarm-id", "7", "--wait-s", "0.2"]
     assert main(args) == 1
@@ -97,6 +98,7 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixt
     assert "cannot reach MQTT broker mqtt://127.0.0.1:1" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.network
 def test_no_answer_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--peer", "127.0.0.1:9", "--wait-s", "0.2", "--json"]) == 1
     assert "no drone answered" in capsys.readouterr().err
