@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from swarmfl.core.checkpoint import MAGIC, Checkpoint, decode, encode
 from swarmfl.errors import CheckpointError, ConfigError
-from swarmfl.field.checkpoint import MAGIC, Checkpoint, CheckpointStore, decode, encode
+from swarmfl.field.checkpoint import CheckpointStore
 
 
 def make_checkpoint(counter: int = 7, *, seed: int = 0) -> Checkpoint:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from swarmfl.core.checkpoint import Checkpoint, encode
 from swarmfl.errors import ConfigError
-from swarmfl.field.checkpoint import Checkpoint, encode
 from swarmfl.learning.learner import TorchLearner, TrainingConfig
 from swarmfl.learning.models import build_model
 from swarmfl.learning.pretrained import load_pretrained, save_pretrained

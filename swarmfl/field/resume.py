@@ -1,7 +1,7 @@
 """What a restarted field drone continues from: its checkpoint and its stream numbers.
 
 :class:`DroneCheckpoints` turns a drone's live state (model, SGD momentum, update counter,
-stream sequence numbers, rounds) into a :class:`~swarmfl.field.checkpoint.Checkpoint` and back.
+stream sequence numbers, rounds) into a :class:`~swarmfl.core.checkpoint.Checkpoint` and back.
 On restore the sequence numbers jump past anything the previous life could have sent (see
 :func:`stream_start_seq`), so neighbours take the drone's frames as a continuation, not a
 replay.
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from swarmfl.core.checkpoint import Checkpoint
 from swarmfl.core.node import GossipNode, NodeState
 from swarmfl.errors import ConfigError
-from swarmfl.field.checkpoint import Checkpoint, CheckpointStore
+from swarmfl.field.checkpoint import CheckpointStore
 from swarmfl.learning.learner import TorchLearner
 
 __all__ = ["RESTART_SEQ_GAP", "DroneCheckpoints", "Restored", "stream_start_seq"]

@@ -11,7 +11,7 @@ Accepted files:
   ``"state_dict"``, ``"model_state_dict"`` or ``"model"`` (the usual checkpoint layouts). It is
   read with ``torch.load(weights_only=True)``: tensors and plain containers only, never code.
 * a ``.npz`` file of arrays named like the model's ``state_dict`` keys (``allow_pickle=False``).
-* a swarmfl checkpoint (:mod:`swarmfl.field.checkpoint`) whose arrays are named like the
+* a swarmfl checkpoint (:mod:`swarmfl.core.checkpoint`) whose arrays are named like the
   ``state_dict`` keys, or that holds the whole flat parameter vector as ``"params"`` (what a
   field drone checkpoints) or ``"parameters"`` (the layout of
   :meth:`~swarmfl.learning.learner.TorchLearner.flat_parameters`).
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from swarmfl.core.checkpoint import MAGIC, decode
 from swarmfl.errors import CheckpointError, ConfigError
-from swarmfl.field.checkpoint import MAGIC, decode
 
 __all__ = ["load_pretrained", "save_pretrained"]
 
