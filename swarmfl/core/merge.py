@@ -19,30 +19,85 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 from scipy.linalg.blas import saxpy, sscal
 
 from swarmfl.errors import ConfigError
 
+MergeRuleName = Literal["mean", "clip", "trimmed_mean", "median"]
+MERGE_RULES: tuple[MergeRuleName, ...] = get_args(MergeRuleName)
+"""The merge rules a drone can use; ``mean`` (this module) is the default, the robust ones live
+in :mod:`swarmfl.core.robust`."""
+
 
 @dataclass(frozen=True, slots=True)
 class MergeRule:
-    """Parameters of the staleness weight ``alpha * (1 + s) ** -exponent``, cut off at ``cutoff``.
+    """How a drone merges its neighbours' replicas.
 
-    ``s`` and ``cutoff`` are in gossip periods (an age in seconds divided by the period).
-    Raises :class:`ConfigError` for a negative or non-finite parameter.
+    ``alpha``, ``exponent`` and ``cutoff`` give the staleness weight
+    ``alpha * (1 + s) ** -exponent``, cut off at ``cutoff``; ``s`` and ``cutoff`` are in gossip
+    periods (an age in seconds divided by the period). ``rule`` picks the merge
+    (:data:`MERGE_RULES`); the robust rules read the other fields:
+
+    * ``tolerate``: how many of a drone's neighbours may be Byzantine (``b`` in the papers).
+      ``trimmed_mean`` drops ``b`` values from each side of every coordinate; ``clip``'s adaptive
+      radius is the ``(b+1)``-th largest distance, so at most ``b`` replicas lie beyond it.
+    * ``clip_radius``: a fixed clipping radius in parameter-space L2 units; 0 (the default)
+      makes it adaptive.
+    * ``suspect_ratio``: a replica at least this many times the radius away from our model is
+      an *outlier* in that merge (under ``clip``: cut to ``1 / suspect_ratio`` of its length).
+    * ``suspect_window``, ``suspect_fraction``: a peer judged an outlier in at least
+      ``suspect_fraction`` of its last ``suspect_window`` merges is a suspected attacker.
+    * ``exclude_suspects``: leave suspected peers out of the merge (they are still measured,
+      so a peer that behaves again is readmitted).
+
+    Raises :class:`ConfigError` naming the ``merge.*`` key of a bad value.
     """
 
     alpha: float = 1.0
     exponent: float = 0.5
     cutoff: float = 10.0
+    rule: MergeRuleName = "mean"
+    tolerate: int = 1
+    clip_radius: float = 0.0
+    suspect_ratio: float = 2.0
+    suspect_window: int = 10
+    suspect_fraction: float = 0.6
+    exclude_suspects: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "exponent", "cutoff"):
+        for name in ("alpha", "exponent", "cutoff", "clip_radius"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
-                raise ConfigError(f"must be a finite number >= 0, got {value!r}", key=name)
+                raise ConfigError(
+                    f"must be a finite number >= 0, got {value!r}", key=f"merge.{name}"
+                )
+        if self.rule not in MERGE_RULES:
+            raise ConfigError(
+                f"must be one of {', '.join(MERGE_RULES)}, got {self.rule!r}", key="merge.rule"
+            )
+        for name, minimum in (("tolerate", 0), ("suspect_window", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(
+                    f"must be an integer >= {minimum}, got {value!r}", key=f"merge.{name}"
+                )
+        if not self.suspect_ratio > 1.0 or not np.isfinite(self.suspect_ratio):
+            raise ConfigError(
+                f"must be a finite number > 1, got {self.suspect_ratio!r}",
+                key="merge.suspect_ratio",
+            )
+        if not isinstance(self.exclude_suspects, bool):
+            raise ConfigError(
+                f"must be true or false, got {self.exclude_suspects!r}",
+                key="merge.exclude_suspects",
+            )
+        if not 0.0 < self.suspect_fraction <= 1.0:
+            raise ConfigError(
+                f"must be in (0, 1], got {self.suspect_fraction!r}", key="merge.suspect_fraction"
+            )
 
 
 def staleness_weight(staleness: float, rule: MergeRule) -> float:
