@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from swarmfl.core.merge import MergeRule
+from swarmfl.core.merge import MergeRule, merge_into
 from swarmfl.core.node import FrameVerifier, GossipNode, NodeConfig
 from swarmfl.core.quant import NonFiniteError
 from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
@@ -216,3 +216,57 @@ def test_a_verifier_refuses_to_share_writable_keyframe_values():
     verifier = FrameVerifier(KEY, 7, SIG)
     with pytest.raises(ConfigError, match="read-only"):
         verifier.remember(data, verifier.decode(data), np.zeros(OFFSETS[-1], np.float32))
+
+
+@pytest.mark.parametrize("rule", [MergeRule(), MergeRule(rule="mean", tolerate=3)])
+def test_the_default_rule_merges_bit_for_bit_as_merge_into(rule):
+    rng = np.random.default_rng(4)
+    nodes = [make_node(i, codec="int8", keyframe_interval=4, merge=rule) for i in range(4)]
+    nodes.append(make_node(9, trained=(2, 3), merge=rule))  # a partial trainer
+    models = [rng.standard_normal(OFFSETS[-1]).astype(np.float32) for _ in nodes]
+    link = LossyLink(nodes, loss=0.2, seed=1)
+    for step in range(12):
+        now = float(step)
+        for node, x in zip(nodes, models, strict=True):
+            expected = x.copy()
+            merge_into(expected, OFFSETS, list(node.live_replicas(now).values()))
+            node.mix(x, now)
+            np.testing.assert_array_equal(x, expected)
+            link.broadcast(node, node.publish(x, 10, now), now)
+    for node in nodes:
+        assert node.stats.robust_merges == node.stats.replicas_clipped == 0
+        assert node.conduct() == {} and node.suspects() == []
+
+
+def test_a_robust_node_counts_how_each_peer_fared_and_names_the_attacker():
+    clip = MergeRule(rule="clip")
+    rng = np.random.default_rng(6)
+    nodes = [make_node(i, merge=clip) for i in range(5)]
+    models = [rng.standard_normal(OFFSETS[-1]).astype(np.float32) for _ in nodes]
+    link = LossyLink(nodes)
+    for step in range(15):
+        now = float(step)
+        for i, (node, x) in enumerate(zip(nodes, models, strict=True)):
+            node.mix(x, now)
+            sent = x * 1000.0 if i == 4 else x  # drone 4 scales what it sends
+            link.broadcast(node, node.publish(sent, 10, now), now)
+    for node in nodes[:4]:
+        assert node.suspects() == [4]
+        record = node.conduct()[4]
+        assert record.merges == 14 and record.clipped == 14 and record.outliers == 14
+        assert node.stats.robust_merges >= 14 and node.stats.replicas_clipped >= 14
+    honest = np.stack(models[:4])
+    assert np.abs(honest).max() < 10.0  # clipped: the 1000x model never took over
+
+
+@pytest.mark.parametrize("rule", ["clip", "trimmed_mean", "median"])
+def test_under_a_robust_rule_a_diverged_model_restarts_from_the_neighbours_median(rule):
+    nodes = [make_node(i, merge=MergeRule(rule=rule)) for i in range(4)]
+    link = LossyLink(nodes)
+    for node, value in zip(nodes[:3], (2.0, 4.0, 100.0), strict=True):
+        link.broadcast(node, node.publish(np.full(OFFSETS[-1], value, np.float32), 1, 0.0), 0.0)
+    broken = np.full(OFFSETS[-1], np.nan, np.float32)
+    assert nodes[3].adopt_neighbours(broken, 0.0) == 3
+    # The median of 2, 4 and 100 is 4; merging 4 again with them keeps it at 4 under each rule
+    # (clip: 100 is cut to the radius 2 and balances 2).
+    np.testing.assert_allclose(broken, 4.0, rtol=1e-6)

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from swarmfl.core.ledger import MergeLedger, PeerConduct
 from swarmfl.core.merge import Contribution, MergeRule, merge_into, staleness_weight
 from swarmfl.core.quant import Quantizer, make_quantizer
+from swarmfl.core.robust import median_into, robust_merge_into
 from swarmfl.core.stream import StreamDecoder, StreamEncoder
 from swarmfl.core.wire import (
     CODEC_NAMES,
@@ -113,6 +115,10 @@ class NodeStats:
     keyframes_requested: int = 0
     replicas_merged: int = 0  # fresh replicas merged (each heard frame counts once)
     merge_lag_s: float = 0.0  # their total wait between being heard and being merged
+    robust_merges: int = 0  # merges by a robust rule (merge.rule other than mean)
+    replicas_clipped: int = 0  # replicas the clip rule cut, over all merges
+    values_trimmed: int = 0  # replica values trimmed_mean/median left out, over all merges
+    replicas_excluded: int = 0  # replicas of suspected peers left out (merge.exclude_suspects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +248,7 @@ class GossipNode:
         self._replay = ReplayWindow(64)
         self._peers: dict[int, PeerReplica] = {}
         self._scratch: np.ndarray | None = None
+        self._ledger = MergeLedger(config.merge.suspect_window, config.merge.suspect_fraction)
 
     # -- what we send -------------------------------------------------------------------------
 
@@ -392,8 +399,50 @@ class GossipNode:
         """Merge every live replica into ``x`` in place; return how many contributed.
 
         Replicas older than the merge cut-off are forgotten (their senders resync with a
-        keyframe if they come back).
+        keyframe if they come back). A robust ``merge.rule`` also counts, per peer, how its
+        replica fared (see :meth:`conduct` and :meth:`suspects`), and with
+        ``merge.exclude_suspects`` leaves suspected peers out; ``mean`` counts nothing.
         """
+        peer_ids, contributions, expired = self._live(now, merging=True)
+        for peer_id in expired:
+            del self._peers[peer_id]
+        if self.config.merge.rule == "mean":
+            if self._scratch is None or self._scratch.shape != x.shape:
+                self._scratch = np.empty_like(x)
+            merge_into(x, self.config.layer_offsets, contributions, self._scratch)
+            return len(contributions)
+        if not contributions:
+            return 0
+        excluded: tuple[int, ...] = ()
+        if self.config.merge.exclude_suspects:
+            suspects = set(self._ledger.suspects())
+            excluded = tuple(k for k, peer_id in enumerate(peer_ids) if peer_id in suspects)
+        outcomes = robust_merge_into(
+            x, self.config.layer_offsets, contributions, self.config.merge, excluded=excluded
+        )
+        self._ledger.record(peer_ids, outcomes)
+        self.stats.robust_merges += 1
+        self.stats.replicas_clipped += sum(o.clipped for o in outcomes)
+        self.stats.values_trimmed += sum(o.trimmed_values for o in outcomes)
+        self.stats.replicas_excluded += len(excluded)
+        return len(contributions) - len(excluded)
+
+    def live_replicas(self, now: float) -> dict[int, Contribution]:
+        """The replicas a merge at ``now`` would use, by peer id, with their staleness weights.
+
+        The values are read-only views of what this node decoded from the frames it heard.
+        """
+        peer_ids, contributions, _ = self._live(now, merging=False)
+        return dict(zip(peer_ids, contributions, strict=True))
+
+    def _live(
+        self, now: float, *, merging: bool
+    ) -> tuple[list[int], list[Contribution], list[int]]:
+        """Live peers and their contributions at ``now``, and the peers past the cut-off.
+
+        ``merging`` counts each fresh replica's wait in the merge-lag statistics.
+        """
+        peer_ids = []
         contributions = []
         expired = []
         for peer_id, peer in self._peers.items():
@@ -406,23 +455,28 @@ class GossipNode:
             if weight == 0.0:
                 expired.append(peer_id)
                 continue
-            if peer.merged_heard_at != peer.heard_at:
+            if merging and peer.merged_heard_at != peer.heard_at:
                 peer.merged_heard_at = peer.heard_at
                 self.stats.replicas_merged += 1
                 self.stats.merge_lag_s += now - peer.heard_at
             contributions.append(Contribution(peer.layers, replica, weight))
-        for peer_id in expired:
-            del self._peers[peer_id]
-        if self._scratch is None or self._scratch.shape != x.shape:
-            self._scratch = np.empty_like(x)
-        merge_into(x, self.config.layer_offsets, contributions, self._scratch)
-        return len(contributions)
+            peer_ids.append(peer_id)
+        return peer_ids, contributions, expired
 
     def adopt_neighbours(self, x: np.ndarray, now: float) -> int:
         """Replace ``x`` (a diverged model) by the merge of the live replicas alone.
 
-        Returns how many replicas contributed; with none, ``x`` is left as it is.
+        Returns how many replicas contributed; with none, ``x`` is left as it is. Under a
+        robust rule, ``x`` restarts from the neighbours' coordinate-wise weighted median (robust
+        whatever the rule) and is then merged by the rule; layers no replica carries become 0.
         """
+        if self.config.merge.rule != "mean":
+            live = list(self.live_replicas(now).values())
+            if not live:
+                return 0
+            x[:] = 0.0
+            median_into(x, self.config.layer_offsets, live, self_weight=0.0)
+            return self.mix(x, now)
         held = np.array(x, copy=True)
         x[:] = 0.0
         merged = self.mix(x, now)
@@ -439,8 +493,23 @@ class GossipNode:
             x *= (1.0 + weights) / weights
         return merged
 
+    def conduct(self) -> dict[int, PeerConduct]:
+        """How each peer's replicas fared in this node's robust merges, by peer id."""
+        return self._ledger.table()
+
+    def suspects(self) -> list[int]:
+        """Peers judged outliers in most of their recent robust merges: suspected attackers.
+
+        A peer is suspected when at least ``merge.suspect_fraction`` of its last
+        ``merge.suspect_window`` merges judged it an outlier (clipped to half its distance or
+        less, or trimmed far more often than the other values; see
+        :mod:`swarmfl.core.robust`). Under ``merge.rule = "mean"`` nothing is judged, so nobody
+        is suspected.
+        """
+        return self._ledger.suspects()
+
     def forget(self, peer_id: int) -> None:
-        """Drop everything held of ``peer_id`` (it left the swarm)."""
+        """Drop the replica held of ``peer_id`` (it left the swarm); its conduct record stays."""
         self._peers.pop(peer_id, None)
 
     def known_peers(self) -> dict[int, float]:
