@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 # One BLAS/OpenMP thread, set before numpy is imported (main() also pins the process to a CPU).
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -37,14 +38,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 from bench_codec import best_seconds, pin_one_core  # noqa: E402
 
-from swarmfl.core.merge import Contribution, MergeRule, merge_into  # noqa: E402
+from swarmfl.core.merge import MERGE_RULES, Contribution, MergeRule, merge_into  # noqa: E402
 from swarmfl.core.node import GossipNode, NodeConfig  # noqa: E402
 from swarmfl.core.robust import robust_merge_into  # noqa: E402
 from swarmfl.core.wire import derive_swarm_key  # noqa: E402
 
 KEY = derive_swarm_key("bench merge", 1)
 SIGNATURE = b"benchmrg"
-RULES = ("mean", "clip", "trimmed_mean", "median")
+RULES = MERGE_RULES
 
 
 def layer_offsets(values: int) -> tuple[int, ...]:
@@ -64,6 +65,12 @@ def replicas(
         values.flags.writeable = False
         out.append(Contribution(layers, values, float(rng.uniform(0.3, 1.0))))
     return out
+
+
+def setup(values: int, seed: int) -> tuple[np.random.Generator, tuple[int, ...], np.ndarray]:
+    """The random generator, layer offsets and model every measurement starts from."""
+    rng = np.random.default_rng(seed)
+    return rng, layer_offsets(values), rng.standard_normal(values).astype(np.float32)
 
 
 def timed_merge(merge: Callable[[np.ndarray], object], x: np.ndarray, repeats: int) -> float:
@@ -99,9 +106,7 @@ def load_from_git(ref: str, path: str, name: str) -> ModuleType | None:
 
 def rule_rows(values: int, repeats: int, seed: int) -> list[dict[str, object]]:
     """Each rule's time per merge and its ratio to the mean."""
-    rng = np.random.default_rng(seed)
-    offsets = layer_offsets(values)
-    x = rng.standard_normal(values).astype(np.float32)
+    rng, offsets, x = setup(values, seed)
     rows: list[dict[str, object]] = []
     for count in (4, 16):
         contributions = replicas(x, count, offsets, rng)
@@ -134,9 +139,7 @@ def main_rows(values: int, repeats: int, seed: int, baseline: str) -> list[dict[
     old_node = load_from_git(baseline, "swarmfl/core/node.py", "baseline_node")
     if old_merge is None or old_node is None:
         return [{"bench": "main", "skipped": f"cannot read {baseline} with git"}]
-    rng = np.random.default_rng(seed)
-    offsets = layer_offsets(values)
-    x = rng.standard_normal(values).astype(np.float32)
+    rng, offsets, x = setup(values, seed)
     rows: list[dict[str, object]] = []
     for count in (4, 16):
         contributions = replicas(x, count, offsets, rng)
@@ -172,7 +175,7 @@ def receivers(
     offsets: tuple[int, ...],
     old_node: ModuleType,
     rng: np.random.Generator,
-) -> tuple[GossipNode, object]:
+) -> tuple[GossipNode, Any]:
     """A node of this tree and one of the baseline, each holding ``count`` peers' replicas."""
     layers = tuple(range(len(offsets) - 1))
 
