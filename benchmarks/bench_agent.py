@@ -41,7 +41,7 @@ import psutil
 from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.wire import derive_swarm_key
-from swarmfl.learning.data import load_builtin
+from swarmfl.learning.datasets import load_builtin
 from swarmfl.learning.learner import flatten_parameters
 from swarmfl.learning.models import build_model, model_signature
 from swarmfl.radio.discovery import PeerInfo, PeerUp, ZeroconfDiscovery

@@ -56,7 +56,7 @@ def run_swarmfl(n: int) -> dict[str, float]:
     scenario = load_scenario(
         str(files("swarmfl.scenarios") / "quickstart.toml"), scenario_overrides(n)
     )
-    from swarmfl.learning.data import load_builtin
+    from swarmfl.learning.datasets import load_builtin
 
     load_builtin("digits", seed=SEED, test_fraction=0.2)  # same data loading outside the timer
     start = time.perf_counter()
@@ -72,7 +72,8 @@ def run_bare(n: int) -> dict[str, float]:
     import torch
     from torch import nn
 
-    from swarmfl.learning.data import load_builtin, partition_dirichlet
+    from swarmfl.learning.datasets import load_builtin
+    from swarmfl.learning.partition import partition_dirichlet
 
     torch.set_num_threads(1)
     data = load_builtin("digits", seed=SEED, test_fraction=0.2)

@@ -33,15 +33,8 @@ from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import FrameVerifier, GossipNode, NodeConfig
 from swarmfl.core.wire import frame_overhead_bytes
 from swarmfl.errors import ConfigError, PlanError
-from swarmfl.learning.data import (
-    BUILTIN_DATASETS,
-    Dataset,
-    load_builtin,
-    load_idx,
-    load_npz,
-    partition_dirichlet,
-    partition_iid,
-)
+from swarmfl.learning.datafiles import load_idx, load_npz
+from swarmfl.learning.datasets import BUILTIN_DATASETS, Dataset, load_builtin
 from swarmfl.learning.learner import TorchLearner, TrainingConfig
 from swarmfl.learning.memory import (
     MemoryPlan,
@@ -50,6 +43,7 @@ from swarmfl.learning.memory import (
     plan_flops_per_sample,
 )
 from swarmfl.learning.models import build_model, model_signature, training_flops_per_sample
+from swarmfl.learning.partition import partition_dirichlet, partition_iid
 from swarmfl.learning.pretrained import load_pretrained
 from swarmfl.radio.link import LinkConfig
 from swarmfl.seeding import eval_rng, learner_seed, partition_rng

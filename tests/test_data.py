@@ -1,4 +1,5 @@
-"""Tests for swarmfl.learning.data: built-in datasets, .npz/IDX loaders, partitions."""
+"""swarmfl.learning.datasets, .datafiles and .partition: built-in datasets, .npz/IDX loaders,
+partitions."""
 
 from __future__ import annotations
 
@@ -14,18 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarmfl.errors import ConfigError
-from swarmfl.learning.data import (
-    BUILTIN_DATASETS,
-    Dataset,
-    load_builtin,
-    load_idx,
-    load_npz,
-    partition_dirichlet,
-    partition_iid,
-    read_idx,
-    shard,
-    stratified_split,
-)
+from swarmfl.learning.datafiles import load_idx, load_npz, read_idx
+from swarmfl.learning.datasets import BUILTIN_DATASETS, Dataset, load_builtin, stratified_split
+from swarmfl.learning.partition import partition_dirichlet, partition_iid, shard
 
 # --------------------------------------------------------------------------------------------------
 # Dataset
@@ -122,9 +114,9 @@ def test_builtin_seed_changes_split_deterministically() -> None:
     b = load_builtin("digits", seed=2, standardize=False)
     assert not np.array_equal(a.y_test, b.y_test) or not np.array_equal(a.x_test, b.x_test)
     # Same content from a cold cache: the cache is not what makes it deterministic.
-    from swarmfl.learning import data as data_module
+    from swarmfl.learning import datasets
 
-    data_module._load_builtin_cached.cache_clear()
+    datasets._load_builtin_cached.cache_clear()
     again = load_builtin("digits", seed=1, standardize=False)
     assert again is not a
     np.testing.assert_array_equal(again.x_test, a.x_test)
