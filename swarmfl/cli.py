@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from swarmfl.core.codecs import CODECS
 from swarmfl.errors import ConfigError
 
 EXIT_USAGE = 2
@@ -172,7 +173,7 @@ def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="size a neighbour replica by our trained layers (a fleet of one class) or by "
         "the whole model (a mixed fleet)",
     )
-    plan.add_argument("--codec", choices=["fp32", "int8", "int4"], default="int8", help="(int8)")
+    plan.add_argument("--codec", choices=CODECS, default="int8", help="(int8)")
     plan.add_argument("--block-size", type=int, default=128, help="codec block size (128)")
     plan.add_argument(
         "--all", action="store_true", help="every candidate, not the best one per trained set"

@@ -20,8 +20,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmfl.core.quant import BlockInt4Quantizer, BlockInt8Quantizer, Float32Quantizer
+from swarmfl.core.codecs import CODECS
+from swarmfl.core.quant import (
+    BlockInt4Quantizer,
+    BlockInt8Quantizer,
+    Float32Quantizer,
+    make_quantizer,
+)
 from swarmfl.core.wire import (
+    CODEC_NAMES,
     FLAG_LZ4,
     MAX_FRAME_BYTES,
     MAX_LAYERS,
@@ -319,6 +326,14 @@ def test_frame_normalisation_and_codecs() -> None:
     assert [
         codec_id(q) for q in (Float32Quantizer(), BlockInt8Quantizer(), BlockInt4Quantizer())
     ] == [0, 1, 2]
+
+
+def test_every_codec_has_one_wire_number() -> None:
+    assert sorted(CODEC_NAMES.values()) == sorted(CODECS)
+    for name in CODECS:
+        number = codec_id(make_quantizer(name))
+        assert CODEC_NAMES[number] == name
+        assert quantizer_for(make_frame(codec=number, block_size=128)).name == name
 
 
 def test_key_and_argument_errors_are_config_errors() -> None:

@@ -19,7 +19,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from swarmfl.config.loader import KeyedValueError
-from swarmfl.core.quant import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, QuantizerName
+from swarmfl.core.codecs import DEFAULT_CODEC, CodecName
+from swarmfl.core.quant import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from swarmfl.errors import ConfigError
 from swarmfl.radio.link import LinkConfig
 from swarmfl.sizes import parse_bytes
@@ -153,7 +154,7 @@ class GossipSection(Section):
     """
 
     period_s: Annotated[float, Field(ge=1e-3, le=3600, allow_inf_nan=False)] = 1.0
-    codec: QuantizerName = "fp32"
+    codec: CodecName = DEFAULT_CODEC
     block_size: Annotated[int, Field(ge=MIN_BLOCK_SIZE, le=MAX_BLOCK_SIZE)] = 128
     keyframe_interval: Annotated[int, Field(gt=0, le=100_000)] = 10
     # int8/int4 deltas carry only this fraction of blocks (the strongest); the rest waits in the

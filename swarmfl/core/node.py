@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from swarmfl.core.codecs import CODECS, DEFAULT_CODEC, CodecName
 from swarmfl.core.ledger import MergeLedger, PeerConduct
 from swarmfl.core.merge import Contribution, MergeRule, merge_into, staleness_weight
 from swarmfl.core.quant import Quantizer, make_quantizer
 from swarmfl.core.robust import median_into, robust_merge_into
 from swarmfl.core.stream import StreamDecoder, StreamEncoder
 from swarmfl.core.wire import (
-    CODEC_NAMES,
     Frame,
     FrameKind,
     ReplayWindow,
@@ -66,17 +66,16 @@ class NodeConfig:
     layer_offsets: tuple[int, ...]
     trained_layers: tuple[int, ...]
     period_s: float = 1.0
-    codec: str = "fp32"
+    codec: CodecName = DEFAULT_CODEC
     block_size: int = 128
     keyframe_interval: int = 10
     delta_density: float = 0.5
     merge: MergeRule = field(default_factory=MergeRule)
 
     def __post_init__(self) -> None:
-        if self.codec not in CODEC_NAMES.values():
+        if self.codec not in CODECS:
             raise ConfigError(
-                f"must be one of {sorted(CODEC_NAMES.values())}, got {self.codec!r}",
-                key="gossip.codec",
+                f"must be one of {list(CODECS)}, got {self.codec!r}", key="gossip.codec"
             )
         if not self.period_s > 0:
             raise ConfigError(f"must be > 0, got {self.period_s!r}", key="gossip.period_s")
@@ -237,7 +236,7 @@ class GossipNode:
         size = sum(s.stop - s.start for s in self._trained_slices)
         # fp32 frames are exact snapshots: sending each one as a keyframe makes them immune to loss.
         interval = 1 if config.codec == "fp32" else config.keyframe_interval
-        quantizer = make_quantizer(config.codec, config.block_size)  # type: ignore[arg-type]
+        quantizer = make_quantizer(config.codec, config.block_size)
         self._codec_id = codec_id(quantizer)
         # A factory, so that import_state can restart the stream at another sequence number.
         self._new_encoder = functools.partial(

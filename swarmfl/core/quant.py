@@ -24,27 +24,33 @@ total: a payload whose size does not match ``count``, a negative or non-finite s
 the clamp, or a code outside the symmetric range raises
 :class:`~swarmfl.errors.FrameDecodeError`, so an authenticated but broken peer cannot plant NaN or
 infinity in a replica.
+
+The codec names (:data:`CODECS`, :data:`DEFAULT_CODEC`, :data:`CodecName`) are defined in
+:mod:`swarmfl.core.codecs` and exported here too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from swarmfl.core.codecs import CODECS, DEFAULT_CODEC, CodecName
 from swarmfl.errors import ConfigError, FrameDecodeError
 
 __all__ = [
+    "CODECS",
+    "DEFAULT_CODEC",
     "MAX_BLOCK_SIZE",
     "MIN_BLOCK_SIZE",
     "BlockInt4Quantizer",
     "BlockInt8Quantizer",
+    "CodecName",
     "Float32Quantizer",
     "NonFiniteError",
     "Quantizer",
-    "QuantizerName",
     "make_quantizer",
     "quantization_step",
 ]
@@ -52,7 +58,6 @@ __all__ = [
 MIN_BLOCK_SIZE = 64
 MAX_BLOCK_SIZE = 256
 
-QuantizerName = Literal["fp32", "int8", "int4"]
 
 _F32 = np.dtype(np.float32)
 _LE_F32 = np.dtype("<f4")
@@ -78,7 +83,7 @@ class Quantizer(Protocol):
 
     @property
     def name(self) -> str:
-        """The codec name: ``"fp32"``, ``"int8"`` or ``"int4"``."""
+        """The codec name, one of :data:`CODECS`."""
         ...
 
     @property
@@ -385,7 +390,7 @@ class BlockInt4Quantizer(_BlockQuantizer):
         return self._scale_codes(codes, scales, count)
 
 
-def make_quantizer(name: QuantizerName, block_size: int = 128) -> Quantizer:
+def make_quantizer(name: CodecName, block_size: int = 128) -> Quantizer:
     """The quantizer called ``name`` (``"fp32"``, ``"int8"`` or ``"int4"``).
 
     ``block_size`` is ignored for ``fp32``. Raises :class:`ConfigError` for an unknown name or a
@@ -397,7 +402,9 @@ def make_quantizer(name: QuantizerName, block_size: int = 128) -> Quantizer:
         return BlockInt8Quantizer(block_size)
     if name == "int4":
         return BlockInt4Quantizer(block_size)
-    raise ConfigError(f"unknown quantizer {name!r}; expected fp32, int8 or int4", key="codec")
+    raise ConfigError(
+        f"unknown quantizer {name!r}; expected one of {', '.join(CODECS)}", key="codec"
+    )
 
 
 def quantization_step(values: np.ndarray, quantizer: Quantizer) -> float:

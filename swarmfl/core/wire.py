@@ -44,6 +44,7 @@ from enum import IntEnum
 
 import lz4.block
 
+from swarmfl.core.codecs import CodecName
 from swarmfl.core.quant import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Quantizer, make_quantizer
 from swarmfl.errors import ConfigError, FrameDecodeError
 
@@ -91,8 +92,10 @@ _LZ4_MAX_RATIO = 255
 CODEC_FP32 = 0
 CODEC_INT8 = 1
 CODEC_INT4 = 2
-CODEC_NAMES: dict[int, str] = {CODEC_FP32: "fp32", CODEC_INT8: "int8", CODEC_INT4: "int4"}
-_CODEC_IDS = {name: ident for ident, name in CODEC_NAMES.items()}
+# The numbers are part of the frame format, so they are fixed here rather than taken from the
+# order of swarmfl.core.codecs.CODECS; every codec there has one (tests/test_wire.py checks it).
+CODEC_NAMES: dict[int, CodecName] = {CODEC_FP32: "fp32", CODEC_INT8: "int8", CODEC_INT4: "int4"}
+_CODEC_IDS: dict[str, int] = {name: ident for ident, name in CODEC_NAMES.items()}
 
 _U8, _U16, _U32, _U64 = 0xFF, 0xFFFF, 0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF
 
@@ -238,12 +241,7 @@ def codec_id(quantizer: Quantizer) -> int:
 
 def quantizer_for(frame: Frame) -> Quantizer:
     """The quantizer that decodes ``frame``'s payload (its codec and block size)."""
-    name = CODEC_NAMES[frame.codec]
-    if name == "fp32":
-        return make_quantizer("fp32")
-    if name == "int8":
-        return make_quantizer("int8", frame.block_size)
-    return make_quantizer("int4", frame.block_size)
+    return make_quantizer(CODEC_NAMES[frame.codec], frame.block_size)  # fp32 ignores the size
 
 
 def nack_payload(target: int) -> bytes:
