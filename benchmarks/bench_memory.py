@@ -206,8 +206,8 @@ def measure_rss(workdir: Path, budget_bytes: int | None) -> dict[str, float]:
     import torch
 
     from swarmfl.learning.learner import TorchLearner, TrainingConfig
-    from swarmfl.learning.memory import MemoryPlan, plan_flops_per_sample
     from swarmfl.learning.models import build_model
+    from swarmfl.learning.plan import MemoryPlan, plan_flops_per_sample
     from swarmfl.learning.pretrained import load_pretrained
 
     torch.set_num_threads(1)
@@ -279,8 +279,9 @@ def child(workdir: Path, budget_bytes: int | None, drones: int, duration_s: floa
 
 def plans_and_overheads(fractions: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Per variant: the budget, the plan, and its predicted and measured working set."""
-    from swarmfl.learning.memory import MemoryPlan, measure_training_step
+    from swarmfl.learning.measure import measure_training_step
     from swarmfl.learning.models import build_model
+    from swarmfl.learning.plan import MemoryPlan
 
     model = build_model("cnn", INPUT_SHAPE, 10, channels=CHANNELS, seed=SEED)
     settings: dict[str, Any] = {"neighbour_replicas": REPLICAS, "codec": CODEC}
@@ -292,7 +293,7 @@ def plans_and_overheads(fractions: dict[str, float]) -> dict[str, dict[str, Any]
         else:
             budget = int(full.predicted.weights + fraction * full.predicted.training_overhead)
             plan = MemoryPlan.choose(model, INPUT_SHAPE, BATCH, budget, **settings)
-        measured = measure_training_step(model, plan, INPUT_SHAPE, BATCH, **settings)
+        measured = measure_training_step(model, plan, INPUT_SHAPE, **settings)
         out[name] = {"budget": budget, "plan": plan, "measured": measured}
     return out
 

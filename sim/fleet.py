@@ -2,7 +2,7 @@
 
 A scenario may declare device classes (``[[swarm.devices]]``: a memory budget, FLOP/s, a radio
 rate and how many drones of each). Every drone plans for itself, with
-:meth:`~swarmfl.learning.memory.MemoryPlan.choose`, what it trains within its budget: the whole
+:meth:`~swarmfl.learning.plan.MemoryPlan.choose`, what it trains within its budget: the whole
 model, a suffix of blocks or biases only. Its frames then carry only the layers it trains, and a
 merge averages a layer only over the peers that carry it (:mod:`swarmfl.core.merge`).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from swarmfl.config.scenario_file import Scenario
 from swarmfl.drone import DeviceProfile
 from swarmfl.errors import ConfigError
-from swarmfl.learning.memory import ReplicaScope
+from swarmfl.learning.trainplan import ReplicaScope
 
 __all__ = ["SimDevice", "assign_devices", "fleet_devices"]
 

@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from swarmfl.core.codecs import CODECS
+from swarmfl.core.codecs import CODECS, DEFAULT_CODEC
 from swarmfl.errors import ConfigError
+from swarmfl.learning.trainplan import OPTIMIZERS
 
 EXIT_USAGE = 2
 
@@ -158,7 +159,10 @@ def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     plan.add_argument("--batch", type=int, required=True, help="training batch size")
     plan.add_argument("--budget", required=True, help="memory budget, e.g. 64MiB, 1.5GiB")
     plan.add_argument(
-        "--optimizer", choices=["sgd", "sgd_momentum", "adam"], default="sgd", help="(sgd)"
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="sgd",
+        help="what the learner's SGD keeps: nothing, or a momentum buffer (sgd)",
     )
     plan.add_argument("--classes", type=int, default=10, help="output classes (10)")
     plan.add_argument("--hidden", default="128", help="mlp widths, e.g. 128,64 (128)")
@@ -173,7 +177,9 @@ def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="size a neighbour replica by our trained layers (a fleet of one class) or by "
         "the whole model (a mixed fleet)",
     )
-    plan.add_argument("--codec", choices=CODECS, default="int8", help="(int8)")
+    plan.add_argument(
+        "--codec", choices=CODECS, default=DEFAULT_CODEC, help=f"gossip codec ({DEFAULT_CODEC})"
+    )
     plan.add_argument("--block-size", type=int, default=128, help="codec block size (128)")
     plan.add_argument(
         "--all", action="store_true", help="every candidate, not the best one per trained set"

@@ -36,14 +36,15 @@ from swarmfl.errors import ConfigError, PlanError
 from swarmfl.learning.datafiles import load_idx, load_npz
 from swarmfl.learning.datasets import BUILTIN_DATASETS, Dataset, load_builtin
 from swarmfl.learning.learner import TorchLearner, TrainingConfig
-from swarmfl.learning.memory import (
+from swarmfl.learning.models import build_model, model_signature, training_flops_per_sample
+from swarmfl.learning.partition import partition_dirichlet, partition_iid
+from swarmfl.learning.plan import (
     MemoryPlan,
     ReplicaScope,
     TrainPlan,
     plan_flops_per_sample,
+    planner_optimizer,
 )
-from swarmfl.learning.models import build_model, model_signature, training_flops_per_sample
-from swarmfl.learning.partition import partition_dirichlet, partition_iid
 from swarmfl.learning.pretrained import load_pretrained
 from swarmfl.radio.link import LinkConfig
 from swarmfl.seeding import eval_rng, learner_seed, partition_rng
@@ -53,7 +54,6 @@ __all__ = [
     "DeviceProfile",
     "DroneAssembly",
     "SwarmSettings",
-    "planner_optimizer",
 ]
 
 
@@ -86,7 +86,7 @@ class DeviceProfile:
     """What one kind of companion computer changes: its memory budget and radio rate.
 
     ``budget_bytes`` (None: train the whole model) with ``neighbour_replicas`` held, sized by
-    ``replica_scope`` (see :meth:`~swarmfl.learning.memory.MemoryPlan.candidates`);
+    ``replica_scope`` (see :meth:`~swarmfl.learning.plan.MemoryPlan.candidates`);
     ``rate_bps`` its radio's bit rate (None: the link section's). ``budget_key`` names the
     config key of the budget in errors.
     """
@@ -126,11 +126,6 @@ class AssembledDrone:
         if len(trained) == len(self.learner.layer_offsets) - 1:
             return "full"
         return f"layers:{trained[0]}-{trained[-1]}"
-
-
-def planner_optimizer(momentum: float) -> str:
-    """What the learner's SGD keeps, as the planner names it: a momentum buffer or nothing."""
-    return "sgd_momentum" if momentum > 0 else "sgd"
 
 
 def load_dataset(data: DataSection, seed: int) -> Dataset:
@@ -241,7 +236,7 @@ class DroneAssembly:
                 self.input_shape,
                 settings.training.batch_size,
                 device.budget_bytes,
-                optimizer=planner_optimizer(settings.training.momentum),  # type: ignore[arg-type]
+                optimizer=planner_optimizer(settings.training.momentum),
                 neighbour_replicas=device.neighbour_replicas,
                 codec=settings.gossip.codec,
                 block_size=settings.gossip.block_size,

@@ -1,7 +1,7 @@
 """``swarmfl plan``: what a device would train within its memory budget, as a table.
 
 Builds the model the simulator would build (:func:`~swarmfl.learning.models.build_model`), asks
-:class:`~swarmfl.learning.memory.MemoryPlan` for its candidates and its choice, and renders them
+:class:`~swarmfl.learning.plan.MemoryPlan` for its candidates and its choice, and renders them
 with rich, byte counts in binary units (:func:`~swarmfl.sizes.format_bytes`).
 """
 
@@ -14,16 +14,16 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from swarmfl.core.codecs import DEFAULT_CODEC, CodecName
 from swarmfl.errors import ConfigError
-from swarmfl.learning.memory import (
-    CodecName,
+from swarmfl.learning.models import build_model
+from swarmfl.learning.plan import (
     MemoryPlan,
     OptimizerName,
     ReplicaScope,
     TrainPlan,
     plan_table_rows,
 )
-from swarmfl.learning.models import build_model
 from swarmfl.sizes import format_bytes, parse_bytes
 
 __all__ = ["PlanRequest", "parse_shape", "parse_widths", "print_plan"]
@@ -68,7 +68,7 @@ class PlanRequest:
     channels: tuple[int, ...] = (16, 32)
     optimizer: OptimizerName = "sgd"
     neighbour_replicas: int = 4
-    codec: CodecName = "int8"
+    codec: CodecName = DEFAULT_CODEC
     block_size: int = 128
     replica_scope: ReplicaScope = "trained"
     show_all: bool = False

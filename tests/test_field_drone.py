@@ -80,7 +80,7 @@ def test_a_drone_with_a_memory_budget_trains_and_sends_only_what_fits(
     tmp_path: Path, secret_env: None
 ) -> None:
     from swarmfl.core.wire import decode_frame
-    from swarmfl.learning.memory import MemoryPlan
+    from swarmfl.learning.plan import MemoryPlan
 
     tables = agent_tables(tmp_path, 0, unique_swarm_id(), shards=2)
     whole = FieldAgent(load_drone_config(write_config(tmp_path, 0, tables)))

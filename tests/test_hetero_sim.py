@@ -12,8 +12,8 @@ from torch import nn
 from swarmfl.config.scenario_file import load_scenario, scenario_to_toml, validate_scenario
 from swarmfl.drone import DroneAssembly, load_dataset
 from swarmfl.errors import ConfigError, PlanError
-from swarmfl.learning.memory import MemoryPlan, TrainPlan
 from swarmfl.learning.models import build_model, training_flops_per_sample
+from swarmfl.learning.plan import MemoryPlan, TrainPlan
 from swarmfl.learning.pretrained import save_pretrained
 from swarmfl.sim.fleet import assign_devices, fleet_devices
 from swarmfl.sim.swarm import Swarm, swarm_settings

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from swarmfl.cli import main
-from swarmfl.learning.memory import MemoryPlan
 from swarmfl.learning.models import build_model
+from swarmfl.learning.plan import MemoryPlan
 from swarmfl.sizes import format_bytes
 
 CNN = ["plan", "--model", "cnn", "--input", "3x32x32", "--batch", "32", "--channels", "16,32,64"]
@@ -23,14 +23,14 @@ def smallest_need() -> int:
 
 
 def test_plan_prints_the_candidates_and_marks_the_chosen_one(capsys) -> None:
-    assert main([*CNN, "--budget", "1.2MiB", "--optimizer", "adam"]) == 0
+    assert main([*CNN, "--budget", "1.2MiB", "--optimizer", "sgd_momentum"]) == 0
     out = capsys.readouterr().out
     model = build_model("cnn", (3, 32, 32), 10, channels=(16, 32, 64))
     chosen = MemoryPlan.choose(
-        model, (3, 32, 32), 32, 1258291, optimizer="adam", neighbour_replicas=4
+        model, (3, 32, 32), 32, 1258291, optimizer="sgd_momentum", neighbour_replicas=4
     )
     assert f"chosen: {chosen.describe()}" in out
-    assert "budget 1.2 MiB" in out and "adam" in out
+    assert "budget 1.2 MiB" in out and "sgd_momentum" in out and "fp32 codec" in out
     rows = [line for line in out.splitlines() if line.lstrip().startswith("▶")]
     assert len(rows) == 1
     assert f"{chosen.trained_numel:,}" in rows[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -13,22 +14,18 @@ from torch import nn
 
 from swarmfl.errors import ConfigError
 from swarmfl.learning.learner import TorchLearner, TrainingConfig
-from swarmfl.learning.memory import (
-    BIAS_ONLY_FLOPS_FACTOR,
-    MemoryPlan,
-    TrainPlan,
-    _storage_span,
-    _union_bytes,
-    apply_plan,
-    measure_training_step,
-    plan_flops_per_sample,
-    train_step_following_plan,
-)
+from swarmfl.learning.measure import _storage_span, _union_bytes, measure_training_step
 from swarmfl.learning.models import (
     TRAINING_FLOPS_FACTOR,
     build_model,
     flops_per_block,
     training_flops_per_sample,
+)
+from swarmfl.learning.plan import (
+    BIAS_ONLY_FLOPS_FACTOR,
+    MemoryPlan,
+    TrainPlan,
+    plan_flops_per_sample,
 )
 
 CNN_INPUT = (3, 16, 16)
@@ -37,6 +34,13 @@ CHANNELS = (8, 16, 16)
 
 def cnn(seed: int = 0) -> nn.Sequential:
     return build_model("cnn", CNN_INPUT, 10, channels=CHANNELS, seed=seed)
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    return build_model("mlp", CNN_INPUT, 10, hidden=(32, 16), seed=seed)
+
+
+MODELS: dict[str, Callable[[], nn.Sequential]] = {"cnn": cnn, "mlp": mlp}
 
 
 def data(n: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -57,25 +61,38 @@ def params_of(model: nn.Module) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize(("mode", "first"), [("full", 0), ("suffix", 2), ("bias", 1)])
-def test_micro_batches_give_the_whole_batch_update(momentum: float, mode: str, first: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "mode", "first"),
+    [
+        ("cnn", "full", 0),
+        ("cnn", "suffix", 2),
+        ("cnn", "bias", 1),
+        ("mlp", "full", 0),
+        ("mlp", "suffix", 1),
+        ("mlp", "bias", 0),
+    ],
+)
+def test_micro_batches_give_the_whole_batch_update(
+    momentum: float, kind: str, mode: str, first: int
+) -> None:
+    make = MODELS[kind]
     x, y = data()
     # three steps: float rounding differs between the orders of summation, and many steps of
     # momentum on random data would amplify it
     config = TrainingConfig(lr=0.05, batch_size=16, momentum=momentum)
     results = []
-    for micro in (16, 4, 3):
-        model = cnn()
+    for micro in (16, 5, 3, 1):
+        model = make()
         plan = plan_for(model, mode, first, 16)
         plan = dataclasses.replace(plan, micro_batch=micro)
         learner = TorchLearner(model, x, y, config, flops_per_sample=1.0, seed=3, plan=plan)
         losses = [learner.train_round().loss for _ in range(2)]
         results.append((losses, params_of(model)))
     (losses, whole), *micro_results = results
-    start = params_of(cnn())
+    start = params_of(make())
     moved = [not torch.equal(a, b) for a, b in zip(whole, start, strict=True)]
     trained = set(plan.trained_parameters)
-    names = [n for n, _ in cnn().named_parameters()]
+    names = [n for n, _ in make().named_parameters()]
     assert moved == [n in trained for n in names]  # exactly the trained tensors moved
     for micro_losses, params in micro_results:
         assert micro_losses == pytest.approx(losses, rel=1e-5)
@@ -83,26 +100,27 @@ def test_micro_batches_give_the_whole_batch_update(momentum: float, mode: str, f
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_plan_training_equals_train_step_following_plan_with_torch_sgd() -> None:
-    """The learner's fused step and micro-batching match memory.py's reference step."""
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_plan_training_equals_whole_batch_torch_sgd_on_the_trained_parameters(
+    momentum: float,
+) -> None:
+    """Frozen prefix, micro-batches and the fused step: torch.optim.SGD's update, whole batch."""
     x, y = data(16)
     model = cnn()
     plan = dataclasses.replace(plan_for(model, "suffix", 1, 16), micro_batch=5)
     reference = copy.deepcopy(model)
-    learner = TorchLearner(
-        model, x, y, TrainingConfig(lr=0.2, batch_size=16), flops_per_sample=1.0, seed=0, plan=plan
-    )
-    optimizer = torch.optim.SGD(apply_plan(reference, plan), lr=0.2)
+    config = TrainingConfig(lr=0.2, batch_size=16, momentum=momentum)
+    learner = TorchLearner(model, x, y, config, flops_per_sample=1.0, seed=0, plan=plan)
+    trained = [p for n, p in reference.named_parameters() if n in plan.trained_parameters]
+    for p in reference.parameters():
+        p.requires_grad_(any(p is t for t in trained))
+    optimizer = torch.optim.SGD(trained, lr=0.2, momentum=momentum)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(3):
         learner.train_round()  # one batch holds the whole shard: no shuffle
-        train_step_following_plan(
-            reference,
-            plan,
-            optimizer,
-            torch.from_numpy(x),
-            torch.from_numpy(y),
-            nn.functional.cross_entropy,
-        )
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(reference(xt), yt).backward()
+        optimizer.step()
     for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
 
@@ -125,7 +143,7 @@ def test_frozen_prefix_keeps_no_activations_and_saved_bytes_match_the_prediction
     model = cnn()
     plan = plan_for(model, "suffix", 2, 4)
     predicted = plan.predicted.activations
-    measured = measure_training_step(model, plan, CNN_INPUT, 16).activations
+    measured = measure_training_step(model, plan, CNN_INPUT).activations
     assert predicted == measured > 0
     learner = TorchLearner(
         model, x, y, TrainingConfig(batch_size=16), flops_per_sample=1.0, seed=0, plan=plan

@@ -132,7 +132,7 @@ class TrainingSection(Section):
     """Local SGD on each drone, and the memory it may use for training.
 
     With ``budget_bytes`` a drone plans what it trains within that budget (the whole model, a
-    suffix of blocks or biases only; :mod:`swarmfl.learning.memory`), holding
+    suffix of blocks or biases only; :mod:`swarmfl.learning.plan`), holding
     ``neighbour_replicas`` peers' replicas. Unset: it trains the whole model.
     """
 

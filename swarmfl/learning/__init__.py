@@ -1,8 +1,11 @@
 """swarmfl.learning: what a drone trains, on what data, within what memory.
 
 Models (:mod:`~swarmfl.learning.models`), the learner seam and its torch implementation
-(:mod:`~swarmfl.learning.learner`), memory planning and measurement, datasets
-(:mod:`~swarmfl.learning.datasets`, :mod:`~swarmfl.learning.datafiles`), partitions
-(:mod:`~swarmfl.learning.partition`) and pretrained starts. No I/O beyond reading data and weight
-files, no asyncio, no config files: values come in already validated.
+(:mod:`~swarmfl.learning.learner`), memory plans (:mod:`~swarmfl.learning.trainplan`, torch-free
+value objects), the planner (:mod:`~swarmfl.learning.plan`) and the measurement of the learner's
+real working set (:mod:`~swarmfl.learning.measure`), datasets (:mod:`~swarmfl.learning.datasets`,
+:mod:`~swarmfl.learning.datafiles`) and how a swarm splits them
+(:mod:`~swarmfl.learning.partition`), and pretrained starts (:mod:`~swarmfl.learning.pretrained`).
+No I/O beyond reading data and weight files, no asyncio, no config files: values come in already
+validated.
 """

@@ -4,10 +4,13 @@
 buffer, so the gossip layer reads and merges the whole model as a single numpy array with no
 copies (``flat_parameters()``), and the optimizer sees the merged values at once.
 
-Given a :class:`~swarmfl.learning.memory.TrainPlan`, it trains the way the plan was costed: the
-frozen prefix of blocks runs under ``torch.no_grad`` (it saves nothing for backward), the
+Given a :class:`~swarmfl.learning.trainplan.TrainPlan`, it trains the way the plan was costed:
+the frozen prefix of blocks runs under ``torch.no_grad`` (it saves nothing for backward), the
 gradient and momentum buffers cover the trained parameters only, and a batch larger than the plan's
-micro-batch is split into micro-batches whose gradients accumulate before one step.
+micro-batch is split into micro-batches whose gradients accumulate before one step. The forward
+pass a plan prescribes is :class:`PlanForward`, which the planner probes too, and
+:func:`~swarmfl.learning.measure.measure_training_step` measures this learner's own training
+step: what the planner predicts is what the code that trains holds.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from torch import nn
 from swarmfl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from swarmfl.learning.memory import TrainPlan
+    from swarmfl.learning.measure import SavedTensorMeter
+    from swarmfl.learning.trainplan import TrainPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +136,59 @@ def flatten_parameters(model: nn.Module) -> tuple[torch.Tensor, tuple[int, ...]]
     return flat, tuple(offsets)
 
 
+class PlanForward:
+    """The forward pass a plan prescribes: the frozen prefix without autograd, then the rest.
+
+    Blocks ``0 .. first_trained_block - 1`` of ``model`` run under ``torch.no_grad`` (they save
+    nothing for backward); the blocks from ``first_trained_block`` on run with autograd. With
+    ``first_trained_block=0`` this is ``model(x)``. The learner trains through it and the planner
+    probes activations through it, so both see the same forward. ``meter``, if given, records
+    what autograd saves during each call (one micro-batch's forward through the model; the loss
+    is outside it).
+
+    Raises :class:`ConfigError` if ``first_trained_block`` is not a block index of an
+    ``nn.Sequential`` model (any module is accepted for ``first_trained_block=0``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        first_trained_block: int = 0,
+        *,
+        meter: SavedTensorMeter | None = None,
+    ) -> None:
+        self._meter = meter
+        if first_trained_block == 0:
+            self._prefix: nn.Module | None = None
+            self._suffix: nn.Module = model
+            return
+        if not isinstance(model, nn.Sequential) or not 0 < first_trained_block < len(model):
+            raise ConfigError(
+                f"must be a block index of an nn.Sequential, got {first_trained_block!r}",
+                key="first_trained_block",
+            )
+        self._prefix = model[:first_trained_block]
+        self._suffix = model[first_trained_block:]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output for ``x``; autograd records the trained blocks only."""
+        if self._meter is None:
+            return self._run(x)
+        with self._meter.recording():
+            return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self._prefix is not None:
+            with torch.no_grad():
+                x = self._prefix(x)
+        return self._suffix(x)
+
+
 class TorchLearner:
     """A PyTorch model trained with SGD on a local shard.
 
     ``flops_per_sample`` is the training cost of one sample, used by the simulator to charge
-    virtual time (for a plan, :func:`~swarmfl.learning.memory.plan_flops_per_sample`).
+    virtual time (for a plan, :func:`~swarmfl.learning.plan.plan_flops_per_sample`).
 
     What is trained is either every parameter (the default), the parameter tensors listed in
     ``trained_layers`` (indexes in ``named_parameters()`` order; the forward pass is unchanged),
@@ -146,6 +198,11 @@ class TorchLearner:
     ``requires_grad=False``; they still change when the gossip layer merges them from peers that
     train them. Gradient and momentum buffers are allocated for the trained tensors only, as the
     planner counts them.
+
+    ``meter`` is a hook for measuring the working set: a
+    :class:`~swarmfl.learning.measure.SavedTensorMeter` that records what autograd saves during
+    each micro-batch's forward (see
+    :func:`~swarmfl.learning.measure.measure_training_step`); leave it None to train.
 
     Raises :class:`ConfigError` for mismatched data, both ``trained_layers`` and ``plan``, an
     empty or out-of-range ``trained_layers``, or a plan for another model or batch size.
@@ -162,6 +219,7 @@ class TorchLearner:
         seed: int,
         trained_layers: tuple[int, ...] | None = None,
         plan: TrainPlan | None = None,
+        meter: SavedTensorMeter | None = None,
     ) -> None:
         if len(x) != len(y):
             raise ConfigError(f"{len(x)} inputs but {len(y)} labels", key="data")
@@ -221,13 +279,9 @@ class TorchLearner:
             position = end
         self._loss = nn.CrossEntropyLoss()
         self._micro_batch = plan.micro_batch if plan is not None else config.batch_size
-        frozen = plan.first_trained_block if plan is not None else 0
-        if frozen:
-            assert isinstance(model, nn.Sequential)  # checked by _plan_layers
-            self._prefix: nn.Module | None = model[:frozen]
-            self._suffix: nn.Module = model[frozen:]
-        else:
-            self._prefix, self._suffix = None, model
+        self._forward = PlanForward(
+            model, plan.first_trained_block if plan is not None else 0, meter=meter
+        )
 
     @property
     def layer_offsets(self) -> tuple[int, ...]:
@@ -316,19 +370,19 @@ class TorchLearner:
         self._momentum.copy_(torch.from_numpy(buffer))
         self._momentum_started = True
 
+    @property
+    def optimizer_state_bytes(self) -> int:
+        """Bytes the optimizer keeps between steps: the momentum buffer, 0 for plain SGD."""
+        if self._momentum is None:
+            return 0
+        return self._momentum.numel() * self._momentum.element_size()
+
     def reset_optimizer_state(self) -> None:
         """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would.
 
         For a drone that lost its RAM and came back from a checkpoint of its weights only.
         """
         self._momentum_started = False
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen prefix without autograd (it keeps no activations), then the rest."""
-        if self._prefix is not None:
-            with torch.no_grad():
-                x = self._prefix(x)
-        return self._suffix(x)
 
     def _accumulate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Gradients of the batch's mean loss, one micro-batch at a time; returns that loss.
