@@ -1,4 +1,7 @@
-"""The learner seam: a model, the local data that never leaves the drone, and an optimizer.
+"""The torch learner: a model, the local data that never leaves the drone, and an optimizer.
+
+It implements the learner seam of :mod:`swarmfl.learning.seam` (re-exported here: ``Learner``,
+``TrainingConfig``, ``StepResult``, ``Evaluation``).
 
 :class:`TorchLearner` keeps every parameter of the model as a view into one contiguous float32
 buffer, so the gossip layer reads and merges the whole model as a single numpy array with no
@@ -12,106 +15,21 @@ micro-batch is split into micro-batches whose gradients accumulate before one st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
+from swarmfl.learning.seam import Evaluation as Evaluation
+from swarmfl.learning.seam import Learner as Learner
+from swarmfl.learning.seam import StepResult as StepResult
+from swarmfl.learning.seam import TrainingConfig as TrainingConfig
+from swarmfl.learning.seam import contiguous_ranges, plan_parameter_indexes
 
 if TYPE_CHECKING:
     from swarmfl.learning.memory import TrainPlan
-
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    """What one local training round did: samples seen, FLOPs spent, mean training loss."""
-
-    samples: int
-    flops: float
-    loss: float
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """Accuracy and mean cross-entropy loss on a labelled set."""
-
-    accuracy: float
-    loss: float
-
-
-class Learner(Protocol):
-    """What the agent trains: the model as a flat vector and a local training round."""
-
-    @property
-    def layer_offsets(self) -> tuple[int, ...]:
-        """Offsets of each parameter tensor in the flat vector, plus the total at the end."""
-        ...
-
-    @property
-    def trained_layers(self) -> tuple[int, ...]:
-        """Indexes of the parameter tensors this drone trains (and gossips)."""
-        ...
-
-    @property
-    def sample_count(self) -> int:
-        """Number of local training samples."""
-        ...
-
-    def flat_parameters(self) -> np.ndarray:
-        """The model's parameters as one float32 vector that aliases the model (no copy)."""
-        ...
-
-    def train_round(self) -> StepResult:
-        """Train for one local round (the configured number of epochs) on the local data."""
-        ...
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
-        """Accuracy and loss of the current model on ``(x, y)``."""
-        ...
-
-    def reset_optimizer_state(self) -> None:
-        """Forget optimizer state (momentum), as a crash that loses RAM does."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingConfig:
-    """Local optimisation settings. Raises :class:`ConfigError` for out-of-range values."""
-
-    lr: float = 0.05
-    batch_size: int = 16
-    local_epochs: int = 1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"must be > 0, got {self.lr!r}", key="training.lr")
-        if self.batch_size < 1:
-            raise ConfigError(f"must be >= 1, got {self.batch_size!r}", key="training.batch_size")
-        if self.local_epochs < 1:
-            raise ConfigError(
-                f"must be >= 1, got {self.local_epochs!r}", key="training.local_epochs"
-            )
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"must be in [0, 1), got {self.momentum!r}", key="training.momentum")
-        if self.weight_decay < 0:
-            raise ConfigError(
-                f"must be >= 0, got {self.weight_decay!r}", key="training.weight_decay"
-            )
-
-
-def _contiguous_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, stop in sorted(ranges):
-        if merged and merged[-1][1] == start:
-            merged[-1] = (merged[-1][0], stop)
-        else:
-            merged.append((start, stop))
-    return merged
 
 
 def flatten_parameters(model: nn.Module) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -212,7 +130,7 @@ class TorchLearner:
         # (weights, gradient, momentum) views per contiguous trained range, made once
         self._ranges: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         position = 0
-        for start, stop in _contiguous_ranges(
+        for start, stop in contiguous_ranges(
             [(self._offsets[i], self._offsets[i + 1]) for i in self._trained]
         ):
             end = position + stop - start
@@ -378,20 +296,9 @@ class TorchLearner:
 
 def _plan_layers(model: nn.Module, plan: TrainPlan, batch_size: int) -> tuple[int, ...]:
     """Indexes of the parameter tensors ``plan`` trains; checks the plan is for this model."""
-    if not isinstance(model, nn.Sequential) or len(model) != plan.num_blocks:
+    if not isinstance(model, nn.Sequential):
         raise ConfigError(
             f"the plan is for an nn.Sequential of {plan.num_blocks} blocks", key="plan"
         )
-    if plan.batch_size != batch_size:
-        raise ConfigError(
-            f"the plan is for batches of {plan.batch_size}, training uses {batch_size}",
-            key="plan",
-        )
     names = [name for name, _ in model.named_parameters()]
-    missing = sorted(set(plan.trained_parameters) - set(names))
-    if missing:
-        raise ConfigError(
-            f"the plan trains parameters the model does not have: {missing[:5]}", key="plan"
-        )
-    wanted = set(plan.trained_parameters)
-    return tuple(index for index, name in enumerate(names) if name in wanted)
+    return plan_parameter_indexes(names, len(model), plan, batch_size)
