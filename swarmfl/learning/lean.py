@@ -4,7 +4,7 @@
 :class:`~swarmfl.learning.learner.TorchLearner` does, for the models a
 :class:`~swarmfl.learning.spec.ModelSpec` describes: the same flat float32 parameter vector (same
 names, shapes and offsets, aliased by :meth:`~LeanLearner.flat_parameters`), the same
-torch.optim.SGD update (weight decay, momentum with dampening 0 started on the first step), and
+torch.optim.SGD update (one implementation for both: :class:`~swarmfl.learning.sgd.FlatSGD`), and
 the same partial-training plans. So a lean drone and a torch drone can gossip in one swarm.
 
 It exists for drones whose memory cannot hold torch: importing this module imports numpy and
@@ -28,9 +28,9 @@ from swarmfl.learning.seam import (
     PlanFields,
     StepResult,
     TrainingConfig,
-    contiguous_ranges,
     plan_parameter_indexes,
 )
+from swarmfl.learning.sgd import FlatSGD
 from swarmfl.learning.spec import ModelSpec, initial_parameters
 
 __all__ = ["EVALUATION_CHUNK", "LeanLearner"]
@@ -94,23 +94,12 @@ class LeanLearner:
         self._micro_batch = plan.micro_batch if plan is not None else config.batch_size
 
         trained_specs = [spec.parameters[i] for i in self._trained]
-        trained_numel = sum(p.numel for p in trained_specs)
-        self._grad = np.zeros(trained_numel, dtype=np.float32)
-        self._momentum = np.zeros(trained_numel, dtype=np.float32) if config.momentum > 0 else None
-        self._momentum_started = False
+        self._sgd = FlatSGD(self._flat, [(p.offset, p.stop) for p in trained_specs], config)
         gradients: dict[str, np.ndarray] = {}
         position = 0
         for param in trained_specs:
-            gradients[param.name] = self._grad[position : position + param.numel]
+            gradients[param.name] = self._sgd.gradient[position : position + param.numel]
             position += param.numel
-        # (weights, gradient, momentum) views per contiguous trained range, made once
-        self._ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
-        position = 0
-        for start, stop in contiguous_ranges([(p.offset, p.stop) for p in trained_specs]):
-            end = position + stop - start
-            momentum = self._momentum[position:end] if self._momentum is not None else None
-            self._ranges.append((self._flat[start:stop], self._grad[position:end], momentum))
-            position = end
 
         flatten_at = next(
             (i for i, layer in enumerate(spec.layers) if layer.kind == "flatten"), len(spec.layers)
@@ -186,7 +175,7 @@ class LeanLearner:
                 ]
             for x, y in batches:
                 total_loss += self._accumulate(x, y)
-                self._sgd_step()
+                self._sgd.step()
                 steps += 1
         samples = count * self.config.local_epochs
         return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
@@ -204,16 +193,14 @@ class LeanLearner:
         if len(y) == 0 or len(x) != len(y):
             raise ConfigError(f"{len(x)} inputs and {len(y)} labels", key="batch")
         self._accumulate(x, y)
-        return self._grad.copy()
+        return self._sgd.gradient.copy()
 
     def momentum_state(self) -> np.ndarray | None:
         """A copy of the SGD momentum buffer (the trained values, flat), for a checkpoint.
 
         None without momentum, or before the first step (there is no buffer yet).
         """
-        if self._momentum is None or not self._momentum_started:
-            return None
-        return self._momentum.copy()
+        return self._sgd.momentum_state()
 
     def load_momentum_state(self, buffer: np.ndarray) -> None:
         """Restore a momentum buffer saved by :meth:`momentum_state`.
@@ -222,19 +209,11 @@ class LeanLearner:
             ConfigError: this learner has no momentum, or ``buffer`` is not one float32 value
                 per trained value.
         """
-        if self._momentum is None:
-            raise ConfigError("this learner trains without momentum", key="momentum")
-        if buffer.dtype != np.float32 or buffer.shape != self._momentum.shape:
-            raise ConfigError(
-                f"expected {self._momentum.size} float32 values, got {buffer.dtype} {buffer.shape}",
-                key="momentum",
-            )
-        self._momentum[:] = buffer
-        self._momentum_started = True
+        self._sgd.load_momentum_state(buffer)
 
     def reset_optimizer_state(self) -> None:
         """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would."""
-        self._momentum_started = False
+        self._sgd.reset()
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
         """Accuracy and mean loss of the current model on ``(x, y)``; NaN for an empty set.
@@ -297,23 +276,6 @@ class LeanLearner:
                     break
                 grad = back
         return loss_sum
-
-    def _sgd_step(self) -> None:
-        """torch.optim.SGD's update (weight decay, momentum with dampening 0), on flat ranges."""
-        lr, decay, momentum = self.config.lr, self.config.weight_decay, self.config.momentum
-        for weights, grad, buffer in self._ranges:
-            if decay:
-                grad += np.float32(decay) * weights
-            step = grad
-            if buffer is not None:
-                if self._momentum_started:
-                    buffer *= np.float32(momentum)
-                    buffer += grad
-                else:
-                    buffer[:] = grad
-                step = buffer
-            weights -= np.float32(lr) * step
-        self._momentum_started = True
 
 
 def _sample_shape(x: np.ndarray, spec: ModelSpec, key: str) -> np.ndarray:

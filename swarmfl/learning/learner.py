@@ -26,7 +26,8 @@ from swarmfl.learning.seam import Evaluation as Evaluation
 from swarmfl.learning.seam import Learner as Learner
 from swarmfl.learning.seam import StepResult as StepResult
 from swarmfl.learning.seam import TrainingConfig as TrainingConfig
-from swarmfl.learning.seam import contiguous_ranges, plan_parameter_indexes
+from swarmfl.learning.seam import plan_parameter_indexes
+from swarmfl.learning.sgd import FlatSGD
 
 if TYPE_CHECKING:
     from swarmfl.learning.memory import TrainPlan
@@ -113,30 +114,21 @@ class TorchLearner:
         self._generator = torch.Generator().manual_seed(seed)
         # Gradients live in one flat buffer too, holding the trained tensors only (back to
         # back, in parameter order): autograd accumulates into the preassigned ``.grad`` views
-        # in place, so micro-batches accumulate there for free, and the SGD step is one fused op
-        # per contiguous trained range instead of torch.optim's per-tensor Python machinery
-        # (the step dominated the cost of a small model's round).
-        trained_numel = sum(self._offsets[i + 1] - self._offsets[i] for i in self._trained)
-        self._grad = torch.zeros(trained_numel, dtype=torch.float32)
+        # in place, so micro-batches accumulate there for free, and the SGD step runs over flat
+        # ranges instead of torch.optim's per-tensor Python machinery (the step dominated the
+        # cost of a small model's round). FlatSGD owns the buffers (numpy; the tensors share
+        # their memory) and takes the step LeanLearner takes.
+        self._sgd = FlatSGD(
+            self._flat_np,
+            [(self._offsets[i], self._offsets[i + 1]) for i in self._trained],
+            config,
+        )
+        self._grad = torch.from_numpy(self._sgd.gradient)
         position = 0
         for index in self._trained:
             size = self._offsets[index + 1] - self._offsets[index]
             params[index].grad = self._grad[position : position + size].view_as(params[index])
             position += size
-        self._momentum = (
-            torch.zeros(trained_numel, dtype=torch.float32) if config.momentum > 0 else None
-        )
-        self._momentum_started = False
-        # (weights, gradient, momentum) views per contiguous trained range, made once
-        self._ranges: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        position = 0
-        for start, stop in contiguous_ranges(
-            [(self._offsets[i], self._offsets[i + 1]) for i in self._trained]
-        ):
-            end = position + stop - start
-            momentum = self._momentum[position:end] if self._momentum is not None else None
-            self._ranges.append((self._flat[start:stop], self._grad[position:end], momentum))
-            position = end
         self._loss = nn.CrossEntropyLoss()
         self._micro_batch = plan.micro_batch if plan is not None else config.batch_size
         frozen = plan.first_trained_block if plan is not None else 0
@@ -203,7 +195,7 @@ class TorchLearner:
                     total_loss += loss.item()
                 else:
                     total_loss += self._accumulate(x, y)
-                self._sgd_step()
+                self._sgd.step()
                 steps += 1
         samples = count * self.config.local_epochs
         return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
@@ -213,9 +205,7 @@ class TorchLearner:
 
         None without momentum, or before the first step (there is no buffer yet).
         """
-        if self._momentum is None or not self._momentum_started:
-            return None
-        return self._momentum.numpy().copy()
+        return self._sgd.momentum_state()
 
     def load_momentum_state(self, buffer: np.ndarray) -> None:
         """Restore a momentum buffer saved by :meth:`momentum_state`.
@@ -223,23 +213,14 @@ class TorchLearner:
         Raises :class:`ConfigError` if this learner has no momentum or ``buffer`` is not one
         float32 value per trained value.
         """
-        if self._momentum is None:
-            raise ConfigError("this learner trains without momentum", key="momentum")
-        if buffer.dtype != np.float32 or buffer.shape != tuple(self._momentum.shape):
-            raise ConfigError(
-                f"expected {self._momentum.numel()} float32 values, got {buffer.dtype} "
-                f"{buffer.shape}",
-                key="momentum",
-            )
-        self._momentum.copy_(torch.from_numpy(buffer))
-        self._momentum_started = True
+        self._sgd.load_momentum_state(buffer)
 
     def reset_optimizer_state(self) -> None:
         """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would.
 
         For a drone that lost its RAM and came back from a checkpoint of its weights only.
         """
-        self._momentum_started = False
+        self._sgd.reset()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen prefix without autograd (it keeps no activations), then the rest."""
@@ -264,25 +245,6 @@ class TorchLearner:
             (loss * share).backward()
             loss_sum += loss.item() * share
         return loss_sum
-
-    def _sgd_step(self) -> None:
-        """torch.optim.SGD's update (weight decay, momentum with dampening 0), on flat ranges.
-
-        The buffers are plain tensors that do not require grad (the parameters are views of
-        them), so no ``torch.no_grad()`` context is needed; it would cost more than the update.
-        """
-        lr, decay = self.config.lr, self.config.weight_decay
-        for weights, grad, buffer in self._ranges:
-            if decay:
-                grad.add_(weights, alpha=decay)
-            if buffer is not None:
-                if self._momentum_started:
-                    buffer.mul_(self.config.momentum).add_(grad)
-                else:
-                    buffer.copy_(grad)
-                grad = buffer
-            weights.add_(grad, alpha=-lr)
-        self._momentum_started = True
 
     @torch.inference_mode()
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:

@@ -23,7 +23,6 @@ __all__ = [
     "PlanFields",
     "StepResult",
     "TrainingConfig",
-    "contiguous_ranges",
     "plan_parameter_indexes",
 ]
 
@@ -174,14 +173,3 @@ def plan_parameter_indexes(
         )
     wanted = set(plan.trained_parameters)
     return tuple(index for index, name in enumerate(names) if name in wanted)
-
-
-def contiguous_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``(start, stop)`` ranges sorted, with touching ranges joined into one."""
-    merged: list[tuple[int, int]] = []
-    for start, stop in sorted(ranges):
-        if merged and merged[-1][1] == start:
-            merged[-1] = (merged[-1][0], stop)
-        else:
-            merged.append((start, stop))
-    return merged
