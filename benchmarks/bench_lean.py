@@ -36,6 +36,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+from bench_codec import pin_one_core  # noqa: E402  (this script's folder is on sys.path)
 
 WORKLOADS: dict[str, tuple[str, str]] = {
     "mlp-digits": ("digits", "mlp"),
@@ -43,15 +44,6 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "cnn1d-mnist1d": ("mnist1d", "cnn"),
 }
 SEED = 0
-
-
-def pin_one_core() -> int | None:
-    """Pin this process to one CPU (the first allowed); return it, or None if unsupported."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    cpu = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
-    return cpu
 
 
 def shard(dataset: str, samples: int) -> tuple[np.ndarray, np.ndarray]:
