@@ -193,7 +193,7 @@ def test_buffers_cover_the_trained_parameters_only() -> None:
     )
     trained = sum(p.numel() for n, p in model.named_parameters() if n in plan.trained_parameters)
     assert learner._grad.numel() == trained
-    assert learner._momentum is not None and learner._momentum.numel() == trained
+    assert learner._sgd.momentum is not None and learner._sgd.momentum.size == trained
     assert [p.grad is not None for p in model.parameters()] == [
         n in plan.trained_parameters for n, _ in model.named_parameters()
     ]

@@ -1,4 +1,7 @@
-"""The learner seam: a model, the local data that never leaves the drone, and an optimizer.
+"""The torch learner: a model, the local data that never leaves the drone, and an optimizer.
+
+It implements the learner seam of :mod:`swarmfl.learning.seam` (re-exported here: ``Learner``,
+``TrainingConfig``, ``StepResult``, ``Evaluation``).
 
 :class:`TorchLearner` keeps every parameter of the model as a view into one contiguous float32
 buffer, so the gossip layer reads and merges the whole model as a single numpy array with no
@@ -15,107 +18,23 @@ step: what the planner predicts is what the code that trains holds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
+from swarmfl.learning.seam import Evaluation as Evaluation
+from swarmfl.learning.seam import Learner as Learner
+from swarmfl.learning.seam import StepResult as StepResult
+from swarmfl.learning.seam import TrainingConfig as TrainingConfig
+from swarmfl.learning.seam import plan_parameter_indexes
+from swarmfl.learning.sgd import FlatSGD
 
 if TYPE_CHECKING:
     from swarmfl.learning.measure import SavedTensorMeter
     from swarmfl.learning.trainplan import TrainPlan
-
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    """What one local training round did: samples seen, FLOPs spent, mean training loss."""
-
-    samples: int
-    flops: float
-    loss: float
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """Accuracy and mean cross-entropy loss on a labelled set."""
-
-    accuracy: float
-    loss: float
-
-
-class Learner(Protocol):
-    """What the agent trains: the model as a flat vector and a local training round."""
-
-    @property
-    def layer_offsets(self) -> tuple[int, ...]:
-        """Offsets of each parameter tensor in the flat vector, plus the total at the end."""
-        ...
-
-    @property
-    def trained_layers(self) -> tuple[int, ...]:
-        """Indexes of the parameter tensors this drone trains (and gossips)."""
-        ...
-
-    @property
-    def sample_count(self) -> int:
-        """Number of local training samples."""
-        ...
-
-    def flat_parameters(self) -> np.ndarray:
-        """The model's parameters as one float32 vector that aliases the model (no copy)."""
-        ...
-
-    def train_round(self) -> StepResult:
-        """Train for one local round (the configured number of epochs) on the local data."""
-        ...
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
-        """Accuracy and loss of the current model on ``(x, y)``."""
-        ...
-
-    def reset_optimizer_state(self) -> None:
-        """Forget optimizer state (momentum), as a crash that loses RAM does."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingConfig:
-    """Local optimisation settings. Raises :class:`ConfigError` for out-of-range values."""
-
-    lr: float = 0.05
-    batch_size: int = 16
-    local_epochs: int = 1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"must be > 0, got {self.lr!r}", key="training.lr")
-        if self.batch_size < 1:
-            raise ConfigError(f"must be >= 1, got {self.batch_size!r}", key="training.batch_size")
-        if self.local_epochs < 1:
-            raise ConfigError(
-                f"must be >= 1, got {self.local_epochs!r}", key="training.local_epochs"
-            )
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"must be in [0, 1), got {self.momentum!r}", key="training.momentum")
-        if self.weight_decay < 0:
-            raise ConfigError(
-                f"must be >= 0, got {self.weight_decay!r}", key="training.weight_decay"
-            )
-
-
-def _contiguous_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, stop in sorted(ranges):
-        if merged and merged[-1][1] == start:
-            merged[-1] = (merged[-1][0], stop)
-        else:
-            merged.append((start, stop))
-    return merged
 
 
 def flatten_parameters(model: nn.Module) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -253,30 +172,21 @@ class TorchLearner:
         self._generator = torch.Generator().manual_seed(seed)
         # Gradients live in one flat buffer too, holding the trained tensors only (back to
         # back, in parameter order): autograd accumulates into the preassigned ``.grad`` views
-        # in place, so micro-batches accumulate there for free, and the SGD step is one fused op
-        # per contiguous trained range instead of torch.optim's per-tensor Python machinery
-        # (the step dominated the cost of a small model's round).
-        trained_numel = sum(self._offsets[i + 1] - self._offsets[i] for i in self._trained)
-        self._grad = torch.zeros(trained_numel, dtype=torch.float32)
+        # in place, so micro-batches accumulate there for free, and the SGD step runs over flat
+        # ranges instead of torch.optim's per-tensor Python machinery (the step dominated the
+        # cost of a small model's round). FlatSGD owns the buffers (numpy; the tensors share
+        # their memory) and takes the step LeanLearner takes.
+        self._sgd = FlatSGD(
+            self._flat_np,
+            [(self._offsets[i], self._offsets[i + 1]) for i in self._trained],
+            config,
+        )
+        self._grad = torch.from_numpy(self._sgd.gradient)
         position = 0
         for index in self._trained:
             size = self._offsets[index + 1] - self._offsets[index]
             params[index].grad = self._grad[position : position + size].view_as(params[index])
             position += size
-        self._momentum = (
-            torch.zeros(trained_numel, dtype=torch.float32) if config.momentum > 0 else None
-        )
-        self._momentum_started = False
-        # (weights, gradient, momentum) views per contiguous trained range, made once
-        self._ranges: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        position = 0
-        for start, stop in _contiguous_ranges(
-            [(self._offsets[i], self._offsets[i + 1]) for i in self._trained]
-        ):
-            end = position + stop - start
-            momentum = self._momentum[position:end] if self._momentum is not None else None
-            self._ranges.append((self._flat[start:stop], self._grad[position:end], momentum))
-            position = end
         self._loss = nn.CrossEntropyLoss()
         self._micro_batch = plan.micro_batch if plan is not None else config.batch_size
         self._forward = PlanForward(
@@ -339,7 +249,7 @@ class TorchLearner:
                     total_loss += loss.item()
                 else:
                     total_loss += self._accumulate(x, y)
-                self._sgd_step()
+                self._sgd.step()
                 steps += 1
         samples = count * self.config.local_epochs
         return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
@@ -349,9 +259,7 @@ class TorchLearner:
 
         None without momentum, or before the first step (there is no buffer yet).
         """
-        if self._momentum is None or not self._momentum_started:
-            return None
-        return self._momentum.numpy().copy()
+        return self._sgd.momentum_state()
 
     def load_momentum_state(self, buffer: np.ndarray) -> None:
         """Restore a momentum buffer saved by :meth:`momentum_state`.
@@ -359,30 +267,20 @@ class TorchLearner:
         Raises :class:`ConfigError` if this learner has no momentum or ``buffer`` is not one
         float32 value per trained value.
         """
-        if self._momentum is None:
-            raise ConfigError("this learner trains without momentum", key="momentum")
-        if buffer.dtype != np.float32 or buffer.shape != tuple(self._momentum.shape):
-            raise ConfigError(
-                f"expected {self._momentum.numel()} float32 values, got {buffer.dtype} "
-                f"{buffer.shape}",
-                key="momentum",
-            )
-        self._momentum.copy_(torch.from_numpy(buffer))
-        self._momentum_started = True
+        self._sgd.load_momentum_state(buffer)
 
     @property
     def optimizer_state_bytes(self) -> int:
         """Bytes the optimizer keeps between steps: the momentum buffer, 0 for plain SGD."""
-        if self._momentum is None:
-            return 0
-        return self._momentum.numel() * self._momentum.element_size()
+        momentum = self._sgd.momentum
+        return 0 if momentum is None else momentum.nbytes
 
     def reset_optimizer_state(self) -> None:
         """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would.
 
         For a drone that lost its RAM and came back from a checkpoint of its weights only.
         """
-        self._momentum_started = False
+        self._sgd.reset()
 
     def _accumulate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Gradients of the batch's mean loss, one micro-batch at a time; returns that loss.
@@ -401,25 +299,6 @@ class TorchLearner:
             loss_sum += loss.item() * share
         return loss_sum
 
-    def _sgd_step(self) -> None:
-        """torch.optim.SGD's update (weight decay, momentum with dampening 0), on flat ranges.
-
-        The buffers are plain tensors that do not require grad (the parameters are views of
-        them), so no ``torch.no_grad()`` context is needed; it would cost more than the update.
-        """
-        lr, decay = self.config.lr, self.config.weight_decay
-        for weights, grad, buffer in self._ranges:
-            if decay:
-                grad.add_(weights, alpha=decay)
-            if buffer is not None:
-                if self._momentum_started:
-                    buffer.mul_(self.config.momentum).add_(grad)
-                else:
-                    buffer.copy_(grad)
-                grad = buffer
-            weights.add_(grad, alpha=-lr)
-        self._momentum_started = True
-
     @torch.inference_mode()
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
         """Accuracy and mean loss of the current model on ``(x, y)``."""
@@ -432,20 +311,9 @@ class TorchLearner:
 
 def _plan_layers(model: nn.Module, plan: TrainPlan, batch_size: int) -> tuple[int, ...]:
     """Indexes of the parameter tensors ``plan`` trains; checks the plan is for this model."""
-    if not isinstance(model, nn.Sequential) or len(model) != plan.num_blocks:
+    if not isinstance(model, nn.Sequential):
         raise ConfigError(
             f"the plan is for an nn.Sequential of {plan.num_blocks} blocks", key="plan"
         )
-    if plan.batch_size != batch_size:
-        raise ConfigError(
-            f"the plan is for batches of {plan.batch_size}, training uses {batch_size}",
-            key="plan",
-        )
     names = [name for name, _ in model.named_parameters()]
-    missing = sorted(set(plan.trained_parameters) - set(names))
-    if missing:
-        raise ConfigError(
-            f"the plan trains parameters the model does not have: {missing[:5]}", key="plan"
-        )
-    wanted = set(plan.trained_parameters)
-    return tuple(index for index, name in enumerate(names) if name in wanted)
+    return plan_parameter_indexes(names, len(model), plan, batch_size)

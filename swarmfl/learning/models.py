@@ -10,31 +10,22 @@ seed starts from the same weights, whatever the global torch RNG state.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
+from swarmfl.learning.spec import KERNEL_SIZE, POOL_SIZE, LayerSpec, model_spec, signature_digest
+from swarmfl.learning.spec import MODEL_KINDS as MODEL_KINDS
+from swarmfl.learning.spec import SIGNATURE_BYTES as SIGNATURE_BYTES
+from swarmfl.learning.spec import TRAINING_FLOPS_FACTOR as TRAINING_FLOPS_FACTOR
 
-MODEL_KINDS: tuple[str, ...] = ("mlp", "cnn")
-"""Kinds :func:`build_model` accepts."""
-
-SIGNATURE_BYTES = 8
-"""Length of :func:`model_signature`."""
-
-TRAINING_FLOPS_FACTOR = 3
-"""Training costs about 3x the forward pass: forward, plus backward for inputs and weights."""
-
-
-def _check_widths(values: object, key: str) -> tuple[int, ...]:
-    if not isinstance(values, Sequence) or isinstance(values, str):
-        raise ConfigError(f"must be a sequence of positive ints, got {values!r}", key=key)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        raise ConfigError(f"must be a sequence of positive ints, got {values!r}", key=key)
-    return tuple(values)
+_CONV: dict[str, type[nn.Conv1d | nn.Conv2d]] = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d}
+_POOL: dict[str, type[nn.MaxPool1d | nn.MaxPool2d]] = {
+    "maxpool1d": nn.MaxPool1d,
+    "maxpool2d": nn.MaxPool2d,
+}
 
 
 def build_model(
@@ -54,105 +45,55 @@ def build_model(
       ``Conv2d`` for inputs ``(C, H, W)`` and ``Conv1d`` for ``(C, L)``; pooling is left out of a
       block where it would shrink a spatial side below 2. Then a ``Flatten + Linear`` head block.
 
-    The model takes batches of shape ``(B, *input_shape)`` and returns logits ``(B, num_classes)``.
-    Initialisation uses a forked torch RNG seeded with ``seed``: the global RNG is neither read
-    nor advanced.
+    The architecture is the one :func:`~swarmfl.learning.spec.model_spec` describes from the same
+    arguments. The model takes batches of shape ``(B, *input_shape)`` and returns logits
+    ``(B, num_classes)``. Initialisation uses a forked torch RNG seeded with ``seed``: the global
+    RNG is neither read nor advanced.
 
     Raises:
         ConfigError: unknown ``kind`` (the message lists the valid ones), an ``input_shape`` the
             kind cannot take (a CNN needs rank 2 or 3), or non-positive sizes.
     """
-    if kind not in MODEL_KINDS:
-        raise ConfigError(
-            f"unknown model {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}", key="kind"
-        )
-    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else input_shape
-    if (
-        not isinstance(shape, tuple)
-        or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-    ):
-        raise ConfigError(
-            f"must be a non-empty tuple of positive ints, got {input_shape!r}", key="input_shape"
-        )
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ConfigError(f"must be a positive int, got {num_classes!r}", key="num_classes")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"must be an int, got {seed!r}", key="seed")
-    hidden = _check_widths(hidden, "hidden")
-    channels = _check_widths(channels, "channels")
-
+    spec = model_spec(kind, input_shape, num_classes, hidden=hidden, channels=channels, seed=seed)
     # fork_rng(devices=[]) saves and restores only the CPU generator: no CUDA is touched.
     with torch.random.fork_rng(devices=[]):
         # Seed only the CPU generator: torch.manual_seed also queues lazy seeding of every
         # accelerator backend, capturing a traceback each time (half of building a small model).
         torch.default_generator.manual_seed(seed)
-        if kind == "mlp":
-            return _build_mlp(shape, num_classes, hidden)
-        return _build_cnn(shape, num_classes, channels)
-
-
-def _build_mlp(
-    input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...]
-) -> nn.Sequential:
-    blocks: list[nn.Module] = []
-    width = math.prod(input_shape)
-    for i, out in enumerate(hidden):
-        layers: list[nn.Module] = [nn.Flatten()] if i == 0 else []
-        layers += [nn.Linear(width, out), nn.ReLU()]
-        blocks.append(nn.Sequential(*layers))
-        width = out
-    head: list[nn.Module] = [] if hidden else [nn.Flatten()]
-    blocks.append(nn.Sequential(*head, nn.Linear(width, num_classes)))
-    return nn.Sequential(*blocks)
-
-
-def _build_cnn(
-    input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, ...]
-) -> nn.Sequential:
-    conv: type[nn.Conv1d | nn.Conv2d]
-    pool: type[nn.MaxPool1d | nn.MaxPool2d]
-    if len(input_shape) == 3:
-        conv, pool = nn.Conv2d, nn.MaxPool2d
-    elif len(input_shape) == 2:
-        conv, pool = nn.Conv1d, nn.MaxPool1d
-    else:
-        raise ConfigError(
-            f"a cnn needs an input of rank 3 (C, H, W) or 2 (C, L), got {input_shape}",
-            key="input_shape",
+        # Layers are created (and so initialised) in forward order, as the spec lists them.
+        return nn.Sequential(
+            *(
+                nn.Sequential(*(_torch_layer(layer) for layer in spec.block_layers(block)))
+                for block in range(spec.num_blocks)
+            )
         )
-    if not channels:
-        raise ConfigError("a cnn needs at least one conv block", key="channels")
-    in_channels, spatial = input_shape[0], list(input_shape[1:])
-    blocks: list[nn.Module] = []
-    for out_channels in channels:
-        layers: list[nn.Module] = [
-            conv(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.ReLU(),
-        ]
-        if all(side // 2 >= 2 for side in spatial):
-            layers.append(pool(2))
-            spatial = [side // 2 for side in spatial]
-        blocks.append(nn.Sequential(*layers))
-        in_channels = out_channels
-    features = in_channels * math.prod(spatial)
-    blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes)))
-    return nn.Sequential(*blocks)
+
+
+def _torch_layer(layer: LayerSpec) -> nn.Module:
+    if layer.kind == "flatten":
+        return nn.Flatten()
+    if layer.kind == "relu":
+        return nn.ReLU()
+    if layer.kind == "linear":
+        return nn.Linear(layer.in_shape[0], layer.out_shape[0])
+    if layer.kind in _CONV:
+        return _CONV[layer.kind](
+            layer.in_shape[0], layer.out_shape[0], kernel_size=KERNEL_SIZE, padding=1
+        )
+    return _POOL[layer.kind](POOL_SIZE)
 
 
 def model_signature(model: nn.Module) -> bytes:
     """An 8-byte fingerprint of the architecture, for frames to refuse a foreign model.
 
     A blake2b digest of the module class names in ``modules()`` order and of every parameter's
-    name, shape and dtype. Weights do not enter it: two models of the same architecture have the
-    same signature whatever their training.
+    name, shape and dtype (:func:`~swarmfl.learning.spec.signature_digest`). Weights do not enter
+    it: two models of the same architecture have the same signature whatever their training.
     """
-    digest = hashlib.blake2b(digest_size=SIGNATURE_BYTES, person=b"swarmfl-model")
-    for name, module in model.named_modules():
-        digest.update(f"m:{name}:{type(module).__name__}\n".encode())
-    for name, param in model.named_parameters():
-        digest.update(f"p:{name}:{tuple(param.shape)}:{param.dtype}\n".encode())
-    return digest.digest()
+    return signature_digest(
+        ((name, type(module).__name__) for name, module in model.named_modules()),
+        ((name, tuple(p.shape), str(p.dtype)) for name, p in model.named_parameters()),
+    )
 
 
 def parameter_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
