@@ -28,7 +28,8 @@ import torch
 from swarmfl.agent import Agent
 from swarmfl.clock import ChargedCompute, LoopClock
 from swarmfl.config.scenario_file import SIM_MTU_BYTES, Scenario
-from swarmfl.core.node import FrameVerifier, NodeState
+from swarmfl.core.node import NodeState
+from swarmfl.core.verifier import FrameVerifier
 from swarmfl.core.wire import derive_swarm_key
 from swarmfl.drone import AssembledDrone, DroneAssembly, SwarmSettings
 from swarmfl.errors import ConfigError

@@ -30,7 +30,8 @@ from swarmfl.config.sections import (
     TrainingSection,
 )
 from swarmfl.core.merge import MergeRule
-from swarmfl.core.node import FrameVerifier, GossipNode, NodeConfig
+from swarmfl.core.node import GossipNode, NodeConfig
+from swarmfl.core.verifier import FrameVerifier
 from swarmfl.core.wire import frame_overhead_bytes
 from swarmfl.errors import ConfigError, PlanError
 from swarmfl.learning.datafiles import load_idx, load_npz

@@ -16,8 +16,9 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from swarmfl.core.merge import MergeRule
-from swarmfl.core.node import FrameVerifier, GossipNode, NodeConfig
+from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.quant import NonFiniteError
+from swarmfl.core.verifier import FrameVerifier
 from swarmfl.core.wire import derive_swarm_key
 from swarmfl.sim.attacks import Attack, NeighbourView
 

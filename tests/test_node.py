@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from swarmfl.core.merge import MergeRule, merge_into
-from swarmfl.core.node import FrameVerifier, GossipNode, NodeConfig
+from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.quant import NonFiniteError
+from swarmfl.core.verifier import FrameVerifier
 from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
 from swarmfl.errors import ConfigError
 

@@ -27,6 +27,7 @@ from swarmfl.core.quant import (
     Float32Quantizer,
     make_quantizer,
 )
+from swarmfl.core.replay import ReplayWindow
 from swarmfl.core.wire import (
     CODEC_NAMES,
     FLAG_LZ4,
@@ -36,7 +37,6 @@ from swarmfl.core.wire import (
     TAG_BYTES,
     Frame,
     FrameKind,
-    ReplayWindow,
     _hkdf_sha256,
     codec_id,
     decode_frame,
