@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from swarmfl.errors import ConfigError
+from swarmfl.learning.flatlearner import FlatLearner, check_training_data
 from swarmfl.learning.lean_layers import NumpyLayer, Saved, make_layer, softmax_cross_entropy
 from swarmfl.learning.seam import (
     Evaluation,
     Learner,
     PlanFields,
-    StepResult,
     TrainingConfig,
     plan_parameter_indexes,
 )
@@ -39,7 +39,7 @@ EVALUATION_CHUNK = 256
 """Samples per forward pass in :meth:`LeanLearner.evaluate` (bounds its activation memory)."""
 
 
-class LeanLearner:
+class LeanLearner(FlatLearner):
     """A model described by a :class:`ModelSpec`, trained with SGD in numpy on a local shard.
 
     ``parameters`` is the flat float32 starting vector (``spec.layer_offsets`` layout); the
@@ -76,16 +76,12 @@ class LeanLearner:
         plan: PlanFields | None = None,
         parameters: np.ndarray | None = None,
     ) -> None:
-        if len(x) != len(y):
-            raise ConfigError(f"{len(x)} inputs but {len(y)} labels", key="data")
-        if len(x) == 0:
-            raise ConfigError("a drone needs at least one training sample", key="data")
-        if plan is not None and trained_layers is not None:
-            raise ConfigError("give trained_layers or a plan, not both", key="trained_layers")
+        check_training_data(len(x), len(y), plan, trained_layers)
         self.spec = spec
         self.config = config
         self.flops_per_sample = float(flops_per_sample)
         self._plan = plan
+        self._offsets = spec.layer_offsets
         self._x = _samples(x, spec, "data")
         self._y = _labels(y, spec, "data")
         self._flat = _own_parameters(spec, parameters)
@@ -121,21 +117,6 @@ class LeanLearner:
         self._largest_micro_batch = 0  # the micro-batch size _peak_saved_bytes was measured at
 
     @property
-    def layer_offsets(self) -> tuple[int, ...]:
-        """Offsets of each parameter tensor in the flat vector, plus the total at the end."""
-        return self.spec.layer_offsets
-
-    @property
-    def trained_layers(self) -> tuple[int, ...]:
-        """Indexes of the parameter tensors this learner trains."""
-        return self._trained
-
-    @property
-    def plan(self) -> PlanFields | None:
-        """The memory plan this learner follows (None: every parameter, whole batches)."""
-        return self._plan
-
-    @property
     def sample_count(self) -> int:
         """Number of local training samples."""
         return len(self._y)
@@ -153,32 +134,17 @@ class LeanLearner:
         """All parameters as one float32 numpy vector: the live weights, not a copy."""
         return self._flat
 
-    def train_round(self) -> StepResult:
-        """``local_epochs`` shuffled passes of minibatch SGD over the local shard.
+    def _epoch_batches(self, count: int, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        if count <= batch:
+            return [(self._x, self._y)]
+        order = self._generator.permutation(count)
+        return [
+            (self._x[order[s : s + batch]], self._y[order[s : s + batch]])
+            for s in range(0, count, batch)
+        ]
 
-        A batch larger than the micro-batch runs as micro-batches whose gradients accumulate
-        (each loss scaled by its share of the batch) before one step.
-        """
-        count = len(self._y)
-        batch = self.config.batch_size
-        total_loss = 0.0
-        steps = 0
-        for _ in range(self.config.local_epochs):
-            if count <= batch:
-                # One batch holds the whole shard: the step does not depend on the order.
-                batches = [(self._x, self._y)]
-            else:
-                order = self._generator.permutation(count)
-                batches = [
-                    (self._x[order[s : s + batch]], self._y[order[s : s + batch]])
-                    for s in range(0, count, batch)
-                ]
-            for x, y in batches:
-                total_loss += self._accumulate(x, y)
-                self._sgd.step()
-                steps += 1
-        samples = count * self.config.local_epochs
-        return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
+    def _batch_loss(self, x: np.ndarray, y: np.ndarray) -> float:
+        return self._accumulate(x, y)
 
     def gradient(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """A copy of the gradient of the mean loss on ``(x, y)`` over the trained values.
@@ -194,26 +160,6 @@ class LeanLearner:
             raise ConfigError(f"{len(x)} inputs and {len(y)} labels", key="batch")
         self._accumulate(x, y)
         return self._sgd.gradient.copy()
-
-    def momentum_state(self) -> np.ndarray | None:
-        """A copy of the SGD momentum buffer (the trained values, flat), for a checkpoint.
-
-        None without momentum, or before the first step (there is no buffer yet).
-        """
-        return self._sgd.momentum_state()
-
-    def load_momentum_state(self, buffer: np.ndarray) -> None:
-        """Restore a momentum buffer saved by :meth:`momentum_state`.
-
-        Raises:
-            ConfigError: this learner has no momentum, or ``buffer`` is not one float32 value
-                per trained value.
-        """
-        self._sgd.load_momentum_state(buffer)
-
-    def reset_optimizer_state(self) -> None:
-        """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would."""
-        self._sgd.reset()
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
         """Accuracy and mean loss of the current model on ``(x, y)``; NaN for an empty set.

@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
+from swarmfl.learning.flatlearner import FlatLearner, check_training_data
 from swarmfl.learning.seam import Evaluation as Evaluation
 from swarmfl.learning.seam import Learner as Learner
+from swarmfl.learning.seam import PlanFields, plan_parameter_indexes
 from swarmfl.learning.seam import StepResult as StepResult
 from swarmfl.learning.seam import TrainingConfig as TrainingConfig
-from swarmfl.learning.seam import plan_parameter_indexes
 from swarmfl.learning.sgd import FlatSGD
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class PlanForward:
         return self._suffix(x)
 
 
-class TorchLearner:
+class TorchLearner(FlatLearner):
     """A PyTorch model trained with SGD on a local shard.
 
     ``flops_per_sample`` is the training cost of one sample, used by the simulator to charge
@@ -140,16 +141,12 @@ class TorchLearner:
         plan: TrainPlan | None = None,
         meter: SavedTensorMeter | None = None,
     ) -> None:
-        if len(x) != len(y):
-            raise ConfigError(f"{len(x)} inputs but {len(y)} labels", key="data")
-        if len(x) == 0:
-            raise ConfigError("a drone needs at least one training sample", key="data")
-        if plan is not None and trained_layers is not None:
-            raise ConfigError("give trained_layers or a plan, not both", key="trained_layers")
+        check_training_data(len(x), len(y), plan, trained_layers)
         self.model = model
         self.config = config
         self.flops_per_sample = float(flops_per_sample)
-        self._plan = plan
+        self._plan: PlanFields | None = plan
+        self._train_plan = plan
         self._flat, self._offsets = flatten_parameters(model)
         self._flat_np = self._flat.numpy()
         params = list(model.parameters())
@@ -194,19 +191,9 @@ class TorchLearner:
         )
 
     @property
-    def layer_offsets(self) -> tuple[int, ...]:
-        """Offsets of each parameter tensor in the flat vector, plus the total at the end."""
-        return self._offsets
-
-    @property
-    def trained_layers(self) -> tuple[int, ...]:
-        """Indexes of the parameter tensors this learner trains."""
-        return self._trained
-
-    @property
     def plan(self) -> TrainPlan | None:
         """The memory plan this learner follows (None: every parameter, whole batches)."""
-        return self._plan
+        return self._train_plan
 
     @property
     def sample_count(self) -> int:
@@ -217,70 +204,26 @@ class TorchLearner:
         """All parameters as one float32 numpy vector aliasing the model."""
         return self._flat_np
 
-    def train_round(self) -> StepResult:
-        """``local_epochs`` shuffled passes of minibatch SGD over the local shard.
-
-        A batch larger than the plan's micro-batch runs as micro-batches whose gradients
-        accumulate (each loss scaled by its share of the batch) before one step: the same
-        update as the whole batch at once, up to float rounding.
-        """
+    def _start_round(self) -> None:
         if not self.model.training:  # train() walks every module: skip it when it's a no-op
             self.model.train()
-        count = len(self._y)
-        batch = self.config.batch_size
-        total_loss = 0.0
-        steps = 0
-        for _ in range(self.config.local_epochs):
-            if count <= batch:
-                # One batch holds the whole shard: the mean loss, and so the step, does not
-                # depend on the order, so skip the shuffle and the gather.
-                batches = [(self._x, self._y)]
-            else:
-                order = torch.randperm(count, generator=self._generator)
-                batches = [
-                    (self._x[order[s : s + batch]], self._y[order[s : s + batch]])
-                    for s in range(0, count, batch)
-                ]
-            for x, y in batches:
-                self._grad.zero_()
-                if len(y) <= self._micro_batch:
-                    loss = self._loss(self._forward(x), y)
-                    loss.backward()
-                    total_loss += loss.item()
-                else:
-                    total_loss += self._accumulate(x, y)
-                self._sgd.step()
-                steps += 1
-        samples = count * self.config.local_epochs
-        return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
 
-    def momentum_state(self) -> np.ndarray | None:
-        """A copy of the SGD momentum buffer (the trained values, flat), for a checkpoint.
+    def _epoch_batches(self, count: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if count <= batch:
+            return [(self._x, self._y)]
+        order = torch.randperm(count, generator=self._generator)
+        return [
+            (self._x[order[s : s + batch]], self._y[order[s : s + batch]])
+            for s in range(0, count, batch)
+        ]
 
-        None without momentum, or before the first step (there is no buffer yet).
-        """
-        return self._sgd.momentum_state()
-
-    def load_momentum_state(self, buffer: np.ndarray) -> None:
-        """Restore a momentum buffer saved by :meth:`momentum_state`.
-
-        Raises :class:`ConfigError` if this learner has no momentum or ``buffer`` is not one
-        float32 value per trained value.
-        """
-        self._sgd.load_momentum_state(buffer)
-
-    @property
-    def optimizer_state_bytes(self) -> int:
-        """Bytes the optimizer keeps between steps: the momentum buffer, 0 for plain SGD."""
-        momentum = self._sgd.momentum
-        return 0 if momentum is None else momentum.nbytes
-
-    def reset_optimizer_state(self) -> None:
-        """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would.
-
-        For a drone that lost its RAM and came back from a checkpoint of its weights only.
-        """
-        self._sgd.reset()
+    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self._grad.zero_()
+        if len(y) <= self._micro_batch:
+            loss = self._loss(self._forward(x), y)
+            loss.backward()
+            return float(loss.item())
+        return self._accumulate(x, y)
 
     def _accumulate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Gradients of the batch's mean loss, one micro-batch at a time; returns that loss.

@@ -1,0 +1,136 @@
+"""What both learners share: a flat parameter vector, the trained tensors, and the local round.
+
+:class:`FlatLearner` is the base of :class:`~swarmfl.learning.learner.TorchLearner` and
+:class:`~swarmfl.learning.lean.LeanLearner`. It owns the parts that do not depend on how a
+gradient is computed: which parameter tensors are trained, the SGD step over them
+(:class:`~swarmfl.learning.sgd.FlatSGD`, with its momentum state), and the loop of a local round
+(epochs of shuffled batches, one step per batch). A subclass supplies how an epoch is shuffled
+and how one batch's gradient is computed. Torch-free: the lean learner builds on it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from swarmfl.errors import ConfigError
+from swarmfl.learning.seam import PlanFields, StepResult, TrainingConfig
+from swarmfl.learning.sgd import FlatSGD
+
+__all__ = ["FlatLearner", "check_training_data"]
+
+
+def check_training_data(
+    samples: int, labels: int, plan: PlanFields | None, trained_layers: Sequence[int] | None
+) -> None:
+    """Refuse what no learner can train on: mismatched or empty data, or both ways of saying
+    what is trained. Raises :class:`ConfigError` naming ``data`` or ``trained_layers``."""
+    if samples != labels:
+        raise ConfigError(f"{samples} inputs but {labels} labels", key="data")
+    if samples == 0:
+        raise ConfigError("a drone needs at least one training sample", key="data")
+    if plan is not None and trained_layers is not None:
+        raise ConfigError("give trained_layers or a plan, not both", key="trained_layers")
+
+
+class FlatLearner(ABC):
+    """A learner whose parameters live in one flat float32 vector, trained by :class:`FlatSGD`.
+
+    Subclasses set ``config``, ``flops_per_sample``, ``_offsets`` (each parameter tensor's offset
+    in the flat vector, plus the total), ``_trained`` (the trained tensors' indexes), ``_plan``
+    and ``_sgd``, and implement :meth:`_epoch_batches` and :meth:`_batch_loss`.
+    """
+
+    config: TrainingConfig
+    flops_per_sample: float
+    _offsets: tuple[int, ...]
+    _trained: tuple[int, ...]
+    _plan: PlanFields | None
+    _sgd: FlatSGD
+
+    @property
+    def layer_offsets(self) -> tuple[int, ...]:
+        """Offsets of each parameter tensor in the flat vector, plus the total at the end."""
+        return self._offsets
+
+    @property
+    def trained_layers(self) -> tuple[int, ...]:
+        """Indexes of the parameter tensors this learner trains."""
+        return self._trained
+
+    @property
+    def plan(self) -> PlanFields | None:
+        """The memory plan this learner follows (None: every parameter, whole batches)."""
+        return self._plan
+
+    @property
+    @abstractmethod
+    def sample_count(self) -> int:
+        """Number of local training samples."""
+
+    @abstractmethod
+    def flat_parameters(self) -> np.ndarray:
+        """All parameters as one float32 vector: the live weights, not a copy."""
+
+    def train_round(self) -> StepResult:
+        """``local_epochs`` shuffled passes of minibatch SGD over the local shard.
+
+        A batch larger than the plan's micro-batch runs as micro-batches whose gradients
+        accumulate (each loss scaled by its share of the batch) before one step: the same
+        update as the whole batch at once, up to float rounding.
+        """
+        self._start_round()
+        count = self.sample_count
+        batch = self.config.batch_size
+        total_loss = 0.0
+        steps = 0
+        for _ in range(self.config.local_epochs):
+            for x, y in self._epoch_batches(count, batch):
+                total_loss += self._batch_loss(x, y)
+                self._sgd.step()
+                steps += 1
+        samples = count * self.config.local_epochs
+        return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
+
+    def _start_round(self) -> None:  # noqa: B027 (a hook: most learners need nothing here)
+        """Called before each round (the torch learner puts its model in training mode)."""
+
+    @abstractmethod
+    def _epoch_batches(self, count: int, batch: int) -> list[tuple[Any, Any]]:
+        """One epoch's ``(inputs, labels)`` batches, shuffled (in order when one batch holds
+        the whole shard: the mean loss, and so the step, does not depend on the order)."""
+
+    @abstractmethod
+    def _batch_loss(self, x: Any, y: Any) -> float:
+        """Write the gradient of the batch's mean loss into ``_sgd.gradient``; return the loss."""
+
+    def momentum_state(self) -> np.ndarray | None:
+        """A copy of the SGD momentum buffer (the trained values, flat), for a checkpoint.
+
+        None without momentum, or before the first step (there is no buffer yet).
+        """
+        return self._sgd.momentum_state()
+
+    def load_momentum_state(self, buffer: np.ndarray) -> None:
+        """Restore a momentum buffer saved by :meth:`momentum_state`.
+
+        Raises :class:`ConfigError` if this learner has no momentum or ``buffer`` is not one
+        float32 value per trained value.
+        """
+        self._sgd.load_momentum_state(buffer)
+
+    @property
+    def optimizer_state_bytes(self) -> int:
+        """Bytes the optimizer keeps between steps: the momentum buffer, 0 for plain SGD."""
+        momentum = self._sgd.momentum
+        return 0 if momentum is None else momentum.nbytes
+
+    def reset_optimizer_state(self) -> None:
+        """Forget the momentum: the next step starts it afresh, as a new torch.optim.SGD would.
+
+        For a drone that lost its RAM and came back from a checkpoint of its weights only.
+        """
+        self._sgd.reset()
