@@ -12,7 +12,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from zeroconf import Error as ZeroconfError
@@ -267,12 +267,7 @@ class ZeroconfDiscovery:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def start(self) -> None:

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import random
 from dataclasses import dataclass
-from types import TracebackType
 
 import numpy as np
 import torch
@@ -226,12 +225,7 @@ class Swarm:
         await self._started.wait()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is None:
             return

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
-from types import TracebackType
 
 from swarmfl.clock import Clock, Compute
 from swarmfl.core.node import GossipNode
@@ -142,12 +141,7 @@ class Agent:
         self._task = asyncio.create_task(self.run(), name=f"drone-{self.drone_id}")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         task, self._task = self._task, None
         if task is None:
             return

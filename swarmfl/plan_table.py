@@ -20,6 +20,7 @@ from swarmfl.learning.models import build_model
 from swarmfl.learning.plan import (
     MemoryPlan,
     OptimizerName,
+    PlanSettings,
     ReplicaScope,
     TrainPlan,
     plan_table_rows,
@@ -96,22 +97,15 @@ def print_plan(request: PlanRequest, console: Console) -> TrainPlan:
         channels=request.channels,
     )
     args = (model, request.input_shape, request.batch_size, budget)
-    chosen = MemoryPlan.choose(
-        *args,
+    settings = PlanSettings(
         optimizer=request.optimizer,
         neighbour_replicas=request.neighbour_replicas,
         codec=request.codec,
         block_size=request.block_size,
         replica_scope=request.replica_scope,
     )
-    plans = MemoryPlan.candidates(
-        *args,
-        optimizer=request.optimizer,
-        neighbour_replicas=request.neighbour_replicas,
-        codec=request.codec,
-        block_size=request.block_size,
-        replica_scope=request.replica_scope,
-    )
+    chosen = MemoryPlan.choose(*args, **settings)
+    plans = MemoryPlan.candidates(*args, **settings)
     shown = plans if request.show_all else _best_per_trained_set(plans)
     total_values = sum(p.numel() for p in model.parameters())
     console.print(

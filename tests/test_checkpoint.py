@@ -189,42 +189,33 @@ def test_save_after_falling_back_supersedes_the_corrupt_newer_file(tmp_path: Pat
     assert latest.counter == 2
 
 
-def test_object_array_file_is_refused_even_with_a_valid_checksum() -> None:
-    header = {
+def one_array_header(name: str, dtype: str, length: int) -> dict[str, object]:
+    """A checkpoint header declaring one array of ``length`` values of ``dtype``."""
+    return {
         "drone_id": 1,
         "counter": 1,
         "seq": 1,
         "created_at": 0.0,
         "meta": {},
-        "arrays": [{"name": "evil", "dtype": "|O", "shape": [1]}],
+        "arrays": [{"name": name, "dtype": dtype, "shape": [length]}],
     }
+
+
+def test_object_array_file_is_refused_even_with_a_valid_checksum() -> None:
+    header = one_array_header("evil", "|O", 1)
     with pytest.raises(CheckpointError, match="object dtype"):
         decode(craft(header, b"\0" * 8))
 
 
 @pytest.mark.parametrize("dtype", ["|V8", "f4,i4", "<U3", "<M8[s]", "(2,)<f4", "not-a-dtype"])
 def test_non_numeric_dtypes_are_refused(dtype: str) -> None:
-    header = {
-        "drone_id": 1,
-        "counter": 1,
-        "seq": 1,
-        "created_at": 0.0,
-        "meta": {},
-        "arrays": [{"name": "a", "dtype": dtype, "shape": [1]}],
-    }
+    header = one_array_header("a", dtype, 1)
     with pytest.raises(CheckpointError, match="dtype"):
         decode(craft(header, b"\0" * 12))
 
 
 def test_sizes_that_do_not_add_up_are_refused() -> None:
-    header = {
-        "drone_id": 1,
-        "counter": 1,
-        "seq": 1,
-        "created_at": 0.0,
-        "meta": {},
-        "arrays": [{"name": "a", "dtype": "<f4", "shape": [1_000_000_000_000]}],
-    }
+    header = one_array_header("a", "<f4", 1_000_000_000_000)
     with pytest.raises(CheckpointError, match="add up"):
         decode(craft(header, b"\0" * 16))
 
