@@ -232,7 +232,9 @@ class SimulatedAutopilot:
         else:
             status = mavlink.MAV_STATE_ACTIVE if self.armed else mavlink.MAV_STATE_STANDBY
         boot_ms = int(self._boot_s * 1e3) & 0xFFFFFFFF
-        cell_mv = round((_CELL_EMPTY_V + (_CELL_FULL_V - _CELL_EMPTY_V) * self.battery_fraction) * 1e3)
+        cell_mv = round(
+            (_CELL_EMPTY_V + (_CELL_FULL_V - _CELL_EMPTY_V) * self.battery_fraction) * 1e3
+        )
         remaining = round(self.battery_fraction * 100)
         messages = [
             mav.heartbeat_encode(
@@ -252,7 +254,9 @@ class SimulatedAutopilot:
         ]
         if self.battery_messages in ("sys_status", "both"):
             messages.append(
-                mav.sys_status_encode(0, 0, 0, 0, cell_mv * self.cells, -1, remaining, 0, 0, 0, 0, 0, 0)
+                mav.sys_status_encode(
+                    0, 0, 0, 0, cell_mv * self.cells, -1, remaining, 0, 0, 0, 0, 0, 0
+                )
             )
         if self.battery_messages in ("battery_status", "both"):
             cells = [cell_mv] * self.cells + [0xFFFF] * (_MAX_CELLS - self.cells)

@@ -147,8 +147,9 @@ class VehicleEvent:
 class VehicleLinkStats:
     """Counters of the autopilot link (they only grow).
 
-    ``parse_errors`` counts datagrams and packets that did not decode (bad prefix, CRC, length,
-    truncated or oversized datagram); ``foreign_messages`` valid messages from another system or
+    ``parse_errors`` counts datagrams that held anything undecodable (bad prefix, CRC or
+    length, a truncated packet, empty or oversized), once each; their valid packets still count.
+    ``foreign_messages`` valid messages from another system or
     from a non-autopilot before one was found; ``unknown_messages`` message ids outside the
     common dialect; ``link_losses``/``link_recoveries`` the transitions of ``link_lost``.
     """
@@ -265,11 +266,16 @@ class VehicleTracker:
         except Exception as exc:  # pymavlink's parser is not total on hostile bytes
             self._parse_error(f"{type(exc).__name__}: {exc}")
             return []
-        if parser.buf_len() > 0:
-            self._parse_error(f"{parser.buf_len()} bytes of a truncated packet")
+        bad = [m for m in messages if m.get_type() == "BAD_DATA"]
+        if bad or parser.buf_len() > 0:
+            reasons = [str(getattr(m, "reason", "bad data")) for m in bad[:3]]
+            if parser.buf_len() > 0:
+                reasons.append(f"{parser.buf_len()} bytes of a truncated packet")
+            self._parse_error("; ".join(reasons))
         events: list[VehicleEvent] = []
         for message in messages:
-            events.extend(self._receive_message(message, now))
+            if message.get_type() != "BAD_DATA":
+                events.extend(self._receive_message(message, now))
         return events
 
     def _parse_error(self, why: str) -> None:
@@ -278,9 +284,6 @@ class VehicleTracker:
 
     def _receive_message(self, message: Any, now: float) -> list[VehicleEvent]:
         kind = message.get_type()
-        if kind == "BAD_DATA":
-            self._parse_error(str(getattr(message, "reason", "bad data")))
-            return []
         if kind.startswith("UNKNOWN"):
             self.stats.unknown_messages += 1
             return []

@@ -74,7 +74,11 @@ class VehiclePolicySettings:
             "hysteresis_fraction",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 1:
+            if (
+                not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not 0 <= value <= 1
+            ):
                 raise ConfigError(f"must be a fraction in [0, 1], got {value!r}", key=name)
         if not self.critical_battery_fraction < self.resume_battery_fraction:
             raise ConfigError(
