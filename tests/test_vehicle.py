@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _manual_clock import ManualClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymavlink.dialects.v20 import common as mavlink
@@ -513,34 +514,6 @@ def test_policy_settings_are_validated(kwargs: dict[str, Any], key: str) -> None
 
 
 # --- the reader against a simulated autopilot over real UDP ---------------------------------
-
-
-class ManualClock:
-    """A clock the test moves: ``sleep_until`` returns once :meth:`advance` passes the deadline."""
-
-    def __init__(self, start_s: float = 1000.0) -> None:
-        self.t = start_s
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep_until(self, deadline_s: float) -> None:
-        if deadline_s <= self.t:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (deadline_s, waiter)
-        self._sleepers.append(entry)
-        try:
-            await waiter
-        finally:
-            self._sleepers.remove(entry)
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-        for deadline, waiter in list(self._sleepers):
-            if deadline <= self.t and not waiter.done():
-                waiter.set_result(None)
 
 
 async def until(reader: VehicleReader, predicate: Callable[[VehicleState | None], bool]) -> Any:
