@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from swarmfl.errors import ConfigError
-from swarmfl.field.vehicle import VehicleState
+from swarmfl.field.vehicle_state import VehicleState
 
 __all__ = ["TrainWhen", "VehicleDecision", "VehiclePolicy", "VehiclePolicySettings", "decide"]
 
