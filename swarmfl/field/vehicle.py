@@ -89,15 +89,17 @@ def parse_connection(connection: str) -> MavlinkEndpoint:
 class VehicleLinkSettings:
     """How to reach the autopilot.
 
-    ``connection``: see :func:`parse_connection`. ``heartbeat_timeout_s``: silence after which the
-    link is lost. ``system_id``: the MAVLink system to follow (None: the first autopilot heard).
+    ``connection``: see :func:`parse_connection`; the default listens on loopback only, for a
+    router on the same board (anyone who can reach the port can speak for the autopilot, so
+    bind wider only on a trusted link). ``heartbeat_timeout_s``: silence after which the link
+    is lost. ``system_id``: the MAVLink system to follow (None: the first autopilot heard).
     ``heartbeat_period_s``: with ``udpout``, how often we send our own HEARTBEAT (as an onboard
     computer) so that the far end learns our address; ``udpin`` never sends.
 
     Raises :class:`ConfigError` naming the field.
     """
 
-    connection: str = "udpin:0.0.0.0:14550"
+    connection: str = "udpin:127.0.0.1:14550"
     heartbeat_timeout_s: float = 3.0
     system_id: int | None = None
     heartbeat_period_s: float = 1.0
