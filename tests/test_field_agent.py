@@ -38,6 +38,7 @@ from swarmfl.config.drone_file import load_drone_config
 from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
 from swarmfl.errors import ConfigError
 from swarmfl.field.agent import FieldAgent
+from swarmfl.field.checkpoint import CheckpointStore
 from swarmfl.field.resume import RESTART_SEQ_GAP
 from swarmfl.radio.fragment import Fragmenter
 
@@ -344,8 +345,16 @@ def test_an_agent_killed_with_sigkill_resumes_from_its_checkpoint_and_rejoins(
         assert resumed["resumed_from"] is not None
         assert before["counter"] - 3 <= resumed["resumed_from"] <= before["counter"]
         assert resumed["counter"] == resumed["resumed_from"]
-        # ... and the model was not reset (a fresh one scores about 0.1 on digits).
-        assert resumed["accuracy"] >= before["accuracy"] - 0.15
+        # ... and the model is the checkpoint's, not a fresh one: it scores what the drone scored
+        # when it wrote that checkpoint (how far that lags the kill depends on the machine's
+        # speed, so compare with the checkpoint, not with the last status line).
+        store = CheckpointStore(checkpoints)
+        saved = next(
+            store.load(path)
+            for path in store.checkpoint_paths()
+            if store.load(path).counter == resumed["resumed_from"]
+        )
+        assert resumed["accuracy"] == pytest.approx(saved.meta["accuracy"], abs=1e-6)
 
         def rejoined() -> bool:
             # The others merge its new frames (refused as replays, they would go stale) ...
