@@ -395,6 +395,8 @@ class MqttRadio(DatagramRadio):
 
     async def _close_medium(self) -> None:
         # Say goodbye (offline presence), disconnect and stop; never raises.
+        if self._telemetry_tasks:  # the last status ("stopped") goes out before the goodbye
+            await asyncio.gather(*self._telemetry_tasks, return_exceptions=True)
         client = self._client
         if client is not None:
             # A clean disconnect does not fire the last will: announce it ourselves.

@@ -4,7 +4,8 @@ Queueing, fragmentation, the token bucket at ``rate_bps`` and reassembly are the
 :class:`~swarmfl.radio.datagram.DatagramRadio` pump every real radio shares. :class:`UdpRadio`
 adds the socket: unicast to every peer discovery reports (each extra copy is charged to the
 bucket, as airtime is on a unicast mesh), an optional in-process loss injector for tests (this
-kernel has no netem), and answers to ``swarmfl status`` queries (:func:`query_status` asks them).
+kernel has no netem), and answers to authenticated ``swarmfl status`` queries
+(:mod:`swarmfl.radio.status_port`).
 
 A datagram that is not ours (garbage, truncated, a foreign protocol) is counted, logged at debug
 level and dropped; nothing a peer sends can stop the radio. Whole frames are authenticated later,
@@ -15,61 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import random
-import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from swarmfl.errors import ConfigError, RadioError
 from swarmfl.radio.datagram import DatagramRadio
 from swarmfl.radio.link import LinkConfig
+from swarmfl.radio.status_port import STATUS_REQUEST, StatusResponder
 
-__all__ = [
-    "STATUS_REPLY",
-    "STATUS_REQUEST",
-    "STATUS_REQUEST_BYTES",
-    "UdpRadio",
-    "parse_status_reply",
-    "query_status",
-    "status_request",
-]
+__all__ = ["UdpRadio"]
 
 log = logging.getLogger(__name__)
-
-#: A status query: this prefix, an 8-byte nonce, zero padding to STATUS_REQUEST_BYTES.
-STATUS_REQUEST = b"SWFL?"
-#: A status answer: this prefix, the query's nonce, then the status as UTF-8 JSON.
-STATUS_REPLY = b"SWFL="
-#: Queries are padded so that an answer is never much larger than the query that caused it
-#: (a spoofed query must not turn an agent into a traffic amplifier).
-STATUS_REQUEST_BYTES = 512
-_STATUS_REPLY_MAX_BYTES = 3 * STATUS_REQUEST_BYTES
-_NONCE_BYTES = 8
-
-
-def status_request(nonce: bytes) -> bytes:
-    """The datagram that asks an agent for its status (``nonce``: 8 bytes)."""
-    if len(nonce) != _NONCE_BYTES:
-        raise ConfigError(f"must be {_NONCE_BYTES} bytes", key="nonce")
-    return (STATUS_REQUEST + nonce).ljust(STATUS_REQUEST_BYTES, b"\0")
-
-
-def parse_status_reply(datagram: bytes, nonce: bytes) -> dict[str, Any] | None:
-    """The status in an answer to the query with ``nonce``, or None if it is not one."""
-    head = STATUS_REPLY + nonce
-    if not datagram.startswith(head):
-        return None
-    try:
-        status = json.loads(datagram[len(head) :].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return status if isinstance(status, dict) else None
-
-
-StatusProvider = Callable[[], Mapping[str, Any]]
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -94,7 +54,8 @@ class UdpRadio(DatagramRadio):
     its settings), then sent to every destination set with :meth:`set_peer` (it is a
     :class:`~swarmfl.radio.base.UnicastRadio`). ``loss`` drops that fraction of the datagrams
     heard, on purpose, seeded by ``seed`` (for tests). ``status`` answers ``swarmfl status``
-    queries when given. ``inbox_frames`` bounds the frames heard but not yet read.
+    queries when given (its counters join :meth:`counters`). ``inbox_frames`` bounds the
+    frames heard but not yet read.
 
     Raises :class:`ConfigError` for a bad ``loss`` or ``drone_id``; :meth:`start` raises
     :class:`ConfigError` if the port is in use or the address cannot be bound, and
@@ -113,7 +74,7 @@ class UdpRadio(DatagramRadio):
         inbox_frames: int = 256,
         loss: float = 0.0,
         seed: int = 0,
-        status: StatusProvider | None = None,
+        status: StatusResponder | None = None,
     ) -> None:
         if not 0.0 <= loss < 1.0:
             raise ConfigError(f"must be in [0, 1), got {loss!r}", key="loss")
@@ -226,70 +187,16 @@ class UdpRadio(DatagramRadio):
         self._hear(data, addr)
 
     def _answer_status(self, data: bytes, addr: tuple[Any, int]) -> None:
-        if self._status is None or self._transport is None:
+        responder, transport = self._status, self._transport
+        if responder is None or transport is None:
             return
-        if len(data) < STATUS_REQUEST_BYTES:
-            log.debug("status query from %s too short (%d bytes)", addr, len(data))
-            return
-        nonce = data[len(STATUS_REQUEST) : len(STATUS_REQUEST) + _NONCE_BYTES]
-        try:
-            status = dict(self._status())
-            body = json.dumps(status, separators=(",", ":"), allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
-            log.warning("cannot encode status: %s", exc)
-            return
-        head = STATUS_REPLY + nonce
-        if len(head) + len(body) > _STATUS_REPLY_MAX_BYTES:
-            # Keep the answer small: the per-peer details go first.
-            status.pop("peers_heard", None)
-            status.pop("peers_announced", None)
-            body = json.dumps(status, separators=(",", ":"), allow_nan=False).encode()
-            if len(head) + len(body) > _STATUS_REPLY_MAX_BYTES:
-                return
-        self._transport.sendto(head + body, addr)
+        reply = responder.answer(data, addr[0], asyncio.get_running_loop().time())
+        if reply is not None:
+            transport.sendto(reply, addr)
 
-
-async def query_status(
-    addresses: list[tuple[str, int]], *, timeout_s: float = 1.0
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Ask the agents at ``addresses`` for their status over UDP; wait up to ``timeout_s``.
-
-    Returns the answers received, by address. Agents that do not answer are left out. Raises
-    :class:`RadioError` if no UDP socket can be opened.
-    """
-    loop = asyncio.get_running_loop()
-    nonce = secrets.token_bytes(_NONCE_BYTES)
-    answers: dict[tuple[str, int], dict[str, Any]] = {}
-    done = asyncio.Event()
-    wanted = len(set(addresses))
-
-    class _Query(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: tuple[Any, int]) -> None:
-            status = parse_status_reply(data, nonce)
-            if status is not None:
-                answers[(str(addr[0]), int(addr[1]))] = status
-                if len(answers) >= wanted:
-                    done.set()
-
-    try:
-        transport, _ = await loop.create_datagram_endpoint(
-            _Query, local_addr=("0.0.0.0", 0), family=socket.AF_INET
-        )
-    except OSError as exc:
-        raise RadioError(f"cannot open a UDP socket: {exc}") from exc
-    try:
-        request = status_request(nonce)
-        for address in set(addresses):
-            try:
-                transport.sendto(request, address)
-            except OSError as exc:
-                log.debug("status query to %s failed: %r", address, exc)
-        if addresses:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await done.wait()
-            except TimeoutError:
-                pass
-    finally:
-        transport.close()
-    return answers
+    def counters(self) -> dict[str, int]:
+        """The radio's counters, and its status port's when it answers queries."""
+        counters = super().counters()
+        if self._status is not None:
+            counters.update(self._status.counters())
+        return counters

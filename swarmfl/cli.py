@@ -92,7 +92,9 @@ def _add_field_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "status",
         help="show the live swarm as a table",
         description="Show the drones of a live swarm: from MQTT telemetry (--broker) or by "
-        "asking the agents over UDP (found by zeroconf, or --peer).",
+        "asking the agents over UDP (found by zeroconf, or --peer; queries are authenticated "
+        "with the swarm secret). Every drone named by anyone is listed, silent ones as "
+        "offline or stopped with the time since they were last heard.",
     )
     status.add_argument("--config", type=Path, help="a drone's config: use its swarm and radio")
     status.add_argument("--broker", help="MQTT broker URL (mqtt://host:port)")
@@ -115,9 +117,24 @@ def _add_field_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="address to run mDNS on (repeatable; default: all)",
     )
     status.add_argument(
-        "--wait-s", type=float, default=2.0, help="how long to listen or wait for answers"
+        "--wait-s",
+        type=float,
+        default=5.0,
+        help="the longest to listen for drones and answers (it stops sooner once every drone "
+        "named by anyone has answered)",
     )
-    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument(
+        "--secret-env",
+        default="SWARMFL_SECRET",
+        metavar="NAME",
+        help="environment variable holding the swarm secret (UDP queries are authenticated)",
+    )
+    status.add_argument("--secret-file", type=Path, help="file holding the swarm secret")
+    status.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
+    status.add_argument(
+        "--interval-s", type=float, default=2.0, help="pause between refreshes (--watch)"
+    )
+    status.add_argument("--count", type=int, help="stop after this many refreshes (--watch)")
     status.add_argument("--json", action="store_true", help="print JSON lines, not a table")
     status.set_defaults(handler=_cmd_status)
 

@@ -265,16 +265,22 @@ def swarm_learned(processes: list[AgentProcess], target: float) -> bool:
     return accuracy is not None and accuracy >= target and min(heard) == len(processes) - 1
 
 
-def swarmfl_status(*args: str) -> list[dict[str, Any]]:
+def run_status(*args: str) -> subprocess.CompletedProcess[str]:
+    """``swarmfl status`` in its own process, as a person at the ground station runs it."""
     result = subprocess.run(
-        [sys.executable, "-m", "swarmfl.cli", "status", "--json", *args],
+        [sys.executable, "-m", "swarmfl.cli", "status", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
+        env=dict(os.environ, SWARMFL_SECRET=SECRET, COLUMNS="80"),
     )
     assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    return result
+
+
+def swarmfl_status(*args: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in run_status("--json", *args).stdout.splitlines()]
 
 
 @pytest.mark.slow
@@ -292,16 +298,47 @@ def test_four_agent_processes_find_each_other_by_zeroconf_and_learn_over_udp(
             assert last is not None
             assert last["peers_announced"] == sorted({0, 1, 2, 3} - {process.drone})
             assert last["frames_rejected"] == 0
-        seen = swarmfl_status("--swarm-id", str(swarm_id), "--interface", LOOPBACK)
+        where = ("--swarm-id", str(swarm_id), "--interface", LOOPBACK, "--wait-s", "30")
+        seen = swarmfl_status(*where)
         assert sorted(r["drone"] for r in seen) == [0, 1, 2, 3]
         assert all(r["swarm"] == swarm_id and r["state"] == "running" for r in seen)
-        for process in processes:
+        assert all(r["answered"] for r in seen)
+
+        # A crash and a clean stop: both stop answering, only one said goodbye.
+        crashed, stopped = processes[3], processes[2]
+        crashed.signal(signal.SIGKILL)
+        stopped.signal(signal.SIGTERM)
+        crashed.wait(30)
+        assert stopped.wait(30) == 0
+
+        def both_gone() -> bool:
+            # drone 2's mDNS goodbye has reached the others; drone 3's record stays cached
+            return all(
+                (p.last() or {}).get("peers_announced") == [q for q in (0, 1, 3) if q != p.drone]
+                for p in processes[:2]
+            )
+
+        wait_until(both_gone, 60, "drone 2's goodbye to reach its peers")
+        result = run_status(*where, "--json")
+        states = {r["drone"]: r for r in map(json.loads, result.stdout.splitlines())}
+        assert sorted(states) == [0, 1, 2, 3]
+        assert [d for d, r in states.items() if r["answered"]] == [0, 1]
+        assert states[2]["state"] == "stopped" and states[2]["goodbye"] is True
+        assert states[3]["state"] == "offline" and states[3]["goodbye"] is False
+        assert states[2]["last_heard_s"] is not None and states[3]["last_heard_s"] is not None
+        assert "2 of 4 drones answered; missing: 2 (stopped), 3 (offline)" in result.stderr
+        table = run_status(*where).stdout  # piped, COLUMNS=80: the table a person reads
+        assert max(len(line) for line in table.splitlines()) <= 80
+        for word in ("running", "stopped", "offline", "2 of 4 drones answered"):
+            assert word in table
+        for process in processes[:2]:
             process.signal(signal.SIGTERM)
         for process in processes:
-            assert process.wait(30) == 0
-            last = process.last()
-            assert last is not None and last["state"] == "stopped"
-            assert list((tmp_path / f"ckpt-{process.drone}").glob("ckpt-*.swfl"))
+            if process is not crashed:
+                assert process.wait(30) == 0
+                last = process.last()
+                assert last is not None and last["state"] == "stopped"
+                assert list((tmp_path / f"ckpt-{process.drone}").glob("ckpt-*.swfl"))
 
 
 @pytest.mark.slow
@@ -392,7 +429,7 @@ def test_four_agent_processes_learn_through_mosquitto_and_a_lost_drone_is_seen_g
                 assert last is not None and last["broker"] == "connected"
                 assert last["peers_announced"] == sorted({0, 1, 2, 3} - {process.drone})
             url = f"mqtt://127.0.0.1:{broker.port}"
-            seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "1")
+            seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "30")
             assert sorted(r["drone"] for r in seen) == [0, 1, 2, 3]
 
             lost = processes[3]
@@ -407,13 +444,22 @@ def test_four_agent_processes_learn_through_mosquitto_and_a_lost_drone_is_seen_g
                 )
 
             wait_until(lambda: everyone_sees([0, 1, 2]), 30, "the last will to report drone 3")
-            seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "1")
+            seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "30")
             assert {r["drone"]: r["state"] for r in seen}[3] == "offline"
+            assert [r["drone"] for r in seen if not r["answered"]] == [3]
             lost.start()
             wait_until(
                 lambda: len(lost.lines()) > lines_before and everyone_sees([0, 1, 2, 3]),
                 60,
                 "drone 3 to be seen again",
             )
+            # A clean stop says goodbye: its last telemetry says "stopped", then it goes offline.
+            processes[2].signal(signal.SIGTERM)
+            assert processes[2].wait(30) == 0
+            wait_until(lambda: everyone_sees([0, 1, 3]), 30, "drone 2's goodbye")
+            seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "30")
+            by_drone = {r["drone"]: r for r in seen}
+            assert by_drone[2]["state"] == "stopped" and by_drone[2]["goodbye"] is True
+            assert by_drone[3]["answered"] is True and by_drone[3]["state"] == "running"
     finally:
         broker.stop()

@@ -1,4 +1,4 @@
-"""The UDP radio on real sockets on 127.0.0.1: fragments, rate, loss, garbage, status queries."""
+"""The UDP radio on real sockets on 127.0.0.1: fragments, rate, loss, garbage."""
 
 from __future__ import annotations
 
@@ -12,13 +12,7 @@ import pytest
 from swarmfl.errors import ClosedRadioError, ConfigError
 from swarmfl.radio.base import Radio
 from swarmfl.radio.link import LinkConfig
-from swarmfl.radio.udp import (
-    STATUS_REQUEST_BYTES,
-    UdpRadio,
-    parse_status_reply,
-    query_status,
-    status_request,
-)
+from swarmfl.radio.udp import UdpRadio
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]
 
@@ -137,42 +131,6 @@ async def test_a_port_in_use_is_a_config_error_naming_the_key() -> None:
     assert info.value.key == "radio.udp.port"
     assert f"UDP port {port}" in str(info.value)
     assert "in use" in str(info.value)
-
-
-@pytest.mark.asyncio
-async def test_status_queries_are_answered_and_short_ones_ignored() -> None:
-    status = {"drone": 1, "swarm": 9, "accuracy": 0.5}
-    async with UdpRadio(drone_id=1, host=LOOPBACK, status=lambda: status) as radio:
-        answers = await query_status([(LOOPBACK, radio.local_port)], timeout_s=2.0)
-        assert answers == {(LOOPBACK, radio.local_port): status}
-        nonce = b"12345678"
-        loop = asyncio.get_running_loop()
-        heard: asyncio.Queue[bytes] = asyncio.Queue()
-
-        class Client(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: object) -> None:
-                heard.put_nowait(data)
-
-        transport, _ = await loop.create_datagram_endpoint(Client, local_addr=(LOOPBACK, 0))
-        try:
-            # A query shorter than the padded size would let a spoofer amplify traffic.
-            transport.sendto(
-                status_request(nonce)[: STATUS_REQUEST_BYTES - 1], (LOOPBACK, radio.local_port)
-            )
-            transport.sendto(status_request(nonce), (LOOPBACK, radio.local_port))
-            reply = await asyncio.wait_for(heard.get(), 2.0)
-            assert parse_status_reply(reply, nonce) == status
-            assert heard.empty()
-        finally:
-            transport.close()
-
-
-@pytest.mark.asyncio
-async def test_nobody_answering_a_status_query_gives_no_records() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
-        silent.bind((LOOPBACK, 0))
-        answers = await query_status([silent.getsockname()], timeout_s=0.2)
-    assert answers == {}
 
 
 @pytest.mark.asyncio

@@ -36,9 +36,15 @@ from swarmfl.errors import ConfigError, SwarmError
 from swarmfl.field.checkpoint import CheckpointStore
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
-from swarmfl.field.telemetry import STATUS_VERSION, MergeLag, StatusLog, finite_or_none
+from swarmfl.field.telemetry import (
+    STATUS_VERSION,
+    MergeLag,
+    PeerMemory,
+    StatusLog,
+    finite_or_none,
+)
 from swarmfl.learning.learner import StepResult
-from swarmfl.radio.discovery import Discovery, PeerInfo
+from swarmfl.radio.discovery import Discovery, PeerInfo, ZeroconfDiscovery
 from swarmfl.radio.mqtt import MqttRadio
 from swarmfl.radio.udp import UdpRadio
 
@@ -161,6 +167,7 @@ class FieldAgent:
         self._saving: asyncio.Task[None] | None = None
         self._last_checkpoint_round = self.rounds_total
         self._merge_lag = MergeLag()
+        self._peer_memory = PeerMemory()
         self.checkpoint_failures = 0
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -199,6 +206,16 @@ class FieldAgent:
         now = asyncio.get_running_loop().time()
         stats = self.node.stats
         radio = self.radio
+        announced = self._announced()
+        wall = time.time()
+        heard = self.node.known_peers()
+        # mDNS keeps a crashed drone's record for many minutes: a record withdrawn is a goodbye
+        # (or, much later, an expiry), which ``swarmfl status`` shows as "stopped".
+        self._peer_memory.update(
+            set(announced) if isinstance(self.discovery, ZeroconfDiscovery) else None,
+            {peer: wall - (now - heard_at) for peer, heard_at in heard.items()},
+            wall,
+        )
         record: dict[str, Any] = {
             "v": STATUS_VERSION,
             "t": round(time.time(), 3),
@@ -215,11 +232,12 @@ class FieldAgent:
             "accuracy": finite_or_none(self.accuracy),
             "loss": finite_or_none(self.loss),
             "train_loss": finite_or_none(self.train_loss),
-            "peers_announced": sorted(self._announced()),
+            "peers_announced": sorted(announced),
             "peers_heard": {
-                str(peer): round(now - heard_at, 6)
-                for peer, heard_at in sorted(self.node.known_peers().items())
+                str(peer): round(now - heard_at, 6) for peer, heard_at in sorted(heard.items())
             },
+            "peers_left": self._peer_memory.left(wall),
+            "peers_lost": self._peer_memory.lost(wall),
             "frames_published": stats.frames_published,
             "frames_accepted": stats.frames_accepted,
             "frames_rejected": stats.frames_rejected,

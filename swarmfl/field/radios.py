@@ -15,6 +15,7 @@ from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.radio.discovery import Discovery, PeerInfo, StaticDiscovery, ZeroconfDiscovery
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.mqtt import MqttRadio, MqttSettings
+from swarmfl.radio.status_port import StatusResponder, status_key
 from swarmfl.radio.udp import UdpRadio
 from swarmfl.seeding import radio_seed
 
@@ -50,13 +51,17 @@ async def open_radio(
 ) -> FieldRadio:
     """Open the radio the config names, started (UDP: bound; MQTT: connecting).
 
-    ``status`` answers ``swarmfl status`` queries over UDP. Raises
+    ``status`` gives the record that answers ``swarmfl status`` queries over UDP (queries
+    authenticated with the swarm key, see :mod:`swarmfl.radio.status_port`). Raises
     :class:`~swarmfl.errors.ConfigError` for a port in use or bad TLS files and
     :class:`~swarmfl.errors.RadioError` for other socket failures.
     """
     config = loaded.config
     if config.radio.kind == "udp":
         udp = config.radio.udp
+        responder = None
+        if status is not None and config.status.answer_queries:
+            responder = StatusResponder(status_key(loaded.key), status)
         udp_radio = UdpRadio(
             drone_id=config.drone.id,
             host=udp.host,
@@ -65,7 +70,7 @@ async def open_radio(
             inbox_frames=config.radio.inbox_frames,
             loss=udp.loss,
             seed=radio_seed(config.run.seed, config.drone.id),
-            status=status if config.status.answer_queries else None,
+            status=responder,
         )
         await udp_radio.start()
         return udp_radio

@@ -1,32 +1,37 @@
-"""``swarmfl status``: the live swarm as a table.
+"""``swarmfl status``: the live swarm as a table that fits the terminal, or as JSON lines.
 
-Two ways to see a swarm, matching its radio:
+Two ways to see a swarm, matching its radio (see :mod:`swarmfl.field.status_collect`):
 
-* **MQTT**: every agent publishes its status record, retained, on
-  ``{prefix}/{swarm}/telemetry/{drone}`` and its presence on ``.../presence/{drone}``; the
-  command subscribes to both for ``--wait-s`` seconds (retained messages arrive at once).
-* **UDP**: the command finds the swarm's agents by zeroconf (or takes ``--peer HOST:PORT``) and
-  asks each for its status record with a status query datagram.
+* **MQTT**: the agents' retained telemetry and presence on the broker.
+* **UDP**: the agents found by zeroconf (or ``--peer``, or a config's static peers), asked with
+  status queries authenticated with the swarm key: the command needs the swarm secret
+  (``--config``, ``SWARMFL_SECRET``, ``--secret-env`` or ``--secret-file``).
 
-The records are those of the agents' JSON-lines status logs
-(see :meth:`swarmfl.field.FieldAgent.status`). Telemetry and status answers are not
-authenticated: they are for people watching, and the agents never act on them.
+Every drone anyone named is shown, answered or not: a silent one as ``offline`` (no goodbye: a
+crash or a lost link) or ``stopped`` (it said goodbye), with the time since it was last heard,
+and the output says how many drones were expected and how many answered. The table keeps the
+most important columns when the terminal is narrow (80 columns, or a pipe) and says which it
+left out; ``--json`` prints every field. ``--watch`` refreshes live (``--count N`` stops after N
+refreshes). Fields the table does not know are left to ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import io
 import json
+import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from swarmfl.errors import ConfigError, RadioError
+from swarmfl.field.status_collect import SwarmView, collect_mqtt, collect_udp
 
-__all__ = ["collect_mqtt", "collect_udp", "render_table", "run_status", "table_rows"]
+__all__ = ["COLUMNS", "render_table", "run_status", "table_rows"]
 
 
 def _parse_peer(text: str) -> tuple[str, int]:
@@ -36,171 +41,167 @@ def _parse_peer(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def collect_mqtt(
-    url: str,
-    swarm_id: int,
-    *,
-    prefix: str = "swarmfl",
-    username: str | None = None,
-    password: str | None = None,
-    wait_s: float = 2.0,
-) -> dict[int, dict[str, Any]]:
-    """Status records of swarm ``swarm_id`` from its MQTT telemetry, by drone id.
-
-    A drone whose presence is offline (its last will, or a clean goodbye) gets
-    ``state = "offline"``. Raises :class:`RadioError` if the broker cannot be reached and
-    :class:`ConfigError` for a bad URL.
-    """
-    import aiomqtt
-
-    from swarmfl.radio.mqtt import MqttSettings, telemetry_topic, topic_root
-
-    settings = MqttSettings(url=url, username=username, password=password, topic_prefix=prefix)
-    root = topic_root(prefix, swarm_id)
-    records: dict[int, dict[str, Any]] = {}
-    offline: set[int] = set()
-    try:
-        async with aiomqtt.Client(
-            settings.host,
-            settings.port,
-            username=username,
-            password=password,
-            tls_context=settings.tls_context(),
-            timeout=settings.connect_timeout_s,
-        ) as client:
-            await client.subscribe(telemetry_topic(prefix, swarm_id, "+"))
-            await client.subscribe(f"{root}/presence/+")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    async for message in client.messages:
-                        _take_message(message.topic.value, message.payload, records, offline)
-    except aiomqtt.MqttError as exc:
-        raise RadioError(f"cannot reach MQTT broker {url}: {exc}") from None
-    for drone in offline:
-        records.setdefault(drone, {"drone": drone})["state"] = "offline"
-    return records
-
-
-def _take_message(
-    topic: str, payload: object, records: dict[int, dict[str, Any]], offline: set[int]
-) -> None:
-    name = topic.rsplit("/", 1)[-1]
-    if not name.isdecimal() or not isinstance(payload, bytes | bytearray) or not payload:
-        return
-    drone = int(name)
-    try:
-        body = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return
-    if not isinstance(body, dict):
-        return
-    if "/presence/" in topic:
-        if body.get("state") == "offline":
-            offline.add(drone)
-        else:
-            offline.discard(drone)
-    elif "/telemetry/" in topic and body.get("drone") == drone:
-        records[drone] = body
-
-
-async def collect_udp(
-    swarm_id: int | None,
-    *,
-    peers: Iterable[tuple[str, int]] = (),
-    interfaces: list[str] | None = None,
-    wait_s: float = 2.0,
-) -> dict[int, dict[str, Any]]:
-    """Status records from agents asked over UDP, by drone id.
-
-    The agents are ``peers``, plus, with a ``swarm_id``, those of that swarm found by zeroconf
-    within ``wait_s``. Raises :class:`RadioError` if zeroconf or a UDP socket fails.
-    """
-    from swarmfl.radio.discovery import ZeroconfDiscovery
-    from swarmfl.radio.udp import query_status
-
-    addresses = set(peers)
-    if swarm_id is not None:
-        async with ZeroconfDiscovery.browser(swarm_id, interfaces=interfaces) as browser:
-            await asyncio.sleep(wait_s)  # mDNS answers trickle in: listen for a while
-            addresses |= {(p.host, p.port) for p in browser.peers().values() if p.port}
-    answers = await query_status(sorted(addresses), timeout_s=max(wait_s, 0.5))
-    records = {}
-    for status in answers.values():
-        drone = status.get("drone")
-        if isinstance(drone, int) and (swarm_id is None or status.get("swarm") == swarm_id):
-            records[drone] = status
-    return records
-
-
 def _age(record: dict[str, Any], now: float) -> float | None:
     t = record.get("t")
-    return max(0.0, now - t) if isinstance(t, int | float) else None
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        return None
+    return max(0.0, now - t)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 def _bytes(value: object) -> str:
-    if not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, int):
         return "-"
+    amount = float(value)
     for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000  # type: ignore[assignment]
+        if amount < 1000 or unit == "GB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1000
     return "-"
 
 
+def _field(record: dict[str, Any], key: str) -> Any:
+    """A field of the record, or of its nested ``vehicle`` record."""
+    if key in record:
+        return record[key]
+    vehicle = record.get("vehicle")
+    return vehicle.get(key) if isinstance(vehicle, dict) else None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _battery(record: dict[str, Any]) -> str:
+    fraction = _number(_field(record, "battery_fraction"))
+    return "-" if fraction is None else f"{fraction * 100:.0f}%"
+
+
+def _position(record: dict[str, Any]) -> str:
+    lat, lon = _number(_field(record, "lat_deg")), _number(_field(record, "lon_deg"))
+    if lat is None or lon is None:
+        return "-"
+    alt = _number(_field(record, "alt_rel_m"))
+    return f"{lat:.5f},{lon:.5f}" + ("" if alt is None else f" {alt:.0f}m")
+
+
+def _peers(record: dict[str, Any]) -> str:
+    heard, announced = record.get("peers_heard"), record.get("peers_announced")
+    if not isinstance(heard, dict):
+        return "-"
+    return f"{len(heard)}/{len(announced)}" if isinstance(announced, list) else str(len(heard))
+
+
+def _text(key: str) -> Callable[[dict[str, Any]], str]:
+    def cell(record: dict[str, Any]) -> str:
+        value = record.get(key)
+        return "-" if value is None or isinstance(value, dict | list) else str(value)
+
+    return cell
+
+
+def _accuracy(record: dict[str, Any]) -> str:
+    accuracy = _number(record.get("accuracy"))
+    return "-" if accuracy is None else f"{accuracy:.3f}"
+
+
+# (header, cell, right-justified), most important first: narrow terminals keep a prefix.
+COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str], bool], ...] = (
+    ("drone", _text("drone"), True),
+    ("state", _text("state"), False),
+    ("heard", lambda r: "-", True),  # filled in with the age (needs ``now``)
+    ("acc", _accuracy, True),
+    ("peers", _peers, True),
+    ("update", _text("counter"), True),
+    ("batt", _battery, True),
+    ("rounds", _text("rounds"), True),
+    ("sent", lambda r: _bytes(r.get("bytes_sent")), True),
+    ("recv", lambda r: _bytes(r.get("bytes_received")), True),
+    ("rej", _text("frames_rejected"), True),
+    ("position", _position, False),
+    ("plan", _text("trains"), False),
+)
+"""The table's columns: header, how a record fills its cell, right-justified or not."""
+
+
 def table_rows(records: dict[int, dict[str, Any]], now: float) -> list[list[str]]:
-    """The table's rows, one per drone in id order (see :func:`render_table` for the columns)."""
+    """Every column's cells, one row per drone in id order (``heard``: time since last heard)."""
     rows = []
     for drone in sorted(records):
-        r = records[drone]
-        age = _age(r, now)
-        accuracy = r.get("accuracy")
-        heard = r.get("peers_heard")
-        rows.append(
-            [
-                str(drone),
-                str(r.get("state", "-")),
-                "-" if age is None else f"{age:.1f} s",
-                str(r.get("rounds", "-")),
-                str(r.get("counter", "-")),
-                f"{accuracy:.3f}" if isinstance(accuracy, int | float) else "-",
-                str(len(heard)) if isinstance(heard, dict) else "-",
-                _bytes(r.get("bytes_sent")),
-                _bytes(r.get("bytes_received")),
-                str(r.get("frames_rejected", "-")),
-                str(r.get("trains", "-")),
-            ]
-        )
+        record = records[drone]
+        row = [cell(record) for _, cell, _ in COLUMNS]
+        row[2] = _duration(_age(record, now))
+        rows.append(row)
     return rows
 
 
-_COLUMNS = (
-    "drone",
-    "state",
-    "last heard",
-    "rounds",
-    "update",
-    "accuracy",
-    "peers",
-    "sent",
-    "received",
-    "rejected",
-    "plan",
-)
-
-
-def render_table(records: dict[int, dict[str, Any]], title: str, now: float) -> Any:
-    """A rich Table of the drones: state, last heard, rounds, accuracy, peers, bytes, plan."""
+def render_table(view: SwarmView, now: float, width: int) -> Any:
+    """The view as a rich renderable that fits ``width`` columns: a table of the most important
+    columns that fit, then a line saying how many drones answered of those expected, which are
+    missing, and which columns did not fit."""
+    from rich import box
+    from rich.console import Console, Group
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title)
-    for column in _COLUMNS:
-        table.add_column(column, justify="left" if column in ("state", "plan") else "right")
-    for row in table_rows(records, now):
-        table.add_row(*row)
-    return table
+    rows = table_rows(view.records, now)
+    measure = Console(width=10_000, file=io.StringIO())
+
+    def build(count: int) -> Table:
+        table = Table(title=view.title, box=box.SIMPLE_HEAD, pad_edge=False)
+        for header, _, right in COLUMNS[:count]:
+            table.add_column(header, justify="right" if right else "left", no_wrap=True)
+        for row in rows:
+            table.add_row(*row[:count])
+        return table
+
+    count = len(COLUMNS)
+    while count > 3 and measure.measure(build(count)).maximum > width:
+        count -= 1
+    lines = [Text(view.summary())]
+    left_out = [header for header, _, _ in COLUMNS[count:]]
+    if left_out:
+        lines.append(Text(f"not shown (narrow terminal; see --json): {', '.join(left_out)}"))
+    return Group(build(count), *lines)
 
 
-async def _collect(args: argparse.Namespace) -> tuple[dict[int, dict[str, Any]], str]:
+def _secret_key(args: argparse.Namespace, swarm_id: int) -> bytes:
+    """The status key for ``swarm_id`` from ``--secret-file`` or ``--secret-env``."""
+    from swarmfl.config.drone_file import MAX_SECRET_FILE_BYTES
+    from swarmfl.config.loader import read_text_file
+    from swarmfl.core.wire import derive_swarm_key
+    from swarmfl.radio.status_port import status_key
+
+    if args.secret_file is not None:
+        secret = read_text_file(
+            Path(args.secret_file),
+            max_bytes=MAX_SECRET_FILE_BYTES,
+            source="--secret-file",
+            key="--secret-file",
+        ).strip()
+    else:
+        secret = os.environ.get(args.secret_env, "")
+        if not secret:
+            raise ConfigError(
+                f"asking agents over UDP needs the swarm secret: set {args.secret_env}, or "
+                "use --secret-file or --config",
+                source="argument",
+            )
+    if len(secret) < 16:
+        raise ConfigError("the swarm secret has fewer than 16 characters", source="argument")
+    return status_key(derive_swarm_key(secret, swarm_id))
+
+
+async def _collect(args: argparse.Namespace, previous: SwarmView | None) -> SwarmView:
     broker = args.broker
     swarm_id = args.swarm_id
     prefix = args.topic_prefix or "swarmfl"
@@ -208,7 +209,8 @@ async def _collect(args: argparse.Namespace) -> tuple[dict[int, dict[str, Any]],
     peers = [_parse_peer(text) for text in args.peers]
     username = password = None
     if args.config is not None:
-        from swarmfl.config.drone_file import mqtt_password, parse_drone_config
+        from swarmfl.config.drone_file import load_drone_config, mqtt_password, parse_drone_config
+        from swarmfl.radio.status_port import status_key
 
         config = parse_drone_config(args.config)
         swarm_id = config.swarm.swarm_id if swarm_id is None else swarm_id
@@ -218,38 +220,60 @@ async def _collect(args: argparse.Namespace) -> tuple[dict[int, dict[str, Any]],
             username = config.radio.mqtt.username
             password = mqtt_password(config, args.config)
         elif config.radio.kind == "udp":
+            key = status_key(load_drone_config(args.config).key)
+            browse: int | None = swarm_id
             if config.discovery.resolved_kind("udp") == "static":
                 peers += [(p.host, p.port) for p in config.discovery.peers]
-                host = config.advertised_host() or "127.0.0.1"
-                peers.append((host, config.radio.udp.port))
-                swarm_id_for_browse = None
+                peers.append((config.advertised_host() or "127.0.0.1", config.radio.udp.port))
+                browse = None
             else:
-                swarm_id_for_browse = swarm_id
                 interfaces = interfaces or config.discovery.interfaces
-            records = await collect_udp(
-                swarm_id_for_browse, peers=peers, interfaces=interfaces, wait_s=args.wait_s
+            return await collect_udp(
+                browse,
+                key,
+                peers=peers,
+                interfaces=interfaces,
+                wait_s=args.wait_s,
+                title=f"swarm {swarm_id} (UDP)",
+                previous=previous,
             )
-            return records, f"swarm {swarm_id} (UDP)"
     if broker is not None:
         if swarm_id is None:
             raise ConfigError("--broker needs --swarm-id (or --config)", source="argument")
-        records = await collect_mqtt(
+        return await collect_mqtt(
             broker,
             swarm_id,
             prefix=prefix,
             username=username,
             password=password,
             wait_s=args.wait_s,
+            previous=previous,
         )
-        return records, f"swarm {swarm_id} (MQTT {broker})"
-    if swarm_id is None and not peers:
+    if swarm_id is None:
         raise ConfigError(
-            "say which swarm: --config FILE, --broker URL --swarm-id N, --swarm-id N "
-            "(zeroconf) or --peer HOST:PORT",
+            "say which swarm: --config FILE, --broker URL --swarm-id N, or --swarm-id N "
+            "(zeroconf, and --peer HOST:PORT)",
             source="argument",
         )
-    records = await collect_udp(swarm_id, peers=peers, interfaces=interfaces, wait_s=args.wait_s)
-    return records, f"swarm {swarm_id} (UDP)" if swarm_id is not None else "agents (UDP)"
+    return await collect_udp(
+        swarm_id,
+        _secret_key(args, swarm_id),
+        peers=peers,
+        interfaces=interfaces,
+        wait_s=args.wait_s,
+        title=f"swarm {swarm_id} (UDP)",
+        previous=previous,
+    )
+
+
+def _json_lines(view: SwarmView, now: float) -> str:
+    lines = []
+    for drone in sorted(view.records):
+        record = dict(view.records[drone])
+        age = _age(record, now)
+        record["last_heard_s"] = None if age is None else round(age, 3)
+        lines.append(json.dumps(record, separators=(",", ":")))
+    return "\n".join(lines)
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -258,27 +282,45 @@ def run_status(args: argparse.Namespace) -> int:
     Raises :class:`ConfigError` for bad arguments or config (the CLI prints one line, exit 2).
     """
     from rich.console import Console
+    from rich.live import Live
 
+    for name in ("wait_s", "interval_s"):
+        value = getattr(args, name)
+        if not 0 < value <= 3600:
+            raise ConfigError(f"must be in (0, 3600] s, got {value}", key=f"--{name[:-2]}-s")
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"must be at least 1, got {args.count}", key="--count")
     console = Console()
-    while True:
-        try:
-            records, title = asyncio.run(_collect(args))
-        except RadioError as exc:
-            print(f"swarmfl: {exc}", file=sys.stderr)
-            return 1
-        now = time.time()
-        if args.json:
-            for drone in sorted(records):
-                record = dict(records[drone])
-                age = _age(record, now)
-                record["last_heard_s"] = None if age is None else round(age, 3)
-                print(json.dumps(record, separators=(",", ":")), flush=True)
-        else:
-            if args.watch:
-                console.clear()
-            console.print(render_table(records, title, now))
-        if not args.watch:
-            if not records:
-                print(f"swarmfl: no drone answered within {args.wait_s} s", file=sys.stderr)
+    refreshes = args.count if args.count is not None else (None if args.watch else 1)
+    live = Live(console=console, auto_refresh=False) if args.watch and console.is_terminal else None
+    view: SwarmView | None = None
+    done = 0
+    try:
+        if live is not None:
+            live.start()
+        while refreshes is None or done < refreshes:
+            if done:
+                time.sleep(args.interval_s)
+            try:
+                view = asyncio.run(_collect(args, view))
+            except RadioError as exc:
+                print(f"swarmfl: {exc}", file=sys.stderr)
                 return 1
-            return 0
+            done += 1
+            now = time.time()
+            if args.json:
+                if view.records:
+                    print(_json_lines(view, now), flush=True)
+                print(f"swarmfl status: {view.summary()}", file=sys.stderr, flush=True)
+            elif live is not None:
+                live.update(render_table(view, now, console.width), refresh=True)
+            else:
+                console.print(render_table(view, now, console.width))
+    finally:
+        if live is not None:
+            live.stop()
+    if view is None or not view.answered:
+        wait = args.wait_s
+        print(f"swarmfl: no drone answered within {wait} s", file=sys.stderr)
+        return 1
+    return 0

@@ -18,7 +18,7 @@ from typing import Any
 from swarmfl.core.node import NodeStats
 from swarmfl.errors import ConfigError
 
-__all__ = ["STATUS_VERSION", "MergeLag", "StatusLog", "finite_or_none"]
+__all__ = ["STATUS_VERSION", "MergeLag", "PeerMemory", "StatusLog", "finite_or_none"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,53 @@ class MergeLag:
         lag = stats.merge_lag_s - self._lag_s
         self._merged, self._lag_s = stats.replicas_merged, stats.merge_lag_s
         return lag / merged if merged else None
+
+
+class PeerMemory:
+    """What a drone remembers of peers that went away, for ``swarmfl status``.
+
+    * ``peers_left``: peers whose announcement was withdrawn (a goodbye), seconds ago;
+    * ``peers_lost``: peers heard before of which the node holds no live replica any more,
+      seconds since they were last heard.
+
+    :meth:`update` takes the peers announced and the live ones with when they were last heard.
+    A peer that comes back is forgotten from both. Each table keeps at most ``max_peers``
+    (the oldest goes first), so hostile announcements or frames cannot grow the record.
+    """
+
+    def __init__(self, max_peers: int = 64) -> None:
+        self.max_peers = max_peers
+        self._announced: set[int] = set()
+        self._left: dict[int, float] = {}
+        self._heard: dict[int, float] = {}
+        self._live: set[int] = set()
+
+    def update(self, announced: set[int] | None, heard: Mapping[int, float], now: float) -> None:
+        """Note the peers announced (None: no announcements to follow) and the live peers with
+        the wall-clock time each was last heard, at wall-clock time ``now`` (s)."""
+        if announced is not None:
+            for drone in self._announced - announced:
+                self._left[drone] = now
+            for drone in announced:
+                self._left.pop(drone, None)
+            self._announced = announced
+        self._heard.update(heard)
+        self._live = set(heard)
+        for table in (self._left, self._heard):
+            while len(table) > self.max_peers:
+                del table[min(table, key=table.__getitem__)]
+
+    def left(self, now: float) -> dict[str, float]:
+        """Seconds since each goodbye at ``now``, by drone id (a string, for JSON)."""
+        return {str(d): round(max(0.0, now - at), 3) for d, at in sorted(self._left.items())}
+
+    def lost(self, now: float) -> dict[str, float]:
+        """Seconds since each peer no longer live was last heard, by drone id."""
+        return {
+            str(d): round(max(0.0, now - at), 3)
+            for d, at in sorted(self._heard.items())
+            if d not in self._live
+        }
 
 
 class StatusLog:
