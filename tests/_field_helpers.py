@@ -196,15 +196,15 @@ class AgentProcess:
         return self.process.wait(timeout_s)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not go within 10 s (test teardown)."""
+        """SIGTERM, then SIGKILL if it does not go within 60 s (test teardown)."""
         process = self.process
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(10)
+                process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait(5)
+                process.wait(30)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -246,7 +246,7 @@ class Mosquitto:
             [MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
         log.close()
-        wait_until(self._accepting, 10.0, "mosquitto to accept connections", poll_s=0.02)
+        wait_until(self._accepting, 60.0, "mosquitto to accept connections", poll_s=0.02)
         return self
 
     def _accepting(self) -> bool:

@@ -27,7 +27,7 @@ from swarmfl.radio.discovery import (
 SIG = bytes.fromhex("0123456789abcdef")
 OTHER_SIG = bytes.fromhex("fedcba9876543210")
 LOOPBACK = ["127.0.0.1"]
-TIMEOUT_S = 10.0
+TIMEOUT_S = 30.0  # generous: mDNS answers come late on a busy machine
 
 
 def peer(drone_id: int, swarm_id: int = 1, signature: bytes = SIG, **kw: object) -> PeerInfo:

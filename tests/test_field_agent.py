@@ -94,7 +94,7 @@ async def running(agents_: list[FieldAgent], body: Callable[[], Awaitable[None]]
     finally:
         for agent in agents_:
             agent.request_stop()
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):
             await asyncio.gather(*tasks)
 
 
@@ -134,7 +134,7 @@ def forged_datagrams(swarm_id: int, signature: bytes, size: int) -> dict[str, li
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(300)
 async def test_bad_datagrams_and_frames_are_counted_and_dropped_while_the_agent_learns(
     tmp_path: Path, secret_env: None
 ) -> None:
@@ -144,7 +144,7 @@ async def test_bad_datagrams_and_frames_are_counted_and_dropped_while_the_agent_
     target = drones[0]
 
     async def body() -> None:
-        await eventually(lambda: target.node.stats.frames_accepted >= 3, 30, "frames from 1")
+        await eventually(lambda: target.node.stats.frames_accepted >= 3, 90, "frames from 1")
         before = target.status()
         bad = forged_datagrams(swarm_id, target.signature, size=40)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
@@ -156,7 +156,7 @@ async def test_bad_datagrams_and_frames_are_counted_and_dropped_while_the_agent_
                 target.node.stats.frames_rejected >= 10
                 and target.status()["datagrams_malformed"] >= len(bad["garbage"])
             ),
-            20,
+            60,
             "the bad frames to be counted",
         )
         counter_at_attack = target.node.counter
@@ -166,7 +166,7 @@ async def test_bad_datagrams_and_frames_are_counted_and_dropped_while_the_agent_
                 target.node.counter >= counter_at_attack + 5
                 and target.node.stats.frames_accepted >= accepted_at_attack + 5
             ),
-            30,
+            90,
             "learning and gossip to go on",
         )
         after = target.status()
@@ -183,7 +183,7 @@ async def test_bad_datagrams_and_frames_are_counted_and_dropped_while_the_agent_
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(300)
 async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
     tmp_path: Path, secret_env: None
 ) -> None:
@@ -192,7 +192,7 @@ async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
     first = [FieldAgent(load_drone_config(p)) for p in paths]
 
     async def body() -> None:
-        await eventually(lambda: first[0].node.counter >= 6, 30, "six rounds")
+        await eventually(lambda: first[0].node.counter >= 6, 90, "six rounds")
 
     await running(first, body)
     saved = first[0].node.export_state()
@@ -284,7 +284,7 @@ def swarmfl_status(*args: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_four_agent_processes_find_each_other_by_zeroconf_and_learn_over_udp(
     tmp_path: Path,
 ) -> None:
@@ -292,7 +292,7 @@ def test_four_agent_processes_find_each_other_by_zeroconf_and_learn_over_udp(
     with agents(processes):
         for process in processes:
             process.start()
-        wait_until(lambda: swarm_learned(processes, 0.85), 90, "mean accuracy 0.85 over UDP")
+        wait_until(lambda: swarm_learned(processes, 0.85), 240, "mean accuracy 0.85 over UDP")
         for process in processes:
             last = process.last()
             assert last is not None
@@ -308,8 +308,8 @@ def test_four_agent_processes_find_each_other_by_zeroconf_and_learn_over_udp(
         crashed, stopped = processes[3], processes[2]
         crashed.signal(signal.SIGKILL)
         stopped.signal(signal.SIGTERM)
-        crashed.wait(30)
-        assert stopped.wait(30) == 0
+        crashed.wait(60)
+        assert stopped.wait(60) == 0
 
         def both_gone() -> bool:
             # drone 2's mDNS goodbye has reached the others; drone 3's record stays cached
@@ -318,7 +318,7 @@ def test_four_agent_processes_find_each_other_by_zeroconf_and_learn_over_udp(
                 for p in processes[:2]
             )
 
-        wait_until(both_gone, 60, "drone 2's goodbye to reach its peers")
+        wait_until(both_gone, 120, "drone 2's goodbye to reach its peers")
         result = run_status(*where, "--json")
         states = {r["drone"]: r for r in map(json.loads, result.stdout.splitlines())}
         assert sorted(states) == [0, 1, 2, 3]
@@ -335,14 +335,14 @@ def test_four_agent_processes_find_each_other_by_zeroconf_and_learn_over_udp(
             process.signal(signal.SIGTERM)
         for process in processes:
             if process is not crashed:
-                assert process.wait(30) == 0
+                assert process.wait(60) == 0
                 last = process.last()
                 assert last is not None and last["state"] == "stopped"
                 assert list((tmp_path / f"ckpt-{process.drone}").glob("ckpt-*.swfl"))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_an_agent_killed_with_sigkill_resumes_from_its_checkpoint_and_rejoins(
     tmp_path: Path,
 ) -> None:
@@ -363,18 +363,17 @@ def test_an_agent_killed_with_sigkill_resumes_from_its_checkpoint_and_rejoins(
                 and len(list(checkpoints.glob("ckpt-*.swfl"))) >= 2
             )
 
-        wait_until(learned_and_saved, 90, "drone 2 to learn and checkpoint")
+        wait_until(learned_and_saved, 240, "drone 2 to learn and checkpoint")
         victim.signal(signal.SIGKILL)
-        victim.wait(10)
+        victim.wait(30)
         before = victim.last()
         assert before is not None
         lines_before = len(victim.lines())
-        killed_at = time.monotonic()
-
+        restarted_at = time.monotonic()  # the clock the agents' "mono" field is read from
         victim.start()
         resumed = wait_until(
             lambda: next((line for line in victim.lines()[lines_before:]), None),
-            60,
+            120,
             "the restarted drone's first status line",
         )
         assert resumed["state"] == "resumed"
@@ -396,23 +395,23 @@ def test_an_agent_killed_with_sigkill_resumes_from_its_checkpoint_and_rejoins(
         def rejoined() -> bool:
             # The others merge its new frames (refused as replays, they would go stale) ...
             others = [p.last() or {} for p in processes[:2]]
-            if time.monotonic() - killed_at < 0.5:
-                return False
             hears_victim = all(
-                o.get("peers_heard", {}).get("2", 99) < 1.0 and o.get("frames_replayed") == 0
+                "2" in o.get("peers_heard", {})
+                and o["mono"] - o["peers_heard"]["2"] > restarted_at  # heard since the restart
+                and o.get("frames_replayed") == 0
                 for o in others
             )
             # ... and it hears them.
             now = victim.last() or {}
             return hears_victim and len(now.get("peers_heard", {})) == 2
 
-        wait_until(rejoined, 60, "drone 2 to rejoin")
+        wait_until(rejoined, 120, "drone 2 to rejoin")
         after = victim.last()
         assert after is not None and after["counter"] > resumed["counter"]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_four_agent_processes_learn_through_mosquitto_and_a_lost_drone_is_seen_gone_and_back(
     tmp_path: Path,
 ) -> None:
@@ -423,7 +422,7 @@ def test_four_agent_processes_learn_through_mosquitto_and_a_lost_drone_is_seen_g
         with agents(processes):
             for process in processes:
                 process.start()
-            wait_until(lambda: swarm_learned(processes, 0.85), 90, "mean accuracy 0.85 over MQTT")
+            wait_until(lambda: swarm_learned(processes, 0.85), 240, "mean accuracy 0.85 over MQTT")
             for process in processes:
                 last = process.last()
                 assert last is not None and last["broker"] == "connected"
@@ -435,7 +434,7 @@ def test_four_agent_processes_learn_through_mosquitto_and_a_lost_drone_is_seen_g
             lost = processes[3]
             lines_before = len(lost.lines())
             lost.signal(signal.SIGKILL)  # its TCP connection drops without a goodbye
-            lost.wait(10)
+            lost.wait(30)
 
             def everyone_sees(expected: list[int]) -> bool:
                 return all(
@@ -443,20 +442,20 @@ def test_four_agent_processes_learn_through_mosquitto_and_a_lost_drone_is_seen_g
                     for p in processes[:3]
                 )
 
-            wait_until(lambda: everyone_sees([0, 1, 2]), 30, "the last will to report drone 3")
+            wait_until(lambda: everyone_sees([0, 1, 2]), 60, "the last will to report drone 3")
             seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "30")
             assert {r["drone"]: r["state"] for r in seen}[3] == "offline"
             assert [r["drone"] for r in seen if not r["answered"]] == [3]
             lost.start()
             wait_until(
                 lambda: len(lost.lines()) > lines_before and everyone_sees([0, 1, 2, 3]),
-                60,
+                120,
                 "drone 3 to be seen again",
             )
             # A clean stop says goodbye: its last telemetry says "stopped", then it goes offline.
             processes[2].signal(signal.SIGTERM)
-            assert processes[2].wait(30) == 0
-            wait_until(lambda: everyone_sees([0, 1, 3]), 30, "drone 2's goodbye")
+            assert processes[2].wait(60) == 0
+            wait_until(lambda: everyone_sees([0, 1, 3]), 60, "drone 2's goodbye")
             seen = swarmfl_status("--broker", url, "--swarm-id", str(swarm_id), "--wait-s", "30")
             by_drone = {r["drone"]: r for r in seen}
             assert by_drone[2]["state"] == "stopped" and by_drone[2]["goodbye"] is True

@@ -14,12 +14,12 @@ from swarmfl.radio.base import Radio
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.udp import UdpRadio
 
-pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.network, pytest.mark.timeout(120)]
 
 LOOPBACK = "127.0.0.1"
 
 
-async def take(radio: UdpRadio, n: int, timeout_s: float = 5.0) -> list[bytes]:
+async def take(radio: UdpRadio, n: int, timeout_s: float = 30.0) -> list[bytes]:
     frames: list[bytes] = []
     async with asyncio.timeout(timeout_s):
         async for heard in radio.frames():
@@ -77,9 +77,11 @@ async def test_the_token_bucket_paces_what_leaves_and_charges_every_copy() -> No
         finally:
             for r in receivers:
                 await r.aclose()
-    # 40 kB at 200 kB/s is 0.2 s for one destination; two copies take twice the air.
-    assert 0.15 < one_copy_s < 1.0
-    assert two_copies_s > 1.6 * one_copy_s
+    # 40 kB at 200 kB/s is 0.2 s for one destination (less the one-MTU burst); two copies take
+    # twice the air. Only lower bounds: a busy machine can make either slower, never faster.
+    burst_s = 1472 / 200_000
+    assert one_copy_s >= 0.2 - burst_s
+    assert two_copies_s >= 0.4 - burst_s
 
 
 @pytest.mark.asyncio
@@ -93,7 +95,7 @@ async def test_the_loss_injector_drops_datagrams_and_counts_them() -> None:
             a.send(i.to_bytes(4, "little"))
         got: list[bytes] = []
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
+        deadline = loop.time() + 30.0  # generous: a busy machine delivers late, not never
 
         def accounted() -> int:
             c = b.counters()

@@ -237,7 +237,7 @@ class StatusSection(Section):
     log_max_bytes: Annotated[int, Field(gt=0, le=1 << 34)] = 10_000_000  # rotated to .1 past this
     interval_s: Annotated[float, Field(ge=0.05, le=86_400)] = 2.0
     telemetry: bool = True  # publish on MQTT
-    answer_queries: bool = True  # answer status queries over UDP
+    answer_queries: bool = True  # answer status queries over UDP (authenticated, rate-limited)
 
 
 class DroneConfig(Section):
