@@ -10,8 +10,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(1)
+
+# A busy machine must not fail a property test: no per-example deadline, and no health check
+# that measures how fast examples are generated (tests' own @settings add to this profile).
+settings.register_profile("swarmfl", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("swarmfl")
 
 pytest_plugins = ["swarmfl.testing"]
 

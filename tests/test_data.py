@@ -237,10 +237,10 @@ def test_lower_alpha_is_more_skewed() -> None:
 
 def test_thousand_part_dirichlet_is_fast_and_fills_every_part() -> None:
     labels = load_builtin("digits", seed=0).y_train
-    start = time.perf_counter()
+    # CPU time of this thread, not wall time: other work on a busy machine does not count.
+    start = time.thread_time()
     parts = partition_dirichlet(labels, 1000, 0.1, np.random.default_rng(0), min_size=1)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.5
+    assert time.thread_time() - start < 0.5
     assert len(parts) == 1000
     _check_cover(parts, len(labels))
     assert min(len(p) for p in parts) >= 1

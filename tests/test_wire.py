@@ -442,17 +442,19 @@ def test_fuzz_mutated_frames_only_raise_frame_decode_error() -> None:
         decode_frame(data, fuzz.KEY, swarm_id=fuzz.SWARM_ID, signature=fuzz.SIGNATURE)
     reasons: dict[str, int] = {}
     slowest = 0.0
-    started = time.perf_counter()
+    # CPU time of this thread, not wall time: on a busy machine a decode can wait for a core
+    # for longer than it runs, and that says nothing about the decoder.
+    started = time.thread_time()
     for _ in range(20_000):
         data = fuzz.mutate(rng, corpus)
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         try:
             decode_frame(data, fuzz.KEY, swarm_id=fuzz.SWARM_ID, signature=fuzz.SIGNATURE)
         except FrameDecodeError as error:
             reason = fuzz.reason_of(error)
             reasons[reason] = reasons.get(reason, 0) + 1
-        slowest = max(slowest, time.perf_counter() - t0)
-    assert time.perf_counter() - started < 15
+        slowest = max(slowest, time.thread_time() - t0)
+    assert time.thread_time() - started < 15
     assert slowest < 0.05, slowest
     # The catch-all in decode_frame must never be what caught a mutant.
     assert "malformed" not in reasons, reasons
