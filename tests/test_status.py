@@ -7,15 +7,16 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
-from _field_helpers import SECRET
+from _field_helpers import SECRET, Mosquitto, require_mosquitto
 from rich.console import Console
 
 from swarmfl.cli import main
 from swarmfl.core.wire import derive_swarm_key
-from swarmfl.field.status_collect import SwarmView, collect_udp, view_of
+from swarmfl.field.status_collect import SwarmView, collect_mqtt, collect_udp, view_of
 from swarmfl.field.status_table import COLUMNS, render_table, table_rows
 from swarmfl.radio.status_port import StatusResponder, status_key
 from swarmfl.radio.udp import UdpRadio
@@ -174,6 +175,54 @@ async def test_the_cli_table_fits_80_columns_when_piped_and_watch_refreshes() ->
         [line] = [json.loads(text) for text in out.splitlines()]
         assert line["drone"] == 2 and line["answered"] is True and line["epsilon"] == 0.25
         assert "1 of 1 drones answered" in err
+
+
+@pytest.mark.asyncio
+@pytest.mark.network
+@pytest.mark.timeout(120)
+async def test_mqtt_status_tells_a_clean_stop_from_a_crash_and_survives_hostile_records(
+    tmp_path: Path,
+) -> None:
+    import aiomqtt
+
+    require_mosquitto()
+    broker = Mosquitto(tmp_path).start()
+    try:
+        root = "swarmfl/7"
+        retained: dict[str, Any] = {
+            f"{root}/presence/1": {"state": "online"},
+            f"{root}/telemetry/1": {
+                "drone": 1,
+                "t": NOW,
+                "state": "running",
+                "peers_heard": {"9": 2},
+            },
+            f"{root}/presence/2": {"state": "offline"},  # its own goodbye, after ...
+            f"{root}/telemetry/2": {"drone": 2, "t": NOW - 5, "state": "stopped"},  # ... this
+            f"{root}/presence/3": {"state": "offline"},  # its last will: it crashed
+            f"{root}/telemetry/3": {"drone": 3, "t": NOW - 9, "state": "running"},
+            f"{root}/telemetry/4": b"[" * 20_000 + b"]" * 20_000,  # RecursionError in json
+            f"{root}/telemetry/8": b"x" * 1_000_000,  # larger than any status record
+            f"{root}/presence/5": b"\xff\xfe not json",
+            f"{root}/telemetry/6": {"drone": 7, "state": "lying about its id"},
+            f"{root}/presence/x": {"state": "online"},
+        }
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            for topic, body in retained.items():
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+                await client.publish(topic, payload, qos=1, retain=True)
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        # Everything is retained, so collection stops early: the 600 s limit does not hold up
+        # this test (timeout 120 s).
+        view = await collect_mqtt(url, 7, wait_s=600)
+    finally:
+        broker.stop()
+    assert view.answered == [1] and view.missing == [2, 3, 9]
+    assert view.records[2]["state"] == "stopped" and view.records[2]["goodbye"] is True
+    assert view.records[3]["state"] == "offline" and view.records[3]["goodbye"] is False
+    assert view.records[3]["t"] == NOW - 9  # last heard: its last telemetry
+    assert view.records[9]["named_by"] == ["drone 1"]
+    assert view.records[9]["t"] == pytest.approx(NOW - 2)
 
 
 @pytest.mark.parametrize(

@@ -330,7 +330,9 @@ async def collect_mqtt(
             messages = aiter(client.messages)
             while True:
                 now = loop.time()
-                waiting = [d for d, state in presence.items() if d not in telemetry]
+                # an online drone's retained telemetry may still be on its way; an offline one
+                # without any has nothing more to send
+                waiting = [d for d, on in presence.items() if on == "online" and d not in telemetry]
                 if (telemetry or presence) and not waiting and now - last_change >= settle_s:
                     break
                 if now >= deadline:
