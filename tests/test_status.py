@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,40 @@ async def test_agents_are_asked_and_peers_they_name_are_expected() -> None:
         assert view.records == {} and view.silent_addresses == [address]
         assert view.summary() == f"0 of 0 drones answered; no answer from 127.0.0.1:{c.local_port}"
         assert c.counters()["status_refused"] >= 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.network
+@pytest.mark.timeout(120)
+async def test_a_configured_peer_that_stays_silent_is_a_missing_drone() -> None:
+    alive = {"drone": 1, "swarm": 7, "t": NOW, "peers_lost": {"3": 20.0}}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:
+        dead.bind(("127.0.0.1", 0))  # drone 3's port: nobody answers there any more
+        dead_address = ("127.0.0.1", dead.getsockname()[1])
+        async with agent_radio(alive) as radio:
+            known = {("127.0.0.1", radio.local_port): 1, dead_address: 3}
+            # Its peer lost it and it was asked a few times: not waited for until the limit.
+            view = await collect_udp(None, KEY, known=known, wait_s=600)
+    assert view.answered == [1] and view.missing == [3]
+    assert view.records[3]["named_by"] == ["config", "drone 1"]
+    assert view.records[3]["state"] == "offline"
+
+
+@pytest.mark.parametrize(
+    ("fields", "battery", "position"),
+    [
+        ({"battery_fraction": 0.5, "lat_deg": 1.0, "lon_deg": 2.0}, "50%", "1.00000,2.00000"),
+        ({"vehicle": {"battery_fraction": 0.05, "alt_rel_m": 9}}, "5%", "-"),
+        ({"battery": {"remaining": 0.25}, "position": [10.0, 20.4, 30.0]}, "25%", "10,20,30 m"),
+        ({"battery": 3.7, "position": "somewhere"}, "-", "-"),  # not a fraction, not metres
+    ],
+)
+def test_battery_and_position_are_read_from_the_forms_agents_report(
+    fields: dict[str, Any], battery: str, position: str
+) -> None:
+    [row] = table_rows({1: {"drone": 1, **fields}}, NOW)
+    cells = dict(zip([header for header, _, _ in COLUMNS], row, strict=True))
+    assert (cells["batt"], cells["position"]) == (battery, position)
 
 
 @pytest.mark.asyncio

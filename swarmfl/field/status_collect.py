@@ -185,6 +185,7 @@ async def collect_udp(
     key: bytes,
     *,
     peers: Iterable[tuple[str, int]] = (),
+    known: Mapping[tuple[str, int], int] | None = None,
     interfaces: list[str] | None = None,
     wait_s: float = 5.0,
     settle_s: float = 0.5,
@@ -194,9 +195,11 @@ async def collect_udp(
     """Ask the swarm's agents for their status over UDP; the view after at most ``wait_s``.
 
     The agents are ``peers`` plus, with a ``swarm_id``, those found by zeroconf while
-    collecting. Queries are authenticated with ``key`` (the status key); answers of another
-    swarm are dropped. Stops early when every drone named by anyone has answered and nothing
-    new appeared for ``settle_s``. Raises :class:`RadioError` if zeroconf or a UDP socket fails.
+    collecting; ``known`` names the drone at some of those addresses (a static peer list), so
+    that a silent one is shown as a missing drone. Queries are authenticated with ``key`` (the
+    status key); answers of another swarm are dropped. Stops early when every drone named by
+    anyone has answered and nothing new appeared for ``settle_s``. Raises :class:`RadioError`
+    if zeroconf or a UDP socket fails.
     """
     from swarmfl.radio.discovery import ZeroconfDiscovery
     from swarmfl.radio.status_port import (
@@ -211,7 +214,10 @@ async def collect_udp(
     addresses: dict[tuple[str, int], str] = {address: "--peer" for address in peers}
     asked_at: dict[tuple[str, int], float] = {}
     asks: dict[tuple[str, int], int] = {}
-    drone_at: dict[tuple[str, int], int] = {}  # the drone mDNS says is at an address
+    drone_at: dict[tuple[str, int], int] = dict(known or {})  # the drone said to be there
+    for configured, drone_id in drone_at.items():
+        addresses.setdefault(configured, "config")
+        named_by.setdefault(drone_id, set()).add("config")
     enlarged: set[tuple[str, int]] = set()  # re-asked with a larger query for a whole record
     done: set[tuple[str, int]] = set()
     heard_from: set[tuple[str, int]] = set()

@@ -83,15 +83,25 @@ def _number(value: object) -> float | None:
 
 def _battery(record: dict[str, Any]) -> str:
     fraction = _number(_field(record, "battery_fraction"))
-    return "-" if fraction is None else f"{fraction * 100:.0f}%"
+    if fraction is None:
+        battery = _field(record, "battery")  # a fraction, or a record with one
+        if isinstance(battery, dict):
+            battery = battery.get("fraction", battery.get("remaining"))
+        fraction = _number(battery)
+    return "-" if fraction is None or not 0 <= fraction <= 1 else f"{fraction * 100:.0f}%"
 
 
 def _position(record: dict[str, Any]) -> str:
     lat, lon = _number(_field(record, "lat_deg")), _number(_field(record, "lon_deg"))
-    if lat is None or lon is None:
-        return "-"
-    alt = _number(_field(record, "alt_rel_m"))
-    return f"{lat:.5f},{lon:.5f}" + ("" if alt is None else f" {alt:.0f}m")
+    if lat is not None and lon is not None:
+        alt = _number(_field(record, "alt_rel_m"))
+        return f"{lat:.5f},{lon:.5f}" + ("" if alt is None else f" {alt:.0f}m")
+    position = _field(record, "position")  # metres, as the simulator reports them
+    if isinstance(position, list) and 2 <= len(position) <= 3:
+        metres = [_number(v) for v in position]
+        if all(v is not None for v in metres):
+            return ",".join(f"{v:.0f}" for v in metres if v is not None) + " m"
+    return "-"
 
 
 def _peers(record: dict[str, Any]) -> str:
@@ -222,9 +232,11 @@ async def _collect(args: argparse.Namespace, previous: SwarmView | None) -> Swar
         elif config.radio.kind == "udp":
             key = status_key(load_drone_config(args.config).key)
             browse: int | None = swarm_id
+            known: dict[tuple[str, int], int] = {}
             if config.discovery.resolved_kind("udp") == "static":
-                peers += [(p.host, p.port) for p in config.discovery.peers]
-                peers.append((config.advertised_host() or "127.0.0.1", config.radio.udp.port))
+                known = {(p.host, p.port): p.id for p in config.discovery.peers}
+                me = (config.advertised_host() or "127.0.0.1", config.radio.udp.port)
+                known[me] = config.drone.id
                 browse = None
             else:
                 interfaces = interfaces or config.discovery.interfaces
@@ -232,6 +244,7 @@ async def _collect(args: argparse.Namespace, previous: SwarmView | None) -> Swar
                 browse,
                 key,
                 peers=peers,
+                known=known,
                 interfaces=interfaces,
                 wait_s=args.wait_s,
                 title=f"swarm {swarm_id} (UDP)",
