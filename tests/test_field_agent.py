@@ -366,8 +366,10 @@ def test_an_agent_killed_with_sigkill_resumes_from_its_checkpoint_and_rejoins(
         wait_until(learned_and_saved, 240, "drone 2 to learn and checkpoint")
         victim.signal(signal.SIGKILL)
         victim.wait(30)
-        before = victim.last()
-        assert before is not None
+        # What the kill left on disk (how many rounds it lags the last status line depends on the
+        # machine's speed: a save may be skipped while the previous one is still being written).
+        saved = CheckpointStore(checkpoints).load_latest()
+        assert saved is not None and saved.counter >= 3
         lines_before = len(victim.lines())
         restarted_at = time.monotonic()  # the clock the agents' "mono" field is read from
         victim.start()
@@ -377,19 +379,11 @@ def test_an_agent_killed_with_sigkill_resumes_from_its_checkpoint_and_rejoins(
             "the restarted drone's first status line",
         )
         assert resumed["state"] == "resumed"
-        # The update counter continues from the newest checkpoint (a few rounds before the kill).
-        assert resumed["resumed_from"] is not None
-        assert before["counter"] - 3 <= resumed["resumed_from"] <= before["counter"]
+        # The update counter continues from the newest checkpoint ...
+        assert resumed["resumed_from"] == saved.counter
         assert resumed["counter"] == resumed["resumed_from"]
         # ... and the model is the checkpoint's, not a fresh one: it scores what the drone scored
-        # when it wrote that checkpoint (how far that lags the kill depends on the machine's
-        # speed, so compare with the checkpoint, not with the last status line).
-        store = CheckpointStore(checkpoints)
-        saved = next(
-            store.load(path)
-            for path in store.checkpoint_paths()
-            if store.load(path).counter == resumed["resumed_from"]
-        )
+        # when it wrote that checkpoint.
         assert resumed["accuracy"] == pytest.approx(saved.meta["accuracy"], abs=1e-6)
 
         def rejoined() -> bool:
