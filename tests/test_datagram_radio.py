@@ -91,14 +91,14 @@ def counters(**nonzero: int) -> dict[str, int]:
     return {name: nonzero.get(name, 0) for name in COUNTERS}
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     """Wait until ``condition()`` holds (poll); fail after ``timeout_s``."""
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.005)
 
 
-async def first_frame(radio: Radio, timeout_s: float = 10.0) -> bytes:
+async def first_frame(radio: Radio, timeout_s: float = 30.0) -> bytes:
     async with asyncio.timeout(timeout_s):
         async for heard in radio.frames():
             return heard.data
@@ -251,7 +251,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 
 def on_loopback(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
     """Mark an async test that drives the real radios through sockets and a broker on loopback."""
-    for mark in (pytest.mark.network, pytest.mark.timeout(60), pytest.mark.asyncio):
+    for mark in (pytest.mark.network, pytest.mark.timeout(180), pytest.mark.asyncio):
         test = mark(test)
     return test
 
@@ -288,7 +288,7 @@ async def radio_pair(
     ]
     async with radios[0] as mqtt_sender, radios[1] as mqtt_receiver:
         # Subscribed once connected: a datagram published after this is heard.
-        assert await mqtt_sender.wait_connected(10) and await mqtt_receiver.wait_connected(10)
+        assert await mqtt_sender.wait_connected(30) and await mqtt_receiver.wait_connected(30)
         yield mqtt_sender, mqtt_receiver
 
 
