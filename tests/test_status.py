@@ -299,5 +299,8 @@ def test_no_answer_is_exit_1(
     assert "no drone answered" in err
 
 
-def test_an_empty_view_says_so() -> None:
+def test_an_empty_view_says_so_without_an_empty_table() -> None:
     assert SwarmView("x").summary() == "0 of 0 drones answered"
+    out = io.StringIO()
+    Console(file=out, width=80).print(render_table(SwarmView("x"), NOW, 80))
+    assert out.getvalue() == "0 of 0 drones answered\n"

@@ -163,6 +163,8 @@ def render_table(view: SwarmView, now: float, width: int) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    if not view.records:
+        return Text(view.summary())
     rows = table_rows(view.records, now)
     measure = Console(width=10_000, file=io.StringIO())
 
