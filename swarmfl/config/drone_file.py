@@ -134,6 +134,16 @@ class FieldTrainingSection(TrainingSection):
     enabled: bool = True  # false: gossip and merge only (a relay, or a benchmark)
     threads: Annotated[int, Field(gt=0, le=1024)] | None = None  # torch threads (torch's choice)
 
+    @model_validator(mode="after")
+    def _threads_need_torch(self) -> FieldTrainingSection:
+        if self.threads is not None and self.backend != "torch":
+            raise KeyedValueError(
+                ("training", "threads"),
+                'sets torch\'s threads: it needs training.backend = "torch" (for the lean '
+                "backend set OPENBLAS_NUM_THREADS in the environment)",
+            )
+        return self
+
 
 class UdpSection(Section):
     """The UDP radio."""

@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from swarmfl.agent import Agent
 from swarmfl.clock import LoopClock, ThreadedCompute
 from swarmfl.config.drone_file import LoadedDroneConfig
@@ -37,7 +35,7 @@ from swarmfl.field.checkpoint import CheckpointStore
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
 from swarmfl.field.telemetry import STATUS_VERSION, MergeLag, StatusLog, finite_or_none
-from swarmfl.learning.learner import StepResult
+from swarmfl.learning.seam import StepResult
 from swarmfl.radio.discovery import Discovery, PeerInfo
 from swarmfl.radio.mqtt import MqttRadio
 from swarmfl.radio.udp import UdpRadio
@@ -74,6 +72,7 @@ def field_device(loaded: LoadedDroneConfig) -> DeviceProfile:
     """
     training = loaded.config.training
     return DeviceProfile(
+        backend=training.backend,
         budget_bytes=training.budget_bytes,
         neighbour_replicas=training.neighbour_replicas,
         replica_scope="model",
@@ -115,7 +114,9 @@ class FieldAgent:
         self.config = config
         self.drone_id = config.drone.id
         self.swarm_id = config.swarm.swarm_id
-        if config.training.threads is not None:
+        if config.training.threads is not None:  # torch backend only (the config refuses it)
+            import torch
+
             torch.set_num_threads(config.training.threads)
         self.assembly = DroneAssembly(drone_settings(loaded))
         self.parts: AssembledDrone = self.assembly.build(
