@@ -12,9 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
-
-from swarmfl.learning.datasets import digits_images
 from _field_helpers import (
     SECRET,
     agent_tables,
@@ -23,6 +20,9 @@ from _field_helpers import (
     wait_until,
     write_config,
 )
+from sklearn.datasets import load_digits
+
+from swarmfl.learning.datasets import digits_images
 
 HEAVY = ("torch", "matplotlib", "sklearn")
 
