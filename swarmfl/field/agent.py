@@ -32,6 +32,7 @@ from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.drone import AssembledDrone, DeviceProfile, DroneAssembly, SwarmSettings
 from swarmfl.errors import ConfigError, SwarmError
 from swarmfl.field.checkpoint import CheckpointStore
+from swarmfl.field.footprint import check_process_budget, process_plan
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
 from swarmfl.field.telemetry import STATUS_VERSION, MergeLag, StatusLog, finite_or_none
@@ -123,6 +124,10 @@ class FieldAgent:
             self.drone_id, config.data.shard, field_device(loaded)
         )
         self.description = _data_description(loaded)
+        self.process_plan = process_plan(
+            self.assembly, self.parts, neighbour_replicas=config.training.neighbour_replicas
+        )
+        check_process_budget(self.process_plan, config.training.process_budget_bytes)
         self.learner = self.parts.learner
         self.node = self.parts.node
         self.plan = self.parts.plan
@@ -381,7 +386,8 @@ def run_agent(loaded: LoadedDroneConfig, *, resume: bool = True) -> int:
             f"{agent.description}, {config.radio.kind} radio, trains "
             + (agent.plan.describe() if agent.plan is not None else "the whole model")
             + ", "
-            + (f"resumed at update {resumed}" if resumed is not None else "fresh start"),
+            + (f"resumed at update {resumed}" if resumed is not None else "fresh start")
+            + f"; {agent.parts.backend} backend, predicted {agent.process_plan.describe()}",
             file=sys.stderr,
             flush=True,
         )
