@@ -67,11 +67,11 @@ def fleet_devices(scenario: Scenario) -> list[SimDevice]:
     """One :class:`SimDevice` per drone of ``scenario``, in drone order.
 
     Without ``[[swarm.devices]]`` every drone is of one class with the training section's
-    budget (if any). A class's unset figures are the swarm's (compute), the radio section's
-    (rate) and the training section's (budget, replicas). Neighbour replicas are budgeted at
-    the whole model's size in a fleet of several classes (a peer may send layers this drone
-    keeps frozen, and they are merged), at the trained layers' size in a fleet of one class
-    (every peer sends what this drone trains).
+    budget (if any) and backend. A class's unset figures are the swarm's (compute), the radio
+    section's (rate) and the training section's (budget, replicas, backend). Neighbour replicas
+    are budgeted at the whole model's size in a fleet of several classes (a peer may send
+    layers this drone keeps frozen, and they are merged), at the trained layers' size in a
+    fleet of one class (every peer sends what this drone trains).
     """
     swarm, training = scenario.swarm, scenario.training
     if not swarm.devices:
@@ -79,6 +79,7 @@ def fleet_devices(scenario: Scenario) -> list[SimDevice]:
             DeviceProfile(
                 budget_bytes=training.budget_bytes,
                 neighbour_replicas=training.neighbour_replicas,
+                backend=training.backend,
             ),
             swarm.flops_per_s,
         )
@@ -104,6 +105,12 @@ def fleet_devices(scenario: Scenario) -> list[SimDevice]:
                     f"swarm.devices.{index}.budget_bytes"
                     if device.budget_bytes is not None
                     else "training.budget_bytes"
+                ),
+                backend=device.backend if device.backend is not None else training.backend,
+                backend_key=(
+                    f"swarm.devices.{index}.backend"
+                    if device.backend is not None
+                    else "training.backend"
                 ),
             ),
             device.flops_per_s or swarm.flops_per_s,

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from swarmfl.clock import Clock, Compute
 from swarmfl.core.node import GossipNode
 from swarmfl.core.quant import NonFiniteError
-from swarmfl.learning.learner import Learner, StepResult
+from swarmfl.learning.seam import Learner, StepResult
 from swarmfl.radio.base import Radio, UnicastRadio
 from swarmfl.radio.discovery import Discovery, PeerDown, PeerUp
 

@@ -9,17 +9,19 @@ config. The simulator (:class:`swarmfl.sim.swarm.Swarm`) calls it once per drone
 the same shard, weights, plan and node config either way.
 
 What the drones of a swarm share is built once per assembly: the dataset and its split into
-shards, the evaluation subset, the initial model (seeded, optionally pretrained) and its
-signature, and one plan per device profile.
+shards, the evaluation subset, the model's description, initial weights (seeded, optionally
+pretrained) and signature, and one plan per device profile. Each drone's learner is built by its
+backend (:mod:`swarmfl.learning.backends`): torch is imported only for a torch drone, a memory
+plan or a pretrained checkpoint, so a lean drone's process never loads it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from swarmfl.config.sections import (
     DataSection,
@@ -34,21 +36,19 @@ from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.verifier import FrameVerifier
 from swarmfl.core.wire import frame_overhead_bytes
 from swarmfl.errors import ConfigError, PlanError
+from swarmfl.learning.backends import build_learner, build_torch_model, refuse_unsupported
 from swarmfl.learning.datafiles import load_idx, load_npz
 from swarmfl.learning.datasets import BUILTIN_DATASETS, Dataset, load_builtin
-from swarmfl.learning.learner import TorchLearner, TrainingConfig
-from swarmfl.learning.models import build_model, model_signature, training_flops_per_sample
+from swarmfl.learning.flatlearner import FlatLearner
 from swarmfl.learning.partition import partition_dirichlet, partition_iid
-from swarmfl.learning.plan import (
-    MemoryPlan,
-    ReplicaScope,
-    TrainPlan,
-    plan_flops_per_sample,
-    planner_optimizer,
-)
-from swarmfl.learning.pretrained import load_pretrained
+from swarmfl.learning.seam import TrainingConfig
+from swarmfl.learning.spec import ModelSpec, initial_parameters, model_spec
+from swarmfl.learning.trainplan import ReplicaScope, TrainPlan, planner_optimizer
 from swarmfl.radio.link import LinkConfig
 from swarmfl.seeding import eval_rng, learner_seed, partition_rng
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "AssembledDrone",
@@ -84,12 +84,13 @@ class SwarmSettings:
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """What one kind of companion computer changes: its memory budget and radio rate.
+    """What one kind of companion computer changes: its learner, memory budget and radio rate.
 
+    ``backend`` is its learner (``"torch"`` or ``"lean"``; None: the training section's);
     ``budget_bytes`` (None: train the whole model) with ``neighbour_replicas`` held, sized by
     ``replica_scope`` (see :meth:`~swarmfl.learning.plan.MemoryPlan.candidates`);
-    ``rate_bps`` its radio's bit rate (None: the link section's). ``budget_key`` names the
-    config key of the budget in errors.
+    ``rate_bps`` its radio's bit rate (None: the link section's). ``budget_key`` and
+    ``backend_key`` name the config keys of the budget and the backend in errors.
     """
 
     name: str = "default"
@@ -98,15 +99,18 @@ class DeviceProfile:
     replica_scope: ReplicaScope = "trained"
     rate_bps: float | None = None
     budget_key: str = "training.budget_bytes"
+    backend: str | None = None
+    backend_key: str = "training.backend"
 
 
 @dataclass(eq=False)
 class AssembledDrone:
     """A drone's parts, ready for an :class:`~swarmfl.agent.Agent`.
 
-    ``indices`` are its shard's positions in the dataset's training split; ``plan`` what it
-    trains (None: everything, whole batches); ``trains`` the same in a few characters
-    (``"full"`` or ``"layers:3-5"``) for status and discovery.
+    ``indices`` are its shard's positions in the dataset's training split; ``backend`` its
+    learner's (``"torch"`` or ``"lean"``); ``plan`` what it trains (None: everything, whole
+    batches); ``trains`` the same in a few characters (``"full"`` or ``"layers:3-5"``) for
+    status and discovery.
     """
 
     drone_id: int
@@ -115,7 +119,8 @@ class AssembledDrone:
     device: DeviceProfile
     plan: TrainPlan | None
     flops_per_sample: float
-    learner: TorchLearner
+    backend: str
+    learner: FlatLearner
     node_config: NodeConfig
     node: GossipNode
     link_config: LinkConfig
@@ -163,10 +168,17 @@ class DroneAssembly:
     """Builds the drones of one swarm from its :class:`SwarmSettings`.
 
     Construction loads the dataset, splits it into shards, picks the evaluation subset and
-    builds the initial model (loading ``model.checkpoint`` if given); :meth:`build` then
-    assembles one drone. Raises :class:`ConfigError` (naming the key) for data or a model that
-    cannot be built, and :meth:`build` for a budget no plan fits or a model whose frames exceed
-    the link's ``max_frame_bytes``.
+    describes the model (:class:`~swarmfl.learning.spec.ModelSpec`) and its initial weights:
+    one flat float32 vector drawn from the seed in numpy
+    (:func:`~swarmfl.learning.spec.initial_parameters`), so that torch and lean drones start
+    alike; with ``model.checkpoint`` the pretrained values are loaded into it (torch).
+    :meth:`build` then assembles one drone with the backend its device profile (or
+    ``training.backend``) names. Torch is imported only when a torch drone, a memory plan or a
+    checkpoint needs it.
+
+    Raises :class:`ConfigError` (naming the key) for data or a model that cannot be built, and
+    :meth:`build` for a setting its backend cannot honour, a budget no plan fits or a model
+    whose frames exceed the link's ``max_frame_bytes``.
     """
 
     def __init__(self, settings: SwarmSettings) -> None:
@@ -175,13 +187,27 @@ class DroneAssembly:
         self.shards = split_shards(settings.data, self.dataset, settings.shards, settings.seed)
         self.x_eval, self.y_eval = self._eval_set()
         model = settings.model
-        self._model_args = (model.kind, self.dataset.input_shape, self.dataset.num_classes)
-        self.template = self._fresh_model()
-        self.signature = model_signature(self.template)
-        self._pretrained = model.checkpoint is not None
+        self.spec: ModelSpec = model_spec(
+            model.kind,
+            self.dataset.input_shape,
+            self.dataset.num_classes,
+            hidden=tuple(model.hidden),
+            channels=tuple(model.channels),
+            seed=settings.seed,  # every drone of the swarm starts from the same weights
+        )
+        self.signature = self.spec.signature()
+        self._template: nn.Sequential | None = None
+        self.initial_parameters = initial_parameters(self.spec)
         if model.checkpoint is not None:
-            load_pretrained(self.template, Path(model.checkpoint))
-        self._full_flops = float(training_flops_per_sample(self.template, self.dataset.input_shape))
+            from swarmfl.learning.pretrained import load_pretrained
+
+            load_pretrained(self.template, Path(model.checkpoint))  # blocks it holds
+            self.initial_parameters = np.concatenate(
+                [p.detach().reshape(-1).numpy() for p in self.template.parameters()]
+            ).astype(np.float32)
+        # shared by every drone of the assembly: each learner trains its own copy
+        self.initial_parameters.flags.writeable = False
+        self._full_flops = float(self.spec.training_flops_per_sample())
         self._plans: dict[DeviceProfile, TrainPlan | None] = {}
         self.training_config = TrainingConfig(
             lr=settings.training.lr,
@@ -196,21 +222,16 @@ class DroneAssembly:
         """One sample's shape."""
         return self.dataset.input_shape
 
-    def _fresh_model(self) -> nn.Sequential:
-        model = self.settings.model
-        return build_model(
-            *self._model_args,
-            hidden=tuple(model.hidden),
-            channels=tuple(model.channels),
-            seed=self.settings.seed,  # every drone of the swarm starts from the same weights
-        )
+    @property
+    def template(self) -> nn.Sequential:
+        """The torch model (built on first use, which imports torch) the planner probes."""
+        if self._template is None:
+            self._template = build_torch_model(self.spec, self.initial_parameters)
+        return self._template
 
     def new_model(self) -> nn.Sequential:
-        """A model with the swarm's initial weights (building is faster than deep-copying)."""
-        model = self._fresh_model()
-        if self._pretrained:
-            model.load_state_dict(self.template.state_dict())
-        return model
+        """A torch model holding the swarm's initial weights (imports torch)."""
+        return build_torch_model(self.spec, self.initial_parameters)
 
     def _eval_set(self) -> tuple[np.ndarray, np.ndarray]:
         x, y = self.dataset.x_test, self.dataset.y_test
@@ -221,6 +242,10 @@ class DroneAssembly:
         # Own, writable copies: torch refuses to wrap the read-only cached arrays.
         return np.array(x, dtype=np.float32), np.array(y, dtype=np.int64)
 
+    def backend(self, device: DeviceProfile) -> str:
+        """The backend a drone of ``device`` trains with: its own, else ``training.backend``."""
+        return device.backend if device.backend is not None else self.settings.training.backend
+
     def plan(self, device: DeviceProfile) -> TrainPlan | None:
         """What a drone of ``device`` trains (None: the whole model); one plan per profile.
 
@@ -230,6 +255,8 @@ class DroneAssembly:
             return None
         if device in self._plans:
             return self._plans[device]
+        from swarmfl.learning.plan import MemoryPlan
+
         settings = self.settings
         try:
             plan = MemoryPlan.choose(
@@ -253,9 +280,11 @@ class DroneAssembly:
         """FLOPs to train on one sample under ``plan`` (what the simulator charges)."""
         if plan is None:
             return self._full_flops
+        from swarmfl.learning.plan import plan_flops_per_sample
+
         return plan_flops_per_sample(self.template, self.input_shape, plan)
 
-    def node_config(self, drone_id: int, learner: TorchLearner) -> NodeConfig:
+    def node_config(self, drone_id: int, learner: FlatLearner) -> NodeConfig:
         """The gossip node's config for ``drone_id`` training what ``learner`` trains."""
         settings = self.settings
         gossip, merge = settings.gossip, settings.merge
@@ -282,7 +311,8 @@ class DroneAssembly:
         *,
         verifier: FrameVerifier | None = None,
     ) -> AssembledDrone:
-        """Assemble drone ``drone_id`` holding shard ``shard``, of ``device`` (default profile).
+        """Assemble drone ``drone_id`` holding shard ``shard``, of ``device`` (default profile:
+        the training section's backend, budget and replicas).
 
         ``verifier`` is a frame verifier shared with other drones on the same medium (the
         simulator's broadcast). Raises :class:`ConfigError` for a shard out of range, a budget
@@ -293,12 +323,23 @@ class DroneAssembly:
         device = device or DeviceProfile(
             neighbour_replicas=self.settings.training.neighbour_replicas,
             budget_bytes=self.settings.training.budget_bytes,
+            backend=self.settings.training.backend,
+        )
+        backend = self.backend(device)
+        refuse_unsupported(
+            backend,
+            budget_bytes=device.budget_bytes,
+            checkpoint=self.settings.model.checkpoint,
+            budget_key=device.budget_key,
+            backend_key=device.backend_key,
         )
         plan = self.plan(device)
         flops = self.flops_per_sample(plan)
         indices = self.shards[shard]
-        learner = TorchLearner(
-            self.new_model(),
+        learner = build_learner(
+            backend,
+            self.spec,
+            self.initial_parameters,
             self.dataset.x_train[indices],
             self.dataset.y_train[indices],
             self.training_config,
@@ -316,6 +357,7 @@ class DroneAssembly:
             shard=shard,
             indices=indices,
             device=device,
+            backend=backend,
             plan=plan,
             flops_per_sample=flops,
             learner=learner,
@@ -324,7 +366,7 @@ class DroneAssembly:
             link_config=link,
         )
 
-    def _check_frame_size(self, learner: TorchLearner, link: LinkConfig) -> None:
+    def _check_frame_size(self, learner: FlatLearner, link: LinkConfig) -> None:
         offsets = learner.layer_offsets
         values = sum(offsets[i + 1] - offsets[i] for i in learner.trained_layers)
         # the largest frame: an fp32 keyframe of every trained value (quantised codecs are

@@ -36,6 +36,7 @@ from swarmfl.config.loader import (
     validate,
 )
 from swarmfl.config.sections import (
+    ByteSize,
     DataSection,
     GossipSection,
     LinkSection,
@@ -133,6 +134,18 @@ class FieldTrainingSection(TrainingSection):
 
     enabled: bool = True  # false: gossip and merge only (a relay, or a benchmark)
     threads: Annotated[int, Field(gt=0, le=1024)] | None = None  # torch threads (torch's choice)
+    # the whole agent's peak RSS may not exceed this (see swarmfl.field.footprint), e.g. "128MiB"
+    process_budget_bytes: ByteSize | None = None
+
+    @model_validator(mode="after")
+    def _threads_need_torch(self) -> FieldTrainingSection:
+        if self.threads is not None and self.backend != "torch":
+            raise KeyedValueError(
+                ("training", "threads"),
+                'sets torch\'s threads: it needs training.backend = "torch" (for the lean '
+                "backend set OPENBLAS_NUM_THREADS in the environment)",
+            )
+        return self
 
 
 class UdpSection(Section):

@@ -78,12 +78,14 @@ class DeviceClass(Section):
     """A kind of drone in a heterogeneous fleet, and how many of them fly.
 
     Every drone plans for itself what it trains within ``budget_bytes`` (default: the training
-    section's); without any budget it trains the whole model. Unset compute and radio figures
-    are the swarm's and the radio section's.
+    section's); without any budget it trains the whole model. ``backend`` is its learner
+    (default: ``training.backend``), so one fleet can mix torch and lean drones. Unset compute
+    and radio figures are the swarm's and the radio section's.
     """
 
     name: Annotated[str, Field(min_length=1, max_length=64)]
     count: PositiveInt
+    backend: Literal["torch", "lean"] | None = None  # default: training.backend
     budget_bytes: ByteSize | None = None  # default: training.budget_bytes
     flops_per_s: Annotated[float, Field(gt=0, le=1e18)] | None = None  # default: swarm's
     rate_bps: Annotated[float, Field(gt=0, le=1e12)] | None = None  # default: radio.rate_bps

@@ -129,12 +129,18 @@ class ModelSection(Section):
 
 
 class TrainingSection(Section):
-    """Local SGD on each drone, and the memory it may use for training.
+    """Local SGD on each drone, the learner that runs it, and the memory it may use for training.
 
-    With ``budget_bytes`` a drone plans what it trains within that budget (the whole model, a
-    suffix of blocks or biases only; :mod:`swarmfl.learning.plan`), holding
-    ``neighbour_replicas`` peers' replicas. Unset: it trains the whole model.
+    ``backend`` is the learner: ``"torch"`` (the default) or ``"lean"`` (numpy only, for
+    companion computers too small for torch; see :mod:`swarmfl.learning.backends`). Both train
+    the same flat parameter vector from the same initial weights, so drones of either backend
+    gossip in one swarm. With ``budget_bytes`` a drone plans what it trains within that budget
+    (the whole model, a suffix of blocks or biases only; :mod:`swarmfl.learning.plan`; torch
+    backend only), holding ``neighbour_replicas`` peers' replicas. Unset: it trains the whole
+    model.
     """
+
+    backend: Literal["torch", "lean"] = "torch"
 
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.05
     batch_size: Annotated[int, Field(gt=0, le=65_536)] = 16

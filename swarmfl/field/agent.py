@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from swarmfl.agent import Agent
 from swarmfl.clock import LoopClock, ThreadedCompute
 from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.drone import AssembledDrone, DeviceProfile, DroneAssembly, SwarmSettings
 from swarmfl.errors import ConfigError, SwarmError
 from swarmfl.field.checkpoint import CheckpointStore
+from swarmfl.field.footprint import check_process_budget, process_plan
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
 from swarmfl.field.telemetry import (
@@ -43,7 +42,7 @@ from swarmfl.field.telemetry import (
     StatusLog,
     finite_or_none,
 )
-from swarmfl.learning.learner import StepResult
+from swarmfl.learning.seam import StepResult
 from swarmfl.radio.discovery import Discovery, PeerInfo, ZeroconfDiscovery
 from swarmfl.radio.mqtt import MqttRadio
 from swarmfl.radio.udp import UdpRadio
@@ -80,6 +79,7 @@ def field_device(loaded: LoadedDroneConfig) -> DeviceProfile:
     """
     training = loaded.config.training
     return DeviceProfile(
+        backend=training.backend,
         budget_bytes=training.budget_bytes,
         neighbour_replicas=training.neighbour_replicas,
         replica_scope="model",
@@ -121,13 +121,19 @@ class FieldAgent:
         self.config = config
         self.drone_id = config.drone.id
         self.swarm_id = config.swarm.swarm_id
-        if config.training.threads is not None:
+        if config.training.threads is not None:  # torch backend only (the config refuses it)
+            import torch
+
             torch.set_num_threads(config.training.threads)
         self.assembly = DroneAssembly(drone_settings(loaded))
         self.parts: AssembledDrone = self.assembly.build(
             self.drone_id, config.data.shard, field_device(loaded)
         )
         self.description = _data_description(loaded)
+        self.process_plan = process_plan(
+            self.assembly, self.parts, neighbour_replicas=config.training.neighbour_replicas
+        )
+        check_process_budget(self.process_plan, config.training.process_budget_bytes)
         self.learner = self.parts.learner
         self.node = self.parts.node
         self.plan = self.parts.plan
@@ -398,7 +404,8 @@ def run_agent(loaded: LoadedDroneConfig, *, resume: bool = True) -> int:
             f"{agent.description}, {config.radio.kind} radio, trains "
             + (agent.plan.describe() if agent.plan is not None else "the whole model")
             + ", "
-            + (f"resumed at update {resumed}" if resumed is not None else "fresh start"),
+            + (f"resumed at update {resumed}" if resumed is not None else "fresh start")
+            + f"; {agent.parts.backend} backend, predicted {agent.process_plan.describe()}",
             file=sys.stderr,
             flush=True,
         )

@@ -21,7 +21,7 @@ from swarmfl.core.checkpoint import Checkpoint
 from swarmfl.core.node import GossipNode, NodeState
 from swarmfl.errors import ConfigError
 from swarmfl.field.checkpoint import CheckpointStore
-from swarmfl.learning.learner import TorchLearner
+from swarmfl.learning.flatlearner import FlatLearner
 
 __all__ = ["RESTART_SEQ_GAP", "DroneCheckpoints", "Restored", "stream_start_seq"]
 
@@ -76,7 +76,7 @@ class DroneCheckpoints:
         drone_id: int,
         swarm_id: int,
         signature: bytes,
-        learner: TorchLearner,
+        learner: FlatLearner,
         node: GossipNode,
     ) -> None:
         self.store = store

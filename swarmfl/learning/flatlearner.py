@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from swarmfl.errors import ConfigError
-from swarmfl.learning.seam import PlanFields, StepResult, TrainingConfig
+from swarmfl.learning.seam import Evaluation, PlanFields, StepResult, TrainingConfig
 from swarmfl.learning.sgd import FlatSGD
 
 __all__ = ["FlatLearner", "check_training_data"]
@@ -106,6 +106,10 @@ class FlatLearner(ABC):
     @abstractmethod
     def _batch_loss(self, x: Any, y: Any) -> float:
         """Write the gradient of the batch's mean loss into ``_sgd.gradient``; return the loss."""
+
+    @abstractmethod
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
+        """Accuracy and mean loss of the current model on ``(x, y)``; NaN for an empty set."""
 
     def momentum_state(self) -> np.ndarray | None:
         """A copy of the SGD momentum buffer (the trained values, flat), for a checkpoint.

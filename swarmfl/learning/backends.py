@@ -1,0 +1,137 @@
+"""Which learner trains a drone's model: the torch backend or the lean (numpy) one.
+
+A drone's ``training.backend`` picks how its gradients are computed; everything else (the flat
+float32 parameter vector, its layout, the SGD update, the frames) is the same, so drones of both
+backends gossip in one swarm. :func:`build_learner` builds either from a
+:class:`~swarmfl.learning.spec.ModelSpec` and one initial weight vector; only the torch branch
+imports torch, so a lean drone's process never loads it.
+
+What exists on one backend only is refused on the other by :func:`refuse_unsupported`, with one
+line naming the key: the lean backend has no memory planner (``training.budget_bytes``) and
+cannot read torch checkpoints (``model.checkpoint``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, get_args
+
+import numpy as np
+
+from swarmfl.errors import ConfigError
+from swarmfl.learning.flatlearner import FlatLearner
+from swarmfl.learning.seam import TrainingConfig
+from swarmfl.learning.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from swarmfl.learning.trainplan import TrainPlan
+
+__all__ = ["BACKENDS", "Backend", "build_learner", "build_torch_model", "refuse_unsupported"]
+
+Backend = Literal["torch", "lean"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+"""The values ``training.backend`` takes."""
+
+
+def refuse_unsupported(
+    backend: str,
+    *,
+    budget_bytes: int | None,
+    checkpoint: str | None,
+    budget_key: str = "training.budget_bytes",
+    backend_key: str = "training.backend",
+) -> None:
+    """Refuse a setting ``backend`` cannot honour, naming its key in one line.
+
+    Raises:
+        ConfigError: an unknown backend (key ``backend_key``); with the lean backend, a memory
+            budget (``budget_key``: the planner probes torch's autograd) or a pretrained
+            checkpoint (``model.checkpoint``: a torch file).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"must be one of {BACKENDS}, got {backend!r}", key=backend_key)
+    if backend != "lean":
+        return
+    if budget_bytes is not None:
+        raise ConfigError(
+            f'a memory plan needs {backend_key} = "torch" (the lean backend trains the whole '
+            "model); remove the budget or change the backend",
+            key=budget_key,
+        )
+    if checkpoint is not None:
+        raise ConfigError(
+            f'a pretrained checkpoint is a torch file: it needs {backend_key} = "torch"',
+            key="model.checkpoint",
+        )
+
+
+def build_torch_model(spec: ModelSpec, parameters: np.ndarray | None = None) -> nn.Sequential:
+    """The torch model ``spec`` describes, holding ``parameters`` (None: torch's own seeded
+    initialisation). Imports torch."""
+    import torch
+
+    from swarmfl.learning.models import build_model
+
+    model = build_model(
+        spec.kind,
+        spec.input_shape,
+        spec.num_classes,
+        hidden=spec.hidden,
+        channels=spec.channels,
+        seed=spec.seed,
+    )
+    if parameters is not None:
+        with torch.no_grad():
+            for param, start, stop in zip(
+                model.parameters(), spec.layer_offsets[:-1], spec.layer_offsets[1:], strict=True
+            ):
+                param.copy_(torch.tensor(parameters[start:stop]).view_as(param))
+    return model
+
+
+def build_learner(
+    backend: str,
+    spec: ModelSpec,
+    parameters: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: TrainingConfig,
+    *,
+    flops_per_sample: float,
+    seed: int,
+    plan: TrainPlan | None = None,
+) -> FlatLearner:
+    """A learner of ``backend`` for ``spec``, starting from (a copy of) ``parameters``.
+
+    ``x``/``y`` are the local shard, ``seed`` seeds the shuffling, ``plan`` is what to train
+    (None: everything; torch backend only). Raises :class:`ConfigError` for an unknown backend
+    (key ``training.backend``), a plan on the lean backend, and what the learners raise.
+    """
+    if backend == "torch":
+        from swarmfl.learning.learner import TorchLearner
+
+        return TorchLearner(
+            build_torch_model(spec, parameters),
+            x,
+            y,
+            config,
+            flops_per_sample=flops_per_sample,
+            seed=seed,
+            plan=plan,
+        )
+    if backend == "lean":
+        from swarmfl.learning.lean import LeanLearner
+
+        if plan is not None:
+            refuse_unsupported(backend, budget_bytes=plan.budget_bytes, checkpoint=None)
+        return LeanLearner(
+            spec,
+            x,
+            y,
+            config,
+            flops_per_sample=flops_per_sample,
+            seed=seed,
+            parameters=np.array(parameters, dtype=np.float32),  # its own, writable copy
+        )
+    raise ConfigError(f"must be one of {BACKENDS}, got {backend!r}", key="training.backend")
