@@ -52,7 +52,8 @@ class DatagramRadioStats:
     destination); ``frames_dropped_inbox`` frames heard while the reader was too far behind;
     ``datagrams_lost_injected`` datagrams dropped on purpose by the test loss injector;
     ``send_errors`` copies the medium refused; ``frames_rate_limited`` whole frames dropped
-    unread because their link sender was over its per-source frame rate.
+    unread because their link sender was over its per-source frame rate; ``datagrams_oversize``
+    datagrams larger than the MTU, refused unread (part of ``datagrams_malformed``).
     """
 
     datagrams_sent: int = 0
@@ -64,6 +65,7 @@ class DatagramRadioStats:
     datagrams_lost_injected: int = 0
     send_errors: int = 0
     frames_rate_limited: int = 0
+    datagrams_oversize: int = 0
 
 
 class DatagramRadio(ABC):
@@ -160,7 +162,9 @@ class DatagramRadio(ABC):
             "frames_received": stats.frames_received,
             "datagrams_received": stats.datagrams_received,
             "bytes_received": stats.bytes_received,
-            "datagrams_malformed": reassembly.malformed + reassembly.oversize,
+            "datagrams_malformed": (
+                reassembly.malformed + reassembly.oversize + stats.datagrams_oversize
+            ),
             "frames_incomplete": snapshot.frames_incomplete,
             "frames_dropped_sending": snapshot.frames_dropped_sending,
             "frames_dropped_inbox": stats.frames_dropped_inbox,
@@ -216,6 +220,14 @@ class DatagramRadio(ABC):
             if burst >= DATAGRAMS_PER_YIELD:
                 burst = 0
                 await asyncio.sleep(0)
+
+    def _refuse_oversize(self, size: int, link_sender: Hashable) -> None:
+        """Count a datagram of ``size`` bytes (over the MTU) from ``link_sender``, unread."""
+        stats = self.stats
+        stats.datagrams_received += 1
+        stats.bytes_received += size
+        stats.datagrams_oversize += 1
+        log.debug("datagram of %d bytes from %s: over the MTU, dropped", size, link_sender)
 
     def _hear(self, data: bytes, link_sender: Hashable) -> None:
         """Count a datagram heard from ``link_sender``; queue the frame it completes, if any.

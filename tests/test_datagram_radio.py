@@ -27,6 +27,7 @@ from swarmfl.radio.udp import UdpRadio
 from swarmfl.sim.vtime import run_virtual
 
 LOOPBACK = "127.0.0.1"
+KEY = b"k" * 32  # the swarm key MQTT presence is signed with
 COUNTERS = {
     "frames_sent",
     "datagrams_sent",
@@ -234,7 +235,7 @@ def test_closing_is_idempotent_ends_readers_and_refuses_sends() -> None:
 def test_only_the_udp_radio_sends_to_explicit_destinations() -> None:
     me = PeerInfo(1, 7, bytes(8), LOOPBACK, 0, "full", "mqtt")
     udp = UdpRadio(drone_id=1)
-    mqtt = MqttRadio(me=me, settings=MqttSettings(url=f"mqtt://{LOOPBACK}"))
+    mqtt = MqttRadio(swarm_key=KEY, me=me, settings=MqttSettings(url=f"mqtt://{LOOPBACK}"))
     assert isinstance(udp, DatagramRadio) and isinstance(mqtt, DatagramRadio)
     assert isinstance(udp, UnicastRadio) and isinstance(udp, Radio)
     assert not isinstance(mqtt, UnicastRadio) and isinstance(mqtt, Radio)
@@ -281,6 +282,7 @@ async def radio_pair(
     settings = MqttSettings(url=f"mqtt://{LOOPBACK}:{port}", keepalive_s=2)
     radios = [
         MqttRadio(
+            swarm_key=KEY,
             me=PeerInfo(d, swarm, bytes(8), LOOPBACK, 0, "full", "mqtt"),
             settings=settings,
             link=link,

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from swarmfl.errors import ConfigError, RadioError
+from swarmfl.radio.broker_records import MAX_TELEMETRY_BYTES, BrokerRecordError, parse_record
 
 __all__ = ["collect_mqtt", "collect_udp", "render_table", "run_status", "table_rows"]
 
@@ -81,25 +82,32 @@ async def collect_mqtt(
     return records
 
 
+#: Drones read from a broker at most (retained fakes by the thousand must not eat the memory).
+MAX_BROKER_RECORDS = 4096
+
+
 def _take_message(
     topic: str, payload: object, records: dict[int, dict[str, Any]], offline: set[int]
 ) -> None:
     name = topic.rsplit("/", 1)[-1]
-    if not name.isdecimal() or not isinstance(payload, bytes | bytearray) or not payload:
+    if not (name.isdecimal() and len(name) <= 10) or not isinstance(payload, bytes | bytearray):
         return
     drone = int(name)
     try:
-        body = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return
-    if not isinstance(body, dict):
+        body = parse_record(payload, MAX_TELEMETRY_BYTES)  # total: size cap, depth, encoding
+    except BrokerRecordError:
         return
     if "/presence/" in topic:
         if body.get("state") == "offline":
-            offline.add(drone)
+            if len(offline) < MAX_BROKER_RECORDS:
+                offline.add(drone)
         else:
             offline.discard(drone)
-    elif "/telemetry/" in topic and body.get("drone") == drone:
+    elif (
+        "/telemetry/" in topic
+        and body.get("drone") == drone
+        and (drone in records or len(records) < MAX_BROKER_RECORDS)
+    ):
         records[drone] = body
 
 
@@ -138,7 +146,8 @@ def _age(record: dict[str, Any], now: float) -> float | None:
 
 
 def _bytes(value: object) -> str:
-    if not isinstance(value, int):
+    # A record off the broker may hold any JSON: a 400-digit int would overflow the division.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 10**18:
         return "-"
     for unit in ("B", "kB", "MB", "GB"):
         if value < 1000 or unit == "GB":
