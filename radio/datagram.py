@@ -28,7 +28,12 @@ from typing import Self
 
 from swarmfl.errors import ClosedRadioError
 from swarmfl.radio.base import FrameInbox, ReceivedFrame
-from swarmfl.radio.link import DatagramLink, LinkConfig
+from swarmfl.radio.link import (
+    DEFAULT_SOURCE_FRAMES_PER_S,
+    DatagramLink,
+    LinkConfig,
+    SourceRateLimit,
+)
 
 __all__ = ["DATAGRAMS_PER_YIELD", "DatagramRadio", "DatagramRadioStats"]
 
@@ -46,7 +51,9 @@ class DatagramRadioStats:
     ``datagrams_sent``/``bytes_sent`` count every copy put on the medium (one per unicast
     destination); ``frames_dropped_inbox`` frames heard while the reader was too far behind;
     ``datagrams_lost_injected`` datagrams dropped on purpose by the test loss injector;
-    ``send_errors`` copies the medium refused.
+    ``send_errors`` copies the medium refused; ``frames_rate_limited`` whole frames dropped
+    unread because their link sender was over its per-source frame rate; ``datagrams_oversize``
+    datagrams larger than the MTU, refused unread (part of ``datagrams_malformed``).
     """
 
     datagrams_sent: int = 0
@@ -57,6 +64,8 @@ class DatagramRadioStats:
     frames_dropped_inbox: int = 0
     datagrams_lost_injected: int = 0
     send_errors: int = 0
+    frames_rate_limited: int = 0
+    datagrams_oversize: int = 0
 
 
 class DatagramRadio(ABC):
@@ -64,7 +73,9 @@ class DatagramRadio(ABC):
 
     No ordering, no delivery guarantee, no duplicate suppression. ``send`` queues a frame on the
     link (``link``: its settings) and wakes the pump; frames heard are read with ``frames``,
-    at most ``inbox_frames`` of them waiting. Subclasses say how one datagram is transmitted
+    at most ``inbox_frames`` of them waiting, each link sender limited to ``source_frames_per_s``
+    frames per second (see :class:`~swarmfl.radio.link.SourceRateLimit`: a flood from one source
+    is dropped before the agent authenticates it). Subclasses say how one datagram is transmitted
     (:meth:`_transmit`), run :meth:`_pump` while their medium is open, pass each datagram heard
     to :meth:`_hear`, and implement :meth:`start` and :meth:`_close_medium`. ``transport`` names
     the medium as discovery does (:class:`~swarmfl.radio.discovery.PeerInfo`: ``"udp"``,
@@ -75,7 +86,14 @@ class DatagramRadio(ABC):
 
     transport: str
 
-    def __init__(self, *, drone_id: int, link: LinkConfig, inbox_frames: int) -> None:
+    def __init__(
+        self,
+        *,
+        drone_id: int,
+        link: LinkConfig,
+        inbox_frames: int,
+        source_frames_per_s: float = DEFAULT_SOURCE_FRAMES_PER_S,
+    ) -> None:
         self.drone_id = drone_id
         self.link_config = link
         # A random first frame id: receivers never take a restarted drone's new frames for
@@ -83,6 +101,7 @@ class DatagramRadio(ABC):
         self._link = DatagramLink(link, sender=drone_id, first_frame_id=secrets.randbits(32))
         self.stats = DatagramRadioStats()
         self._inbox = FrameInbox(inbox_frames)
+        self._source_rate = SourceRateLimit(source_frames_per_s)
         self._wake = asyncio.Event()
         self._closed: bool = False
 
@@ -130,7 +149,8 @@ class DatagramRadio(ABC):
         The keys are the field status record's: ``frames_sent``, ``datagrams_sent``,
         ``bytes_sent``, ``frames_received``, ``datagrams_received``, ``bytes_received``,
         ``datagrams_malformed``, ``frames_incomplete``, ``frames_dropped_sending``,
-        ``frames_dropped_inbox``, ``datagrams_lost_injected`` and ``send_errors``.
+        ``frames_dropped_inbox``, ``datagrams_lost_injected``, ``send_errors`` and
+        ``frames_rate_limited``.
         """
         snapshot = self._link.stats()
         reassembly = snapshot.reassembly
@@ -142,12 +162,15 @@ class DatagramRadio(ABC):
             "frames_received": stats.frames_received,
             "datagrams_received": stats.datagrams_received,
             "bytes_received": stats.bytes_received,
-            "datagrams_malformed": reassembly.malformed + reassembly.oversize,
+            "datagrams_malformed": (
+                reassembly.malformed + reassembly.oversize + stats.datagrams_oversize
+            ),
             "frames_incomplete": snapshot.frames_incomplete,
             "frames_dropped_sending": snapshot.frames_dropped_sending,
             "frames_dropped_inbox": stats.frames_dropped_inbox,
             "datagrams_lost_injected": stats.datagrams_lost_injected,
             "send_errors": stats.send_errors,
+            "frames_rate_limited": stats.frames_rate_limited,
         }
 
     # -- for subclasses -----------------------------------------------------------------------
@@ -198,6 +221,14 @@ class DatagramRadio(ABC):
                 burst = 0
                 await asyncio.sleep(0)
 
+    def _refuse_oversize(self, size: int, link_sender: Hashable) -> None:
+        """Count a datagram of ``size`` bytes (over the MTU) from ``link_sender``, unread."""
+        stats = self.stats
+        stats.datagrams_received += 1
+        stats.bytes_received += size
+        stats.datagrams_oversize += 1
+        log.debug("datagram of %d bytes from %s: over the MTU, dropped", size, link_sender)
+
     def _hear(self, data: bytes, link_sender: Hashable) -> None:
         """Count a datagram heard from ``link_sender``; queue the frame it completes, if any.
 
@@ -216,5 +247,10 @@ class DatagramRadio(ABC):
                 )
             return
         stats.frames_received += 1
+        if not self._source_rate.allow(link_sender, now):
+            stats.frames_rate_limited += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("frame from %s dropped: over its per-source rate", link_sender)
+            return
         if not self._inbox.push(ReceivedFrame(frame, link_sender, now)):
             stats.frames_dropped_inbox += 1

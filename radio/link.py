@@ -27,7 +27,7 @@ and wire bytes it makes) instead of building its datagrams, through the same que
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -43,10 +43,12 @@ from swarmfl.radio.sendqueue import SendQueue, SendQueueStats
 from swarmfl.radio.throttle import TokenBucket
 
 __all__ = [
+    "DEFAULT_SOURCE_FRAMES_PER_S",
     "DatagramLink",
     "FrameClass",
     "LinkConfig",
     "LinkStats",
+    "SourceRateLimit",
     "wire_frame_class",
 ]
 
@@ -387,3 +389,78 @@ class DatagramLink:
             queue=self.queue.stats(),
             reassembly=self.reassembler.stats(),
         )
+
+
+#: Frames per second (and burst) one link sender may hand to the agent before the surplus is
+#: dropped unread. An honest drone sends a frame or two per gossip period (and a NACK now and
+#: then): this is far above that, and far below what a flood costs to authenticate.
+DEFAULT_SOURCE_FRAMES_PER_S = 100.0
+_DEFAULT_MAX_SOURCES = 1024
+
+
+class SourceRateLimit:
+    """Per-source token buckets counted in frames: who may hand how many frames to the agent.
+
+    Sans-IO. :meth:`allow` charges one frame to ``source`` at ``now`` and says whether it fits
+    (``rate_per_s`` frames per second, up to ``burst`` at once; a source seen for the first time
+    starts with a full bucket). It runs before any expensive work on a frame (authentication,
+    decoding), so a flood from one address costs the agent at most ``rate_per_s`` frames' work
+    per second while other sources keep their own budgets. The table holds at most
+    ``max_sources`` sources; the least recently heard is forgotten first (an attacker that
+    churns source addresses then only gets fresh buckets, never another source's).
+
+    Raises :class:`ConfigError` if ``rate_per_s`` is not positive and finite, or ``burst`` or
+    ``max_sources`` is not a positive integer.
+    """
+
+    __slots__ = ("_burst", "_max_sources", "_rate", "_sources", "limited")
+
+    def __init__(
+        self,
+        rate_per_s: float = DEFAULT_SOURCE_FRAMES_PER_S,
+        burst: int | None = None,
+        *,
+        max_sources: int = _DEFAULT_MAX_SOURCES,
+    ) -> None:
+        if not (
+            isinstance(rate_per_s, int | float)
+            and not isinstance(rate_per_s, bool)
+            and math.isfinite(rate_per_s)
+            and rate_per_s > 0
+        ):
+            raise ConfigError(
+                f"must be a positive finite number, got {rate_per_s!r}", key="rate_per_s"
+            )
+        self._rate = float(rate_per_s)
+        self._burst = float(
+            _positive_int(burst, "burst") if burst is not None else max(1, math.ceil(rate_per_s))
+        )
+        self._max_sources = _positive_int(max_sources, "max_sources")
+        # source -> [tokens, last refill time]; insertion order is recency order.
+        self._sources: OrderedDict[Hashable, list[float]] = OrderedDict()
+        #: Frames refused so far.
+        self.limited = 0
+
+    def __len__(self) -> int:
+        """Sources tracked now."""
+        return len(self._sources)
+
+    def allow(self, source: Hashable, now: float) -> bool:
+        """Charge one frame to ``source`` at ``now``; False (and counted) if over its rate."""
+        sources = self._sources
+        state = sources.get(source)
+        if state is None:
+            if len(sources) >= self._max_sources:
+                sources.popitem(last=False)
+            state = sources[source] = [self._burst, now]
+        else:
+            sources.move_to_end(source)
+            elapsed = now - state[1]
+            if elapsed > 0:
+                state[0] = min(self._burst, state[0] + elapsed * self._rate)
+                state[1] = now
+        if state[0] >= 1.0:
+            state[0] -= 1.0
+            return True
+        self.limited += 1
+        return False

@@ -9,11 +9,17 @@ Topics, under ``{prefix}/{swarm_id}/`` (``prefix`` defaults to ``swarmfl``):
 * ``frames/{drone_id}``: the drone's datagrams (QoS 0: loss is the protocol's business);
 * ``presence/{drone_id}``: retained JSON ``{"state": "online", ...}`` published on connect, and
   ``{"state": "offline"}`` set as the connection's *last will*, so a drone that vanishes (power
-  loss, out of range, killed) is reported gone by the broker itself;
+  loss, out of range, killed) is reported gone by the broker itself. Both are signed with the
+  swarm key (:mod:`swarmfl.radio.broker_records`): unsigned or forged presence is ignored, so a
+  broker client without the key can neither add a drone nor take a live one offline;
 * ``telemetry/{drone_id}``: retained JSON status lines (what ``swarmfl status`` shows).
 
 A dropped connection is retried forever with exponential backoff and jitter; each failure is
-logged as one line, never a traceback. Frames sent while disconnected wait in the bounded send
+logged as one line, never a traceback. The connection task is supervised: *any* failure of the
+session's tasks (not only the broker's errors) is logged and followed by a reconnect, and every
+message from the broker goes through a total parser with a size cap (counted, logged at debug
+level, dropped), so nothing a broker client publishes can stop the radio. The peer table is
+bounded (``max_peers``). Frames sent while disconnected wait in the bounded send
 queue, where a newer keyframe supersedes older frames of our stream. Queueing, fragmentation,
 the token bucket and reassembly are the :class:`~swarmfl.radio.datagram.DatagramRadio` pump
 every real radio shares; this module adds the broker connection, the topics and presence.
@@ -37,6 +43,12 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from swarmfl.errors import ClosedRadioError, ConfigError
+from swarmfl.radio.broker_records import (
+    BrokerRecordError,
+    presence_key,
+    presence_payload,
+    read_presence,
+)
 from swarmfl.radio.datagram import DatagramRadio
 from swarmfl.radio.discovery import PeerDown, PeerInfo, PeerUp
 from swarmfl.radio.link import LinkConfig
@@ -173,7 +185,8 @@ class MqttRadio(DatagramRadio):
     It is also the swarm's presence (the :class:`~swarmfl.radio.discovery.Discovery` protocol):
     :meth:`peers` and :meth:`events` follow the retained presence messages, so a drone whose
     connection drops is reported by :class:`PeerDown` (its last will) and comes back with a
-    :class:`PeerUp`. ``me`` is what we announce.
+    :class:`PeerUp`. ``me`` is what we announce, signed with a key derived from ``swarm_key``;
+    presence not signed with it is ignored, and at most ``max_peers`` peers are kept.
 
     Use ``async with MqttRadio(...) as radio:`` or :meth:`start` / :meth:`aclose`. Neither
     raises when the broker is unreachable: the radio keeps retrying with backoff, logs each
@@ -190,8 +203,10 @@ class MqttRadio(DatagramRadio):
         me: PeerInfo,
         settings: MqttSettings,
         link: LinkConfig | None = None,
+        swarm_key: bytes,
         inbox_frames: int = 256,
         seed: int | None = None,
+        max_peers: int = 256,
     ) -> None:
         # One MQTT message carries up to 64 KiB of a frame: fewer, larger messages over TCP.
         super().__init__(
@@ -199,8 +214,14 @@ class MqttRadio(DatagramRadio):
             link=link or LinkConfig(mtu_bytes=65_507, burst_bytes=256 * 1024),
             inbox_frames=inbox_frames,
         )
+        if len(swarm_key) < 16:
+            raise ConfigError("must be at least 16 bytes", key="swarm_key")
+        if max_peers < 1:
+            raise ConfigError(f"must be >= 1, got {max_peers}", key="max_peers")
         self.me = me
         self.settings = settings
+        self._presence_key = presence_key(swarm_key)
+        self.max_peers = max_peers
         root = topic_root(settings.topic_prefix, me.swarm_id)
         self._root = root
         self._frames_topic = f"{root}/frames/{me.drone_id}"
@@ -216,7 +237,14 @@ class MqttRadio(DatagramRadio):
         self._tls: ssl.SSLContext | None = None
         self.connects = 0
         self.connect_failures = 0
+        #: Presence records refused: unreadable, unsigned, forged or inconsistent.
         self.presence_malformed = 0
+        #: New peers ignored because the table held ``max_peers`` already.
+        self.peers_refused = 0
+        #: Messages whose handling failed unexpectedly (counted and dropped, never fatal).
+        self.messages_dropped = 0
+        #: Sessions ended by an unexpected error in the radio's own tasks (then reconnected).
+        self.task_failures = 0
         self.last_error: str | None = None
 
     @property
@@ -226,7 +254,7 @@ class MqttRadio(DatagramRadio):
 
     def _payload(self, state: str) -> bytes:
         body: dict[str, Any] = {"state": state, **self.me.txt()}
-        return json.dumps(body, separators=(",", ":")).encode()
+        return presence_payload(body, self._presence_topic, self._presence_key)
 
     async def start(self) -> None:
         """Start connecting (in the background). Raises ConfigError for bad TLS files."""
@@ -235,6 +263,18 @@ class MqttRadio(DatagramRadio):
         self._tls = self.settings.tls_context()
         self._task = asyncio.get_running_loop().create_task(
             self._connection_loop(), name=f"mqtt-radio-{self.me.drone_id}"
+        )
+        self._task.add_done_callback(self._connection_ended)
+
+    def _connection_ended(self, task: asyncio.Task[None]) -> None:
+        # The loop only ends when the radio closes; if it ever ends otherwise, say so loudly
+        # (the agent's status then shows the broker disconnected, never a silent "running").
+        if self._closed or task.cancelled():
+            return
+        exc = task.exception()
+        self.last_error = repr(exc) if exc is not None else "connection task ended"
+        log.error(
+            "drone %d: MQTT radio stopped: %s", self.me.drone_id, self.last_error, exc_info=exc
         )
 
     async def wait_connected(self, timeout_s: float) -> bool:
@@ -253,6 +293,8 @@ class MqttRadio(DatagramRadio):
             try:
                 await self._session()
                 backoff = settings.backoff_initial_s  # it was up: start over gently
+            except asyncio.CancelledError:
+                raise
             except aiomqtt.MqttError as exc:
                 self.connect_failures += 1
                 self.last_error = str(exc) or type(exc).__name__
@@ -263,6 +305,16 @@ class MqttRadio(DatagramRadio):
                     settings.url,
                     self.last_error,
                     backoff,
+                )
+            except Exception as exc:
+                self.task_failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                log.error(
+                    "drone %d: MQTT radio session failed (%s); reconnecting in %.1f s",
+                    self.me.drone_id,
+                    self.last_error,
+                    backoff,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
                 )
             if self._closed:
                 return
@@ -307,15 +359,25 @@ class MqttRadio(DatagramRadio):
                 self._up.clear()
 
     async def _read(self, client: aiomqtt.Client) -> None:
+        frames = f"{self._root}/frames/"
+        presence = f"{self._root}/presence/"
+        mtu = self.link_config.mtu_bytes
         async for message in client.messages:
-            topic = message.topic.value
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                continue
-            if topic.startswith(f"{self._root}/frames/"):
-                self._on_datagram(topic, bytes(payload))
-            elif topic.startswith(f"{self._root}/presence/"):
-                self._on_presence(topic, bytes(payload))
+            try:
+                topic = message.topic.value
+                payload = message.payload
+                if not isinstance(payload, bytes | bytearray):
+                    continue
+                if topic.startswith(frames):
+                    if len(payload) > mtu:
+                        self._refuse_oversize(len(payload), topic)  # never copied, never parsed
+                        continue
+                    self._on_datagram(topic, bytes(payload))
+                elif topic.startswith(presence):
+                    self._on_presence(topic, payload)
+            except Exception as exc:
+                self.messages_dropped += 1
+                log.debug("dropped a broker message: %r", exc)
 
     async def _transmit(self, datagram: bytes, now: float) -> int | None:
         client = self._client
@@ -332,27 +394,29 @@ class MqttRadio(DatagramRadio):
             return  # the broker echoes our own messages
         self._hear(data, sender)
 
-    def _on_presence(self, topic: str, data: bytes) -> None:
+    def _on_presence(self, topic: str, data: bytes | bytearray) -> None:
         name = topic.rsplit("/", 1)[-1]
         if name == str(self.me.drone_id) or not data:
             return
         try:
-            body = json.loads(data.decode("utf-8"))
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
+            body = read_presence(data, topic, self._presence_key)
             state = body.get("state")
-            props = {str(k): (v if isinstance(v, str) else None) for k, v in body.items()}
+            props: dict[str, str | None] = dict(body)
             peer = PeerInfo.from_txt(props, host=self.settings.host, port=0)
             if str(peer.drone_id) != name or state not in ("online", "offline"):
                 raise ValueError(f"presence of {name} says id {peer.drone_id}, state {state!r}")
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (BrokerRecordError, ValueError) as exc:
             self.presence_malformed += 1
-            log.debug("malformed presence on %s: %s", topic, exc)
+            log.debug("refused presence on %s: %s", topic, exc)
             return
         if peer.swarm_id != self.me.swarm_id or peer.signature != self.me.signature:
             log.debug("ignoring presence of %s: another swarm or model", topic)
             return
         if state == "online":
+            if peer.drone_id not in self._peers and len(self._peers) >= self.max_peers:
+                self.peers_refused += 1
+                log.debug("peer table full (%d): ignoring drone %s", self.max_peers, name)
+                return
             if self._peers.get(peer.drone_id) != peer:
                 self._peers[peer.drone_id] = peer
                 self._events.put_nowait(PeerUp(peer))

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import logging
+import math
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from swarmfl.core.codecs import CODECS, DEFAULT_CODEC
 from swarmfl.errors import ConfigError
@@ -21,8 +24,26 @@ from swarmfl.learning.trainplan import OPTIMIZERS
 EXIT_USAGE = 2
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _seconds(text: str) -> float:
+    """A wait in seconds: a finite number in (0, 3600]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, 3600], got {text}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="swarmfl",
         description="Peer-to-peer gossip learning for drone swarms.",
     )
@@ -63,7 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
 # -- field commands: agent, status ------------------------------------------------------------
 
 
-def _add_field_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_field_commands(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     agent = commands.add_parser(
         "agent",
         help="run one drone in real time (UDP or MQTT radio)",
@@ -118,7 +139,7 @@ def _add_field_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     status.add_argument(
         "--wait-s",
-        type=float,
+        type=_seconds,
         default=5.0,
         help="the longest to listen for drones and answers (it stops sooner once every drone "
         "named by anyone has answered)",
@@ -161,7 +182,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 # -- plan: what a device trains within its memory budget ---------------------------------------
 
 
-def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_plan_command(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     plan = commands.add_parser(
         "plan",
         help="show what a device trains within a memory budget",
@@ -249,11 +270,26 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         overrides.append(f"run.seed={args.seed}")
     scenario = load_scenario(path, overrides)
     out = args.out or Path("runs") / f"{scenario.run.name}-seed{scenario.run.seed}"
+    _check_writable_folder(out)
     console = Console(stderr=True)
     with SimulationProgress(scenario, console, enabled=not args.no_progress) as progress:
         summary = run_scenario(scenario, out, on_point=progress.update)
     print_summary(summary, out, Console())
     return 0
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` and check it can take files; ConfigError naming ``--out`` if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the run folder {str(folder)!r}: {exc.strerror or exc}",
+            key="--out",
+            source="argument",
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,14 +7,18 @@ with rich, byte counts in binary units (:func:`~swarmfl.sizes.format_bytes`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from swarmfl.config.sections import MAX_MODEL_WEIGHTS
 from swarmfl.core.codecs import DEFAULT_CODEC, CodecName
+from swarmfl.core.quant import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from swarmfl.errors import ConfigError
 from swarmfl.learning.models import build_model
 from swarmfl.learning.plan import (
@@ -28,6 +32,10 @@ from swarmfl.learning.plan import (
 from swarmfl.sizes import format_bytes, parse_bytes
 
 __all__ = ["PlanRequest", "parse_shape", "parse_widths", "print_plan"]
+
+#: The largest batch and layer width ``swarmfl plan`` considers (the config files' bounds).
+MAX_BATCH_SIZE = 65_536
+MAX_WIDTH = 65_536
 
 
 def parse_shape(text: str, *, key: str = "input") -> tuple[int, ...]:
@@ -75,6 +83,44 @@ class PlanRequest:
     show_all: bool = False
 
 
+def _check_bounds(request: PlanRequest) -> None:
+    """Refuse what no device can train (before a model of that size is built)."""
+
+    def within(value: int, low: int, high: int, key: str) -> None:
+        if not low <= value <= high:
+            raise ConfigError(f"must be in [{low}, {high}], got {value}", key=key)
+
+    within(request.batch_size, 1, MAX_BATCH_SIZE, "batch")
+    within(request.block_size, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE, "block-size")
+    within(request.classes, 1, MAX_WIDTH, "classes")
+    within(request.neighbour_replicas, 0, 4096, "replicas")
+    for key, values in (
+        ("input", request.input_shape),
+        ("hidden", request.hidden),
+        ("channels", request.channels),
+    ):
+        if len(values) > 32:
+            raise ConfigError(f"at most 32 values, got {len(values)}", key=key)
+        for value in values:
+            within(value, 1, MAX_WIDTH, key)
+    inputs = math.prod(request.input_shape)
+    if request.model == "mlp":
+        dims = (inputs, *request.hidden, request.classes)
+        weights = sum(a * b for a, b in pairwise(dims))
+        key = "hidden"
+    else:
+        convs = (request.input_shape[0], *request.channels)
+        weights = sum(9 * a * b for a, b in pairwise(convs))
+        weights += inputs // request.input_shape[0] * request.channels[-1] * request.classes
+        key = "input"
+    if weights > MAX_MODEL_WEIGHTS:
+        raise ConfigError(
+            f"the model would have about {weights:,} weights, over the limit of "
+            f"{MAX_MODEL_WEIGHTS:,}",
+            key=key,
+        )
+
+
 def print_plan(request: PlanRequest, console: Console) -> TrainPlan:
     """Print the candidates and the chosen plan; return the chosen plan.
 
@@ -87,8 +133,7 @@ def print_plan(request: PlanRequest, console: Console) -> TrainPlan:
         budget = parse_bytes(request.budget)
     except ConfigError as exc:
         raise ConfigError(exc.problem, key="budget") from None
-    if request.batch_size < 1:
-        raise ConfigError(f"must be >= 1, got {request.batch_size}", key="batch")
+    _check_bounds(request)
     model = build_model(
         request.model,
         request.input_shape,

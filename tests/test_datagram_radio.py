@@ -20,13 +20,14 @@ from swarmfl.errors import ClosedRadioError
 from swarmfl.radio.base import Radio, UnicastRadio
 from swarmfl.radio.datagram import DATAGRAMS_PER_YIELD, DatagramRadio
 from swarmfl.radio.discovery import PeerInfo
-from swarmfl.radio.fragment import HEADER_SIZE
-from swarmfl.radio.link import LinkConfig
+from swarmfl.radio.fragment import HEADER_SIZE, Fragmenter
+from swarmfl.radio.link import DEFAULT_SOURCE_FRAMES_PER_S, LinkConfig, SourceRateLimit
 from swarmfl.radio.mqtt import MqttRadio, MqttSettings
 from swarmfl.radio.udp import UdpRadio
 from swarmfl.sim.vtime import run_virtual
 
 LOOPBACK = "127.0.0.1"
+KEY = b"k" * 32  # the swarm key MQTT presence is signed with
 COUNTERS = {
     "frames_sent",
     "datagrams_sent",
@@ -40,6 +41,7 @@ COUNTERS = {
     "frames_dropped_inbox",
     "datagrams_lost_injected",
     "send_errors",
+    "frames_rate_limited",
 }
 # 100 frame bytes per datagram: a 1,000-byte frame is 10 datagrams, 1,190 bytes on the wire.
 SMALL_MTU = LinkConfig(mtu_bytes=100 + HEADER_SIZE)
@@ -233,7 +235,7 @@ def test_closing_is_idempotent_ends_readers_and_refuses_sends() -> None:
 def test_only_the_udp_radio_sends_to_explicit_destinations() -> None:
     me = PeerInfo(1, 7, bytes(8), LOOPBACK, 0, "full", "mqtt")
     udp = UdpRadio(drone_id=1)
-    mqtt = MqttRadio(me=me, settings=MqttSettings(url=f"mqtt://{LOOPBACK}"))
+    mqtt = MqttRadio(swarm_key=KEY, me=me, settings=MqttSettings(url=f"mqtt://{LOOPBACK}"))
     assert isinstance(udp, DatagramRadio) and isinstance(mqtt, DatagramRadio)
     assert isinstance(udp, UnicastRadio) and isinstance(udp, Radio)
     assert not isinstance(mqtt, UnicastRadio) and isinstance(mqtt, Radio)
@@ -280,6 +282,7 @@ async def radio_pair(
     settings = MqttSettings(url=f"mqtt://{LOOPBACK}:{port}", keepalive_s=2)
     radios = [
         MqttRadio(
+            swarm_key=KEY,
             me=PeerInfo(d, swarm, bytes(8), LOOPBACK, 0, "full", "mqtt"),
             settings=settings,
             link=link,
@@ -320,3 +323,41 @@ async def test_udp_and_mqtt_hold_back_what_the_burst_does_not_cover(
         sent, heard = sender.counters(), receiver.counters()
     assert sent == counters(datagrams_sent=1, bytes_sent=1472)
     assert heard == counters(datagrams_received=1, bytes_received=1472)
+
+
+def test_a_flood_of_frames_from_one_source_does_not_crowd_out_another() -> None:
+    """Forged whole frames from one link sender are capped before the inbox; others get in."""
+
+    async def main() -> tuple[list[object], dict[str, int]]:
+        receiver = WireRadio(2, inbox_frames=256)
+        async with receiver:
+            flood = Fragmenter(sender=66, mtu_bytes=SMALL_MTU.mtu_bytes)
+            honest = Fragmenter(sender=1, mtu_bytes=SMALL_MTU.mtu_bytes)
+            for i in range(2_000):
+                receiver.hear(flood.split(b"forged %d" % i)[0], 66)
+                if i % 100 == 0:
+                    receiver.hear(honest.split(b"model %d" % i)[0], 1)
+            heard = []
+            async for frame in receiver.frames():
+                heard.append(frame.link_sender)
+                if not len(receiver._inbox):  # all that was queued is read
+                    break
+            return heard, receiver.counters()
+
+    heard, seen = run_virtual(main)
+    assert heard.count(1) == 20  # every honest frame reached the reader
+    assert heard.count(66) <= DEFAULT_SOURCE_FRAMES_PER_S + 1
+    assert seen["frames_rate_limited"] == 2_000 - heard.count(66)
+    assert seen["frames_dropped_inbox"] == 0
+
+
+def test_source_rate_limit_refills_and_stays_bounded() -> None:
+    limit = SourceRateLimit(10.0, burst=5, max_sources=3)
+    assert [limit.allow("a", 0.0) for _ in range(7)] == [True] * 5 + [False] * 2
+    assert limit.allow("b", 0.0)  # another source has its own bucket
+    assert not limit.allow("a", 0.05)  # half a frame refilled
+    assert limit.allow("a", 0.15)
+    for source in range(10):
+        limit.allow(source, 1.0)
+    assert len(limit) == 3
+    assert limit.limited == 3

@@ -148,7 +148,9 @@ def test_interleaved_reordered_duplicated_from_several_senders(seed: int) -> Non
     stream = datagrams + multi_dups
     rng.shuffle(stream)
 
-    reassembler = _reassembler()
+    # Fully shuffled, a link has all its 30 frames in flight at once (far more than an honest
+    # sender, which sends frames whole one after the other): give it the slots.
+    reassembler = _reassembler(max_source_frames=64)
     received: list[bytes] = []
     for datagram, link in stream:
         frame = reassembler.push(datagram, link, 0.0)
@@ -337,7 +339,8 @@ def test_stale_buffers_expire() -> None:
     assert reassembler.expire(2.0) == 0  # exactly timeout_s old is not older than it
     assert reassembler.expire(2.5) == 1
     stats = reassembler.stats()
-    assert (stats.expired, len(reassembler), stats.buffered_bytes) == (1, 1, 300)
+    # Frame b holds one 45-byte fragment, charged the 256-byte minimum (not its 300 declared).
+    assert (stats.expired, len(reassembler), stats.buffered_bytes) == (1, 1, 256)
     # Frame b completes in time.
     out_b = [reassembler.push(d, "L", 2.9) for d in b[1:]]
     assert out_b[-1] == bytes(300)
@@ -442,4 +445,90 @@ def test_stats_is_a_frozen_snapshot() -> None:
 def test_reassembler_config_errors(kwargs: dict[str, float], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         Reassembler(**kwargs)  # type: ignore[arg-type]
+    assert info.value.key == key
+
+
+def _bogus_first_fragment(frame_id: int, total: int = 4 * 1024 * 1024, plen: int = 65) -> bytes:
+    """A first fragment (index 0) of ``plen`` bytes that claims a ``total``-byte frame."""
+    count = -(-total // plen)
+    assert count <= MAX_FRAGMENTS
+    return _forge(0, count, total, b"z" * plen, frame_id=frame_id)
+
+
+def test_bogus_first_fragments_neither_allocate_nor_evict_a_real_partial_frame() -> None:
+    import tracemalloc
+
+    cap = 16 * 1024 * 1024
+    reassembler = Reassembler(timeout_s=5.0, max_buffer_bytes=cap, max_frame_bytes=4 * 1024**2)
+    frame = random.Random(1).randbytes(200_000)
+    real = Fragmenter(sender=1, mtu_bytes=1472).split(frame)
+    half = len(real) // 2
+    for datagram in real[:half]:
+        assert reassembler.push(datagram, ("10.0.0.1", 9000), 0.0) is None
+
+    tracemalloc.start()
+    try:
+        for i in range(5_000):
+            assert reassembler.push(_bogus_first_fragment(i), ("10.0.0.66", 6666), 0.001) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 5,000 claims of 4 MiB each: the old reassembler allocated 4 MiB for every one of them.
+    # Now the attacker holds a few small buffers (its slot budget) and nothing more.
+    assert peak < 1024 * 1024
+    stats = reassembler.stats()
+    assert len(reassembler) <= 1 + 8
+    assert stats.buffered_bytes < half * 1472 + 8 * 1024
+    assert stats.evicted == 5_000 - 8  # all the attacker's own
+
+    out = [reassembler.push(d, ("10.0.0.1", 9000), 0.002) for d in real[half:]]
+    assert out[-1] == frame
+
+
+def test_many_sources_over_the_total_evict_the_heaviest_not_the_honest_sender() -> None:
+    reassembler = Reassembler(
+        timeout_s=60.0, max_buffer_bytes=20_000, max_frame_bytes=5_000, max_source_bytes=5_000
+    )
+    frame = random.Random(2).randbytes(3_000)
+    real = Fragmenter(sender=1, mtu_bytes=MTU).split(frame)
+    for datagram in real[:10]:  # 450 bytes held by the honest sender
+        reassembler.push(datagram, "honest", 0.0)
+    # Attackers on many links each fill a big partial frame (the real frame's size).
+    for attacker in range(20):
+        for datagram in Fragmenter(sender=7, mtu_bytes=MTU).split(bytes(4_900))[:-1]:
+            reassembler.push(datagram, f"attacker{attacker}", 0.0)
+            assert reassembler.stats().buffered_bytes <= 20_000
+    assert reassembler.stats().evicted > 0
+    out = [reassembler.push(d, "honest", 0.0) for d in real[10:]]
+    assert out[-1] == frame
+
+
+def test_one_source_is_held_to_its_own_slots_and_bytes() -> None:
+    reassembler = Reassembler(
+        timeout_s=60.0,
+        max_buffer_bytes=100_000,
+        max_frame_bytes=2_000,
+        max_source_bytes=3_000,
+        max_source_frames=4,
+    )
+    for i in range(50):
+        datagrams = Fragmenter(sender=1, mtu_bytes=MTU, first_frame_id=i).split(bytes(1_900))
+        for datagram in datagrams[:-1]:
+            reassembler.push(datagram, "flooder", 0.0)
+        assert len(reassembler) <= 4
+        assert reassembler.stats().buffered_bytes <= 3_000
+    assert reassembler.stats().sources == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"max_source_bytes": 99}, "max_source_bytes"),
+        ({"max_source_bytes": 2_000_000}, "max_source_bytes"),
+        ({"max_source_frames": 0}, "max_source_frames"),
+    ],
+)
+def test_source_budget_config_errors(kwargs: dict[str, int], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Reassembler(timeout_s=1.0, max_buffer_bytes=1_000_000, max_frame_bytes=100, **kwargs)
     assert info.value.key == key

@@ -17,12 +17,14 @@ import pytest
 from _field_helpers import Mosquitto, free_port, require_mosquitto
 
 from swarmfl.errors import ConfigError
+from swarmfl.radio.broker_records import presence_key, presence_payload
 from swarmfl.radio.discovery import PeerDown, PeerInfo, PeerUp
 from swarmfl.radio.mqtt import MqttRadio, MqttSettings, broker_address
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(180)]
 
 SIG = bytes.fromhex("0011223344556677")
+KEY = b"k" * 32  # the swarm key presence is signed with
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,11 @@ def swarm_id() -> int:
 
 def me(drone: int, swarm_id: int, signature: bytes = SIG) -> PeerInfo:
     return PeerInfo(drone, swarm_id, signature, "127.0.0.1", 0, "full", "mqtt")
+
+
+def signed(topic: str, body: dict[str, str], key: bytes = KEY) -> bytes:
+    """A presence record as a drone holding ``key`` signs it."""
+    return presence_payload(body, topic, presence_key(key))
 
 
 def settings(port: int, **kw: object) -> MqttSettings:
@@ -127,8 +134,8 @@ async def test_frames_cross_the_broker_and_presence_announces_peers(
     broker: Mosquitto, swarm_id: int
 ) -> None:
     async with (
-        MqttRadio(me=me(1, swarm_id), settings=settings(broker.port)) as a,
-        MqttRadio(me=me(2, swarm_id), settings=settings(broker.port)) as b,
+        MqttRadio(swarm_key=KEY, me=me(1, swarm_id), settings=settings(broker.port)) as a,
+        MqttRadio(swarm_key=KEY, me=me(2, swarm_id), settings=settings(broker.port)) as b,
     ):
         assert await a.wait_connected(30) and await b.wait_connected(30)
         up = await next_event(b.events())
@@ -149,8 +156,8 @@ async def test_a_dropped_connection_fires_the_last_will_and_the_drone_comes_back
     proxy = TcpProxy(broker.port)
     await proxy.start()
     async with (
-        MqttRadio(me=me(1, swarm_id), settings=settings(proxy.port)) as flaky,
-        MqttRadio(me=me(2, swarm_id), settings=settings(broker.port)) as watcher,
+        MqttRadio(swarm_key=KEY, me=me(1, swarm_id), settings=settings(proxy.port)) as flaky,
+        MqttRadio(swarm_key=KEY, me=me(2, swarm_id), settings=settings(broker.port)) as watcher,
     ):
         events = watcher.events()
         assert isinstance(await next_event(events), PeerUp)
@@ -175,7 +182,7 @@ async def test_an_unreachable_broker_is_retried_with_backoff_and_reported_withou
     require_mosquitto()
     late = Mosquitto(tmp_path)  # its port is chosen, nothing listens there yet
     caplog.set_level(logging.WARNING, logger="swarmfl.radio.mqtt")
-    async with MqttRadio(me=me(1, swarm_id), settings=settings(late.port)) as radio:
+    async with MqttRadio(swarm_key=KEY, me=me(1, swarm_id), settings=settings(late.port)) as radio:
         radio.send(b"queued while offline")
         async with asyncio.timeout(30):
             while radio.connect_failures < 3:
@@ -188,7 +195,9 @@ async def test_an_unreachable_broker_is_retried_with_backoff_and_reported_withou
         await asyncio.to_thread(late.start)
         try:
             assert await radio.wait_connected(30)
-            async with MqttRadio(me=me(2, swarm_id), settings=settings(late.port)) as peer:
+            async with MqttRadio(
+                swarm_key=KEY, me=me(2, swarm_id), settings=settings(late.port)
+            ) as peer:
                 assert await peer.wait_connected(30)
                 radio.send(b"now online")
                 assert await next_frame(peer) == b"now online"
@@ -198,27 +207,35 @@ async def test_an_unreachable_broker_is_retried_with_backoff_and_reported_withou
 
 @pytest.mark.asyncio
 async def test_foreign_and_malformed_presence_is_ignored(broker: Mosquitto, swarm_id: int) -> None:
-    async with MqttRadio(me=me(1, swarm_id), settings=settings(broker.port)) as radio:
+    async with MqttRadio(
+        swarm_key=KEY, me=me(1, swarm_id), settings=settings(broker.port)
+    ) as radio:
         assert await radio.wait_connected(30)
         root = f"swarmfl/{swarm_id}/presence"
         other_model = {"state": "online", **me(5, swarm_id, b"\xff" * 8).txt()}
         async with aiomqtt.Client("127.0.0.1", broker.port) as client:
             await client.publish(f"{root}/3", b"not json", qos=1)
-            await client.publish(f"{root}/4", json.dumps({"state": "online", "id": "9"}), qos=1)
-            await client.publish(f"{root}/5", json.dumps(other_model), qos=1)
+            await client.publish(f"{root}/4", signed(f"{root}/4", {"state": "online", "id": "9"}))
+            await client.publish(f"{root}/5", signed(f"{root}/5", other_model), qos=1)
             good = {"state": "online", **me(6, swarm_id).txt()}
-            await client.publish(f"{root}/6", json.dumps(good), qos=1)
+            unsigned = {"state": "online", **me(7, swarm_id).txt()}
+            await client.publish(f"{root}/7", json.dumps(unsigned), qos=1)
+            forged = signed(f"{root}/8", {"state": "online", **me(8, swarm_id).txt()}, b"x" * 32)
+            await client.publish(f"{root}/8", forged, qos=1)
+            await client.publish(f"{root}/6", signed(f"{root}/6", good), qos=1)
         event = await next_event(radio.events())
         assert isinstance(event, PeerUp) and event.peer.drone_id == 6
         assert set(radio.peers()) == {6}
-        assert radio.presence_malformed == 2
+        assert radio.presence_malformed == 4
 
 
 @pytest.mark.asyncio
 async def test_a_clean_close_says_goodbye(broker: Mosquitto, swarm_id: int) -> None:
-    async with MqttRadio(me=me(2, swarm_id), settings=settings(broker.port)) as watcher:
+    async with MqttRadio(
+        swarm_key=KEY, me=me(2, swarm_id), settings=settings(broker.port)
+    ) as watcher:
         events = watcher.events()
-        leaving = MqttRadio(me=me(1, swarm_id), settings=settings(broker.port))
+        leaving = MqttRadio(swarm_key=KEY, me=me(1, swarm_id), settings=settings(broker.port))
         await leaving.start()
         assert isinstance(await next_event(events), PeerUp)
         await leaving.aclose()

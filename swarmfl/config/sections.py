@@ -14,6 +14,7 @@ or eats the machine's memory.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -113,6 +114,9 @@ class DataSection(Section):
 
 
 Width = Annotated[int, Field(gt=0, le=1 << 16)]
+#: The most weights a model section may describe (400 MB as float32): far above what a drone
+#: trains, far below what hangs a machine allocating it.
+MAX_MODEL_WEIGHTS = 100_000_000
 
 
 class ModelSection(Section):
@@ -126,6 +130,26 @@ class ModelSection(Section):
     hidden: Annotated[list[Width], Field(max_length=32)] = [128]
     channels: Annotated[list[Annotated[int, Field(gt=0, le=4096)]], Field(max_length=16)] = [16, 32]
     checkpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _bounded_size(self) -> ModelSection:
+        # Each width is bounded, but two 65536-wide layers are 4.3 G weights (17 GB): refuse
+        # what no drone can hold before anything is allocated. The input layer depends on the
+        # data, and is checked when the model is built.
+        weights = sum(a * b for a, b in pairwise(self.hidden))
+        if self.kind == "mlp" and weights > MAX_MODEL_WEIGHTS:
+            raise KeyedValueError(
+                ("model", "hidden"),
+                f"{weights:,} weights between hidden layers, over the limit of "
+                f"{MAX_MODEL_WEIGHTS:,}",
+            )
+        weights = sum(9 * a * b for a, b in pairwise(self.channels))
+        if self.kind == "cnn" and weights > MAX_MODEL_WEIGHTS:
+            raise KeyedValueError(
+                ("model", "channels"),
+                f"{weights:,} convolution weights, over the limit of {MAX_MODEL_WEIGHTS:,}",
+            )
+        return self
 
 
 class TrainingSection(Section):

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -317,13 +318,17 @@ class FieldAgent:
             await self.radio.aclose()
             raise
 
-    async def run(self) -> None:
+    async def run(self, on_open: Callable[[], None] | None = None) -> None:
         """Run the drone until :meth:`request_stop` (or a crash, which is re-raised).
 
+        ``on_open`` is called once the radio and discovery are open (start-up can no longer
+        fail on the config): the CLI prints its banner there, never before an error line.
         See the class docstring for the errors raised at start-up.
         """
         await self._open()
         assert self.radio is not None
+        if on_open is not None:
+            on_open()
         self.agent = Agent(
             drone_id=self.drone_id,
             learner=self.learner,
@@ -399,18 +404,21 @@ def run_agent(loaded: LoadedDroneConfig, *, resume: bool = True) -> int:
             loop.add_signal_handler(sig, agent.request_stop)
         config = loaded.config
         resumed = agent.resumed_from
-        print(
-            f"swarmfl agent: drone {agent.drone_id} of swarm {agent.swarm_id}, "
-            f"{agent.description}, {config.radio.kind} radio, trains "
-            + (agent.plan.describe() if agent.plan is not None else "the whole model")
-            + ", "
-            + (f"resumed at update {resumed}" if resumed is not None else "fresh start")
-            + f"; {agent.parts.backend} backend, predicted {agent.process_plan.describe()}",
-            file=sys.stderr,
-            flush=True,
-        )
+
+        def banner() -> None:
+            print(
+                f"swarmfl agent: drone {agent.drone_id} of swarm {agent.swarm_id}, "
+                f"{agent.description}, {config.radio.kind} radio, trains "
+                + (agent.plan.describe() if agent.plan is not None else "the whole model")
+                + ", "
+                + (f"resumed at update {resumed}" if resumed is not None else "fresh start")
+                + f"; {agent.parts.backend} backend, predicted {agent.process_plan.describe()}",
+                file=sys.stderr,
+                flush=True,
+            )
+
         try:
-            await agent.run()
+            await agent.run(on_open=banner)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -92,6 +92,7 @@ async def open_radio(
     mqtt_radio = MqttRadio(
         me=announcement(loaded, signature, trains, settings.host, 0),
         settings=settings,
+        swarm_key=loaded.key,
         link=link,
         inbox_frames=config.radio.inbox_frames,
     )

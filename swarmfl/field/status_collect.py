@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from swarmfl.errors import RadioError
+from swarmfl.radio.broker_records import MAX_TELEMETRY_BYTES, BrokerRecordError, parse_record
 
 __all__ = ["SwarmView", "collect_mqtt", "collect_udp", "view_of"]
 
@@ -375,6 +375,10 @@ async def collect_mqtt(
     return view
 
 
+#: Drones read from a broker at most (retained fakes by the thousand must not eat the memory).
+MAX_BROKER_RECORDS = 4096
+
+
 def _take_message(
     topic: str, payload: object, telemetry: dict[int, dict[str, Any]], presence: dict[int, str]
 ) -> bool:
@@ -382,14 +386,16 @@ def _take_message(
     drone = _drone_id(topic.rsplit("/", 1)[-1])
     if drone is None or not isinstance(payload, bytes | bytearray) or not payload:
         return False
-    if len(payload) > 64 * 1024:
-        return False  # no status record is that large: not ours
     try:
-        body = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = parse_record(payload, MAX_TELEMETRY_BYTES)  # total: size cap, depth, encoding
+    except BrokerRecordError:
         return False
-    if not isinstance(body, dict):
-        return False
+    if (
+        drone not in presence
+        and drone not in telemetry
+        and (len(presence) + len(telemetry) >= 2 * MAX_BROKER_RECORDS)
+    ):
+        return False  # retained fakes by the thousand must not eat the memory
     if "/presence/" in topic:
         state = "offline" if body.get("state") == "offline" else "online"
         new = presence.get(drone) != state

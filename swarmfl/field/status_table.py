@@ -59,7 +59,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def _bytes(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # A record off the broker may hold any JSON: a 400-digit int would overflow the division.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 10**18:
         return "-"
     amount = float(value)
     for unit in ("B", "kB", "MB", "GB"):
