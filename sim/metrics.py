@@ -7,6 +7,7 @@ scenario and seed produce byte-identical files.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +173,10 @@ class MetricsRecorder:
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """Write ``summary.json`` (sorted keys, 2-space indent)."""
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    """Write ``summary.json`` (sorted keys, 2-space indent) atomically: temporary file, rename."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from swarmfl.sim.metrics import (
     write_summary,
 )
 from swarmfl.sim.plots import plot_accuracy, plot_bytes, plot_delivery, plot_topology
+from swarmfl.sim.runfolder import SUMMARY
 from swarmfl.sim.swarm import Swarm
 from swarmfl.sim.vtime import run_virtual
 
@@ -89,8 +90,14 @@ def run_scenario(
     out_dir: Path | None,
     *,
     on_point: ProgressCallback | None = None,
+    title_note: str = "",
 ) -> dict[str, Any]:
-    """Run ``scenario`` in virtual time; write the run folder if ``out_dir``; return the summary."""
+    """Run ``scenario`` in virtual time; write the run folder if ``out_dir``; return the summary.
+
+    ``title_note`` is appended to plot titles (the overrides, see
+    :func:`swarmfl.sim.runfolder.override_note`). ``summary.json`` is written last and
+    atomically: its presence marks a finished run.
+    """
     wall_start = time.perf_counter()
     sink = None
     if out_dir is not None:
@@ -105,12 +112,12 @@ def run_scenario(
             sink.close()
     summary = summarize(scenario, swarm, recorder, time.perf_counter() - wall_start)
     if out_dir is not None:
-        write_summary(out_dir / "summary.json", summary)
-        title = f"{scenario.run.name}: {scenario.swarm.drones} drones"
+        title = f"{scenario.run.name}: {scenario.swarm.drones} drones{title_note}"
         plot_accuracy(recorder.series, out_dir / "accuracy.png", title=title)
         plot_topology(recorder.snapshots, out_dir / "topology.png", title=title)
         plot_bytes(recorder.traffic, out_dir / "bytes.png", title=title)
         plot_delivery(recorder.traffic, out_dir / "delivery.png", title=title)
+        write_summary(out_dir / SUMMARY, summary)  # last: marks the run finished
     return summary
 
 

@@ -52,7 +52,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a scenario key (repeatable)",
     )
     sim.add_argument("--seed", type=int, help="override run.seed")
-    sim.add_argument("--out", type=Path, help="run folder (default: runs/<name>-seed<seed>)")
+    sim.add_argument(
+        "--out",
+        type=Path,
+        help="run folder (default: runs/<name>-seed<seed>, or a fresh -2, -3, ... if it exists)",
+    )
+    sim.add_argument(
+        "--force", action="store_true", help="overwrite a finished run in the --out folder"
+    )
     sim.add_argument("--no-progress", action="store_true", help="no live progress bar")
     sim.set_defaults(handler=_cmd_sim)
     _add_field_commands(commands)
@@ -224,6 +231,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     from swarmfl.config.scenario_file import load_scenario
     from swarmfl.sim.progress import SimulationProgress, print_summary
+    from swarmfl.sim.runfolder import fresh_folder, is_finished, override_note
     from swarmfl.sim.runner import run_scenario
 
     path = args.scenario or _bundled_quickstart()
@@ -231,10 +239,20 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
     scenario = load_scenario(path, overrides)
-    out = args.out or Path("runs") / f"{scenario.run.name}-seed{scenario.run.seed}"
+    if args.out is None:
+        out = fresh_folder(Path("runs") / f"{scenario.run.name}-seed{scenario.run.seed}")
+    elif is_finished(args.out) and not args.force:
+        raise ConfigError(
+            f"{args.out} holds a finished run; choose another --out or add --force",
+            source="--out",
+        )
+    else:
+        out = args.out
     console = Console(stderr=True)
     with SimulationProgress(scenario, console, enabled=not args.no_progress) as progress:
-        summary = run_scenario(scenario, out, on_point=progress.update)
+        summary = run_scenario(
+            scenario, out, on_point=progress.update, title_note=override_note(overrides)
+        )
     print_summary(summary, out, Console())
     return 0
 
