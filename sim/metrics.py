@@ -27,7 +27,10 @@ class DroneSample:
     neighbours that were up when the frame went out, of which ``frames_lost`` were lost on the
     link; ``frames_dropped_queue`` frames never left the send queue. ``state`` is ``"up"``,
     ``"removed"`` or why the drone is down; ``battery`` the charge fraction (None without
-    batteries); ``position`` metres (None for a static topology).
+    batteries); ``position`` metres (None for a static topology). ``device_class`` (``class``
+    in JSON) names the drone's device class; ``group`` is its group in the first scheduled
+    partition (None without partitions); ``distance`` the L2 distance of its model to the mean
+    model of the drones not removed (the consensus distance's terms).
     """
 
     t: float
@@ -48,6 +51,9 @@ class DroneSample:
     state: str = "up"
     battery: float | None = None
     position: Sequence[float] | None = None
+    device_class: str | None = None
+    group: int | None = None
+    distance: float | None = None
 
     @property
     def delivery_ratio(self) -> float | None:
@@ -79,6 +85,9 @@ class DroneSample:
                 "state": self.state,
                 "battery": _rounded(self.battery),
                 "position": None if self.position is None else [round(v, 2) for v in self.position],
+                "class": self.device_class,
+                "group": self.group,
+                "distance": _rounded(self.distance),
             },
             separators=(",", ":"),
         )
