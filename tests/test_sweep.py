@@ -129,3 +129,23 @@ def test_run_sweep_returns_the_tables(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     run = json.loads((tmp_path / "gossip.codec=int8" / "seed-8" / "summary.json").read_text())
     assert run["codec"] == "int8" and run["seed"] == 8
+
+
+def readme_sweep_example() -> str:
+    """The Python block of the README's section on experiments and sweeps."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Experiments and sweeps", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_the_readme_sweep_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "quickstart.toml").write_text(QUICKSTART.read_text())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(readme_sweep_example(), "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed] == ["gossip.codec=fp32", "gossip.codec=int8"]
+    with (tmp_path / "runs" / "codec-sweep" / "runs.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 4
