@@ -7,6 +7,7 @@ scenario and seed produce byte-identical files.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,10 @@ class DroneSample:
     neighbours that were up when the frame went out, of which ``frames_lost`` were lost on the
     link; ``frames_dropped_queue`` frames never left the send queue. ``state`` is ``"up"``,
     ``"removed"`` or why the drone is down; ``battery`` the charge fraction (None without
-    batteries); ``position`` metres (None for a static topology).
+    batteries); ``position`` metres (None for a static topology). ``device_class`` (``class``
+    in JSON) names the drone's device class; ``group`` is its group in the first scheduled
+    partition (None without partitions); ``distance`` the L2 distance of its model to the mean
+    model of the drones not removed (the consensus distance's terms).
     """
 
     t: float
@@ -47,6 +51,9 @@ class DroneSample:
     state: str = "up"
     battery: float | None = None
     position: Sequence[float] | None = None
+    device_class: str | None = None
+    group: int | None = None
+    distance: float | None = None
 
     @property
     def delivery_ratio(self) -> float | None:
@@ -78,6 +85,9 @@ class DroneSample:
                 "state": self.state,
                 "battery": _rounded(self.battery),
                 "position": None if self.position is None else [round(v, 2) for v in self.position],
+                "class": self.device_class,
+                "group": self.group,
+                "distance": _rounded(self.distance),
             },
             separators=(",", ":"),
         )
@@ -172,8 +182,10 @@ class MetricsRecorder:
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """Write ``summary.json`` (sorted keys, 2-space indent)."""
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    """Write ``summary.json`` (sorted keys, 2-space indent) atomically: temporary file, rename."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

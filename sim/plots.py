@@ -30,10 +30,23 @@ def _finish_time_plot(fig: Figure, ax: Axes, path: Path, *, title: str, ylabel: 
     plt.close(fig)
 
 
-def plot_accuracy(series: Sequence[SwarmPoint], path: Path, *, title: str) -> None:
-    """Mean, min and max accuracy across drones over virtual time, saved as a PNG."""
+def plot_accuracy(
+    series: Sequence[SwarmPoint],
+    path: Path,
+    *,
+    title: str,
+    partitions: Sequence[tuple[float, float]] = (),
+) -> None:
+    """Mean, min and max accuracy across drones over virtual time, saved as a PNG.
+
+    ``partitions`` (start, end) windows are shaded.
+    """
     t = [p.t for p in series]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for index, (start, end) in enumerate(partitions):
+        ax.axvspan(
+            start, end, color="tab:red", alpha=0.08, label="partition" if not index else None
+        )
     ax.fill_between(
         t,
         [p.min for p in series],

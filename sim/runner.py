@@ -9,7 +9,9 @@ accuracy), ``bytes.png`` (traffic over time) and ``delivery.png`` (delivery rati
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +29,13 @@ from swarmfl.sim.metrics import (
     write_summary,
 )
 from swarmfl.sim.plots import plot_accuracy, plot_bytes, plot_delivery, plot_topology
+from swarmfl.sim.runfolder import SUMMARY
 from swarmfl.sim.swarm import Swarm
+from swarmfl.sim.timeline import Timeline, graph_components
+from swarmfl.sim.timeline_plots import plot_down, plot_groups
 from swarmfl.sim.vtime import run_virtual
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[SwarmPoint], None]
 
@@ -39,10 +46,12 @@ async def simulate(
     on_point: ProgressCallback | None = None,
     *,
     snapshots: bool = True,
+    timeline: Timeline | None = None,
 ) -> Swarm:
     """Run ``scenario`` on the current (virtual-time) loop, recording every evaluation instant.
 
-    With ``snapshots``, four of the instants also record positions and links for topology.png.
+    With ``snapshots``, four of the instants also record positions and links for topology.png;
+    a ``timeline`` records consensus, per-class and per-group accuracy and down counts.
     """
     interval = scenario.run.eval_interval_s
     duration = scenario.run.duration_s
@@ -60,6 +69,8 @@ async def simulate(
             counted = {d.drone_id for d in swarm.active}
             samples = swarm.sample(t)
             point = recorder.record(t, samples, counted)
+            if timeline is not None:
+                timeline.add(t, samples, counted)
             if index in pictured:
                 recorder.snapshots.append(snapshot(swarm, t, samples))
             if on_point is not None:
@@ -89,8 +100,14 @@ def run_scenario(
     out_dir: Path | None,
     *,
     on_point: ProgressCallback | None = None,
+    title_note: str = "",
 ) -> dict[str, Any]:
-    """Run ``scenario`` in virtual time; write the run folder if ``out_dir``; return the summary."""
+    """Run ``scenario`` in virtual time; write the run folder if ``out_dir``; return the summary.
+
+    ``title_note`` is appended to plot titles (the overrides, see
+    :func:`swarmfl.sim.runfolder.override_note`). ``summary.json`` is written last and
+    atomically: its presence marks a finished run.
+    """
     wall_start = time.perf_counter()
     sink = None
     if out_dir is not None:
@@ -98,20 +115,47 @@ def run_scenario(
         (out_dir / "scenario.toml").write_text(scenario_to_toml(scenario), encoding="utf-8")
         sink = (out_dir / "metrics.jsonl").open("w", encoding="utf-8")
     recorder = MetricsRecorder(sink)
+    timeline = Timeline()
     try:
-        swarm = run_virtual(simulate(scenario, recorder, on_point, snapshots=out_dir is not None))
+        swarm = run_virtual(
+            simulate(scenario, recorder, on_point, snapshots=out_dir is not None, timeline=timeline)
+        )
     finally:
         if sink is not None:
             sink.close()
     summary = summarize(scenario, swarm, recorder, time.perf_counter() - wall_start)
+    summary.update(timeline.final())
+    summary.update(_connectivity(scenario, swarm))
     if out_dir is not None:
-        write_summary(out_dir / "summary.json", summary)
-        title = f"{scenario.run.name}: {scenario.swarm.drones} drones"
-        plot_accuracy(recorder.series, out_dir / "accuracy.png", title=title)
+        title = textwrap.fill(
+            f"{scenario.run.name}: {scenario.swarm.drones} drones{title_note}", 90
+        )
+        windows = [(p.start_s, p.end_s) for p in scenario.faults.partitions]
+        plot_accuracy(recorder.series, out_dir / "accuracy.png", title=title, partitions=windows)
         plot_topology(recorder.snapshots, out_dir / "topology.png", title=title)
         plot_bytes(recorder.traffic, out_dir / "bytes.png", title=title)
         plot_delivery(recorder.traffic, out_dir / "delivery.png", title=title)
+        plot_groups(timeline, scenario, out_dir / "groups.png", title=title)
+        plot_down(timeline, scenario, out_dir / "down.png", title=title)
+        write_summary(out_dir / SUMMARY, summary)  # last: marks the run finished
     return summary
+
+
+def _connectivity(scenario: Scenario, swarm: Swarm) -> dict[str, Any]:
+    """Whether the communication graph is connected at start; a warning line if it is not."""
+    drones = [d.drone_id for d in swarm.drones]
+    sizes = graph_components(swarm.world.graph(0.0), drones)
+    if len(sizes) > 1:
+        log.warning(
+            "%s: the communication graph is disconnected at start: %d components "
+            "(largest %d of %d drones, %d isolated)",
+            scenario.run.name,
+            len(sizes),
+            sizes[0],
+            len(drones),
+            sum(size == 1 for size in sizes),
+        )
+    return {"connected_at_start": len(sizes) <= 1, "components_at_start": len(sizes)}
 
 
 def summarize(

@@ -38,6 +38,7 @@ from swarmfl.sim.faults import Lifecycle
 from swarmfl.sim.fleet import SimDevice, fleet_devices
 from swarmfl.sim.medium import SimMedium, SimRadio
 from swarmfl.sim.metrics import DroneSample
+from swarmfl.sim.timeline import distances_to_mean
 from swarmfl.sim.world import World, build_world
 
 
@@ -305,6 +306,10 @@ class Swarm:
     def sample(self, now: float) -> list[DroneSample]:
         """Measure every drone (accuracy on the held-out set, traffic counters) at ``now``."""
         positions = self.world.positions(now).round(2).tolist() if self.world.metric else None
+        active = self.active
+        spread = distances_to_mean([d.agent.learner.flat_parameters() for d in active])
+        distance = dict(zip((d.drone_id for d in active), spread or (), strict=False))
+        groups = self.world.partitions[0].group_of if self.world.partitions else None
         samples = []
         for drone in self.drones:
             agent, stats = drone.agent, drone.radio.stats
@@ -329,6 +334,9 @@ class Swarm:
                     state=self.lifecycle.state(drone.drone_id),
                     battery=self.lifecycle.battery_fraction(drone.drone_id, now),
                     position=None if positions is None else positions[drone.drone_id],
+                    device_class=drone.device.profile.name,
+                    group=None if groups is None else groups[drone.drone_id],
+                    distance=distance.get(drone.drone_id),
                 )
             )
         return samples

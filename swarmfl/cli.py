@@ -73,12 +73,121 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a scenario key (repeatable)",
     )
     sim.add_argument("--seed", type=int, help="override run.seed")
-    sim.add_argument("--out", type=Path, help="run folder (default: runs/<name>-seed<seed>)")
+    sim.add_argument(
+        "--out",
+        type=Path,
+        help="run folder (default: runs/<name>-seed<seed>, or a fresh -2, -3, ... if it exists)",
+    )
+    sim.add_argument(
+        "--force", action="store_true", help="overwrite a finished run in the --out folder"
+    )
     sim.add_argument("--no-progress", action="store_true", help="no live progress bar")
     sim.set_defaults(handler=_cmd_sim)
+    _add_experiment_commands(commands)
     _add_field_commands(commands)
     _add_plan_command(commands)
     return parser
+
+
+# -- experiments: sweep, compare --------------------------------------------------------------
+
+
+def _add_experiment_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a scenario's grid of settings x seeds (resumable)",
+        description="Run the cross-product of --grid values (and the file's [sweep] table) "
+        "times seeds, one run folder each under an experiment folder; finished runs are kept. "
+        "Writes runs.csv, variants.csv (mean, std, 95 %% CI) and overlay plots.",
+    )
+    sweep.add_argument("scenario", type=Path, help="scenario TOML file (may hold [sweep])")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=V1,V2",
+        help="values to try for a scenario key (repeatable: the cross-product runs)",
+    )
+    sweep.add_argument("--seeds", type=int, help="seeds per variant: run.seed, run.seed+1, ...")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a scenario key in every run (repeatable)",
+    )
+    sweep.add_argument("--out", type=Path, help="experiment folder (default runs/<name>-sweep)")
+    sweep.add_argument("--executor", choices=["local", "ray"], help="where runs execute (local)")
+    sweep.add_argument("--workers", type=int, help="runs at once (default: every core)")
+    sweep.add_argument("--ray-address", help="Ray cluster address (default: a local instance)")
+    sweep.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    compare = commands.add_parser(
+        "compare",
+        help="overlay existing run or experiment folders",
+        description="Overlay run folders and experiment folders: runs.csv, variants.csv and "
+        "the overlay plots, written to --out.",
+    )
+    compare.add_argument("folders", type=Path, nargs="+", metavar="RUN_OR_EXPERIMENT")
+    compare.add_argument("--out", type=Path, help="where to write (default runs/compare)")
+    compare.set_defaults(handler=_cmd_compare)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from swarmfl.sim.results import collect_experiment
+    from swarmfl.sim.sweep import execute_plan, parse_grid, plan_sweep
+    from swarmfl.sim.sweep_progress import print_variants
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"must be at least 1, got {args.workers}", source="--workers")
+    plan = plan_sweep(
+        args.scenario,
+        grid=parse_grid(args.grid),
+        seeds=args.seeds,
+        out=args.out,
+        overrides=list(args.overrides),
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+    )
+    console = Console(stderr=True)
+    if plan.finished:
+        console.print(f"resuming {plan.folder}: {len(plan.finished)} of {len(plan.runs)} done")
+    outcomes = execute_plan(plan, console=console, progress=not args.no_progress)
+    experiment = collect_experiment(plan.folder, keys=plan.keys)
+    experiment.write()
+    print_variants(experiment, Console())
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        print(
+            f"swarmfl: {len(failed)} of {len(outcomes)} runs failed "
+            "(errors above, tracebacks in each run's error.txt; re-run to retry them)",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from swarmfl.sim.results import collect_folders
+    from swarmfl.sim.sweep_progress import print_variants
+
+    for folder in args.folders:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: no such folder", source="compare")
+    experiment = collect_folders(args.folders, args.out or Path("runs") / "compare")
+    if not experiment.runs:
+        raise ConfigError(
+            "no finished run (no summary.json) in the folders given", source="compare"
+        )
+    experiment.write()
+    print_variants(experiment, Console())
+    return 0
 
 
 # -- field commands: agent, status ------------------------------------------------------------
@@ -262,6 +371,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     from swarmfl.config.scenario_file import load_scenario
     from swarmfl.sim.progress import SimulationProgress, print_summary
+    from swarmfl.sim.runfolder import fresh_folder, is_finished, override_note
     from swarmfl.sim.runner import run_scenario
 
     path = args.scenario or _bundled_quickstart()
@@ -269,11 +379,21 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
     scenario = load_scenario(path, overrides)
-    out = args.out or Path("runs") / f"{scenario.run.name}-seed{scenario.run.seed}"
+    if args.out is None:
+        out = fresh_folder(Path("runs") / f"{scenario.run.name}-seed{scenario.run.seed}")
+    elif is_finished(args.out) and not args.force:
+        raise ConfigError(
+            f"{args.out} holds a finished run; choose another --out or add --force",
+            source="--out",
+        )
+    else:
+        out = args.out
     _check_writable_folder(out)
     console = Console(stderr=True)
     with SimulationProgress(scenario, console, enabled=not args.no_progress) as progress:
-        summary = run_scenario(scenario, out, on_point=progress.update)
+        summary = run_scenario(
+            scenario, out, on_point=progress.update, title_note=override_note(overrides)
+        )
     print_summary(summary, out, Console())
     return 0
 

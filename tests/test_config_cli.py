@@ -135,5 +135,7 @@ def test_cli_sim_writes_the_run_folder(tmp_path, capsys):
         "topology.png",
         "bytes.png",
         "delivery.png",
+        "groups.png",
+        "down.png",
     }
     assert "accuracy mean / min / max" in capsys.readouterr().out

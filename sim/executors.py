@@ -1,0 +1,169 @@
+"""Where the runs of a sweep execute: a local process pool (the default) or a Ray cluster.
+
+Runs are independent, so an executor only hands each :class:`RunTask` to a worker and yields
+each :class:`RunOutcome` as it completes; there is no scheduler of our own. The local pool uses
+every core with the ``forkserver`` start method (``spawn`` where there is none): a worker never
+forks a parent that already runs torch threads. Ray (``pip install 'swarmfl[ray]'``) runs the
+same function as a remote task, on a local instance or on the cluster at ``address``.
+
+A run writes its folder itself (see :func:`swarmfl.sim.runner.run_scenario`), so the same task
+gives byte-identical ``metrics.jsonl`` whichever executor ran it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from swarmfl.config.scenario_file import Scenario
+from swarmfl.errors import ConfigError
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "RunOutcome",
+    "RunTask",
+    "execute",
+    "make_executor",
+]
+
+EXECUTORS = ("local", "ray")
+ERROR_FILE = "error.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class RunTask:
+    """One run to execute: the resolved scenario, its folder and the plot titles' tail."""
+
+    scenario: Scenario
+    folder: str
+    title_note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended: ``error`` is None for a finished run, else its one-line reason."""
+
+    folder: str
+    error: str | None
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run finished (its summary.json is written)."""
+        return self.error is None
+
+
+def execute(task: RunTask) -> RunOutcome:
+    """Run ``task`` into its folder; any exception becomes the outcome's ``error``.
+
+    A failed run leaves ``error.txt`` (the traceback) in its folder and no ``summary.json``, so a
+    resumed sweep runs it again.
+    """
+    from swarmfl.sim.runner import run_scenario  # imported in the worker
+
+    start = time.perf_counter()
+    folder = Path(task.folder)
+    try:
+        (folder / ERROR_FILE).unlink(missing_ok=True)
+        run_scenario(task.scenario, folder, title_note=task.title_note)
+    except Exception as exc:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ERROR_FILE).write_text(traceback.format_exc(), encoding="utf-8")
+        line = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return RunOutcome(task.folder, line, time.perf_counter() - start)
+    return RunOutcome(task.folder, None, time.perf_counter() - start)
+
+
+class Executor(Protocol):
+    """Runs tasks and yields their outcomes as they complete (in any order)."""
+
+    slots: int
+    """How many runs execute at once."""
+
+    def run(self, tasks: Iterable[RunTask]) -> Iterator[RunOutcome]:
+        """Execute every task; yield each outcome when its run ends."""
+        ...
+
+
+class LocalExecutor:
+    """A process pool on this machine: ``workers`` processes (default: every core)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.slots = workers or os.cpu_count() or 1
+
+    def run(self, tasks: Iterable[RunTask]) -> Iterator[RunOutcome]:
+        """Execute every task in the pool; yield each outcome as its run ends."""
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if context.get_start_method() == "forkserver":
+            # torch and the simulator are imported once, in the fork server, not per worker
+            context.set_forkserver_preload(["swarmfl.sim.runner"])
+        with ProcessPoolExecutor(max_workers=self.slots, mp_context=context) as pool:
+            pending: set[Future[RunOutcome]] = {pool.submit(execute, task) for task in tasks}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+
+
+class RayExecutor:
+    """Ray remote tasks, one CPU each, on a local instance or the cluster at ``address``.
+
+    Uses the Ray instance already initialised in this process if there is one; else starts or
+    joins one (and shuts it down afterwards). ``workers`` caps the runs in flight (default: the
+    cluster's CPUs).
+    """
+
+    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                "ray is not installed: pip install 'swarmfl[ray]'", source="--executor"
+            ) from None
+        self._ray: Any = ray
+        self._owned = not ray.is_initialized()
+        if self._owned:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.slots = max(1, min(workers or cpus, cpus))
+
+    def run(self, tasks: Iterable[RunTask]) -> Iterator[RunOutcome]:
+        """Submit the tasks (at most ``slots`` in flight); yield each outcome as it ends."""
+        ray = self._ray
+        remote = ray.remote(num_cpus=1)(execute)
+        queue = list(tasks)
+        pending: list[Any] = []
+        try:
+            while queue or pending:
+                while queue and len(pending) < self.slots:
+                    pending.append(remote.remote(queue.pop(0)))
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    yield ray.get(ref)
+        finally:
+            if self._owned:
+                ray.shutdown()
+
+
+def make_executor(
+    kind: str, *, workers: int | None = None, ray_address: str | None = None
+) -> Executor:
+    """The executor named ``kind`` (``local`` or ``ray``). Raises :class:`ConfigError`."""
+    if kind == "local":
+        if ray_address is not None:
+            raise ConfigError("only with --executor ray", source="--ray-address")
+        return LocalExecutor(workers)
+    if kind == "ray":
+        return RayExecutor(ray_address, workers)
+    raise ConfigError(f"unknown executor {kind!r}; one of {', '.join(EXECUTORS)}")
