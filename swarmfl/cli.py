@@ -92,7 +92,7 @@ def _build_parser() -> argparse.ArgumentParser:
 # -- experiments: sweep, compare --------------------------------------------------------------
 
 
-def _add_experiment_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_experiment_commands(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     sweep = commands.add_parser(
         "sweep",
         help="run a scenario's grid of settings x seeds (resumable)",
