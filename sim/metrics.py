@@ -26,7 +26,10 @@ class DroneSample:
     neighbours that were up when the frame went out, of which ``frames_lost`` were lost on the
     link; ``frames_dropped_queue`` frames never left the send queue. ``state`` is ``"up"``,
     ``"removed"`` or why the drone is down; ``battery`` the charge fraction (None without
-    batteries); ``position`` metres (None for a static topology).
+    batteries); ``position`` metres (None for a static topology). ``attacker`` marks an
+    insider of the scenario's ``[[attack]]``; ``replicas_clipped`` counts the replicas its
+    robust merges clipped, ``suspects`` the peers it names as suspected attackers; ``epsilon``
+    is the privacy it spent so far under DP-SGD (None without DP).
     """
 
     t: float
@@ -47,6 +50,10 @@ class DroneSample:
     state: str = "up"
     battery: float | None = None
     position: Sequence[float] | None = None
+    attacker: bool = False
+    replicas_clipped: int = 0
+    suspects: Sequence[int] = ()
+    epsilon: float | None = None
 
     @property
     def delivery_ratio(self) -> float | None:
@@ -78,6 +85,10 @@ class DroneSample:
                 "state": self.state,
                 "battery": _rounded(self.battery),
                 "position": None if self.position is None else [round(v, 2) for v in self.position],
+                "attacker": self.attacker,
+                "replicas_clipped": self.replicas_clipped,
+                "suspects": list(self.suspects),
+                "epsilon": _rounded(self.epsilon),
             },
             separators=(",", ":"),
         )
@@ -122,12 +133,19 @@ class Snapshot:
 
 @dataclass(slots=True)
 class SwarmPoint:
-    """Accuracy across the (not removed) drones at one instant."""
+    """Accuracy across the (not removed) drones at one instant.
+
+    With insiders in the swarm, ``honest_mean`` and ``honest_min`` are over the honest drones
+    only and ``attacker_mean`` over the attackers (all None without attackers).
+    """
 
     t: float
     mean: float
     min: float
     max: float
+    honest_mean: float | None = None
+    honest_min: float | None = None
+    attacker_mean: float | None = None
 
 
 @dataclass
@@ -148,6 +166,12 @@ class MetricsRecorder:
                 self.sink.write(sample.to_json() + "\n")
         values = np.array([s.accuracy for s in samples if s.drone in counted] or [0.0])
         point = SwarmPoint(t, float(values.mean()), float(values.min()), float(values.max()))
+        if any(s.attacker for s in samples):
+            honest = [s.accuracy for s in samples if s.drone in counted and not s.attacker]
+            attackers = [s.accuracy for s in samples if s.drone in counted and s.attacker]
+            point.honest_mean = float(np.mean(honest)) if honest else 0.0
+            point.honest_min = float(np.min(honest)) if honest else 0.0
+            point.attacker_mean = float(np.mean(attackers)) if attackers else None
         self.series.append(point)
         ratios = (s.delivery_ratio for s in samples)
         self.traffic.append(

@@ -223,6 +223,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from swarmfl.config.scenario_file import load_scenario
+    from swarmfl.sim.insiders import assign_attackers
     from swarmfl.sim.progress import SimulationProgress, print_summary
     from swarmfl.sim.runner import run_scenario
 
@@ -231,6 +232,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
     scenario = load_scenario(path, overrides)
+    try:
+        assign_attackers(scenario)  # the kinds' parameters, refused before anything runs
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, source=str(path), key=exc.key) from None
     out = args.out or Path("runs") / f"{scenario.run.name}-seed{scenario.run.seed}"
     console = Console(stderr=True)
     with SimulationProgress(scenario, console, enabled=not args.no_progress) as progress:

@@ -29,7 +29,6 @@ from swarmfl.config.sections import (
     ModelSection,
     TrainingSection,
 )
-from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.verifier import FrameVerifier
 from swarmfl.core.wire import frame_overhead_bytes
@@ -271,7 +270,7 @@ class DroneAssembly:
             block_size=gossip.block_size,
             keyframe_interval=gossip.keyframe_interval,
             delta_density=gossip.delta_density,
-            merge=MergeRule(alpha=merge.alpha, exponent=merge.exponent, cutoff=merge.cutoff),
+            merge=merge.merge_rule(),
         )
 
     def build(

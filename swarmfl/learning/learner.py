@@ -204,6 +204,20 @@ class TorchLearner(FlatLearner):
         """All parameters as one float32 numpy vector aliasing the model."""
         return self._flat_np
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The local training labels (a copy)."""
+        return self._y.numpy().copy()
+
+    def replace_labels(self, y: np.ndarray) -> None:
+        """Train on ``y`` from now on (a simulated label-poisoning insider).
+
+        Raises :class:`ConfigError` unless ``y`` holds one label per local sample.
+        """
+        if len(y) != len(self._y):
+            raise ConfigError(f"{len(y)} labels for {len(self._y)} samples", key="data")
+        self._y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
     def _start_round(self) -> None:
         if not self.model.training:  # train() walks every module: skip it when it's a no-op
             self.model.train()
