@@ -164,6 +164,17 @@ def robustness_summary(swarm: Swarm, final: SwarmPoint) -> dict[str, Any]:
         "attackers": attackers,
         "replicas_clipped": sum(d.agent.node.stats.replicas_clipped for d in swarm.drones),
     }
+    ledgers = [d.parts.learner.privacy for d in swarm.drones]
+    if any(ledger is not None for ledger in ledgers):
+        spent = [ledger.epsilon() for ledger in ledgers if ledger is not None]
+        dp = swarm.scenario.training.dp
+        summary["privacy"] = {
+            "delta": dp.delta,
+            "noise_multiplier": dp.noise_multiplier,
+            "clip_norm": dp.clip_norm,
+            "epsilon_max": round(max(spent), 6),
+            "epsilon_mean": round(sum(spent) / len(spent), 6),
+        }
     if attackers:
         summary["honest_accuracy"] = {
             "mean": round(final.honest_mean or 0.0, 6),

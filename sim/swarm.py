@@ -342,6 +342,7 @@ class Swarm:
                     attacker=drone.drone_id in self.insiders,
                     replicas_clipped=agent.node.stats.replicas_clipped,
                     suspects=tuple(agent.node.suspects()),
+                    epsilon=drone.parts.learner.epsilon,
                 )
             )
         return samples

@@ -184,6 +184,11 @@ def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     plan.add_argument(
         "--all", action="store_true", help="every candidate, not the best one per trained set"
     )
+    plan.add_argument(
+        "--dp",
+        action="store_true",
+        help="DP-SGD ([training.dp]): count the per-sample gradients it holds",
+    )
     plan.set_defaults(handler=_cmd_plan)
 
 
@@ -206,6 +211,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         replica_scope=args.replica_scope,
         show_all=args.all,
+        dp=args.dp,
     )
     console = Console()
     if not console.is_terminal:

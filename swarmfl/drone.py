@@ -46,6 +46,7 @@ from swarmfl.learning.plan import (
     planner_optimizer,
 )
 from swarmfl.learning.pretrained import load_pretrained
+from swarmfl.learning.privacy import DPConfig
 from swarmfl.radio.link import LinkConfig
 from swarmfl.seeding import eval_rng, learner_seed, partition_rng
 
@@ -241,12 +242,20 @@ class DroneAssembly:
                 codec=settings.gossip.codec,
                 block_size=settings.gossip.block_size,
                 replica_scope=device.replica_scope,
+                dp=settings.training.dp.enabled,
             )
         except PlanError as exc:
             what = "" if device.name == "default" else f"device class {device.name!r}: "
             raise PlanError(what + exc.problem, key=device.budget_key) from None
         self._plans[device] = plan
         return plan
+
+    def dp_config(self) -> DPConfig | None:
+        """DP-SGD's settings (``[training.dp]``), None unless enabled."""
+        dp = self.settings.training.dp
+        if not dp.enabled:
+            return None
+        return DPConfig(dp.clip_norm, dp.noise_multiplier, dp.delta)
 
     def flops_per_sample(self, plan: TrainPlan | None) -> float:
         """FLOPs to train on one sample under ``plan`` (what the simulator charges)."""
@@ -304,6 +313,7 @@ class DroneAssembly:
             flops_per_sample=flops,
             seed=learner_seed(self.settings.seed, drone_id),
             plan=plan,
+            dp=self.dp_config(),
         )
         node_config = self.node_config(drone_id, learner)
         link = self.settings.link.link_config(

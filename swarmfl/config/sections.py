@@ -28,6 +28,7 @@ from swarmfl.sizes import parse_bytes
 
 __all__ = [
     "ByteSize",
+    "DPSection",
     "DataSection",
     "GossipSection",
     "LinkSection",
@@ -129,6 +130,20 @@ class ModelSection(Section):
     checkpoint: str | None = None
 
 
+class DPSection(Section):
+    """Differential privacy (``[training.dp]``): DP-SGD on the drone's own shard.
+
+    Each sample's gradient (over the trained layers) is clipped to ``clip_norm``, Gaussian noise
+    of ``noise_multiplier * clip_norm`` is added to their sum, and the privacy spent is reported
+    as epsilon at ``delta`` (Opacus's RDP accountant, at the sampling rate batch / shard).
+    """
+
+    enabled: bool = False
+    clip_norm: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+    noise_multiplier: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+    delta: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 1e-5
+
+
 class TrainingSection(Section):
     """Local SGD on each drone, and the memory it may use for training.
 
@@ -144,6 +159,7 @@ class TrainingSection(Section):
     weight_decay: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
     budget_bytes: ByteSize | None = None  # training memory budget, e.g. "64MiB"
     neighbour_replicas: Annotated[int, Field(ge=0, le=4096)] = 4  # peers' replicas budgeted for
+    dp: DPSection = DPSection()
 
 
 class GossipSection(Section):
