@@ -33,7 +33,7 @@ RECORDS = {
 
 def test_rows_show_each_drone_in_id_order_with_what_is_known() -> None:
     rows = table_rows(RECORDS, NOW)
-    assert rows[0] == ["0", "offline", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
+    assert rows[0] == ["0", "offline", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
     assert rows[1] == [
         "2",
         "running",
@@ -46,6 +46,8 @@ def test_rows_show_each_drone_in_id_order_with_what_is_known() -> None:
         "999 B",
         "3",
         "full",
+        "-",
+        "-",
     ]
 
 
@@ -102,3 +104,19 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixt
 def test_no_answer_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--peer", "127.0.0.1:9", "--wait-s", "0.2", "--json"]) == 1
     assert "no drone answered" in capsys.readouterr().err
+
+
+def test_suspects_and_epsilon_columns_take_only_well_formed_values() -> None:
+    records = {
+        1: {"suspects": [4, 9], "epsilon": 2.345},
+        2: {"suspects": "4,9", "epsilon": True},
+        3: {"suspects": [True, "x", 7], "epsilon": "big"},
+        4: {"suspects": list(range(40)), "epsilon": None},
+    }
+    rows = table_rows(records, NOW)
+    assert [row[-2:] for row in rows] == [
+        ["4,9", "2.35"],
+        ["-", "-"],
+        ["7", "-"],
+        [",".join(map(str, range(16))) + "...", "-"],
+    ]

@@ -168,9 +168,25 @@ def table_rows(records: dict[int, dict[str, Any]], now: float) -> list[list[str]
                 _bytes(r.get("bytes_received")),
                 str(r.get("frames_rejected", "-")),
                 str(r.get("trains", "-")),
+                _suspects(r.get("suspects")),
+                _epsilon(r.get("epsilon")),
             ]
         )
     return rows
+
+
+def _suspects(value: object) -> str:
+    """Suspected attackers' ids, comma-separated ("-": none, or not a list of ids)."""
+    if not isinstance(value, list) or not value:
+        return "-"
+    ids = [str(v) for v in value[:16] if isinstance(v, int) and not isinstance(v, bool)]
+    return ",".join(ids) + ("..." if len(value) > 16 else "") if ids else "-"
+
+
+def _epsilon(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.2f}"
+    return "-"
 
 
 _COLUMNS = (
@@ -185,6 +201,8 @@ _COLUMNS = (
     "received",
     "rejected",
     "plan",
+    "suspects",
+    "epsilon",
 )
 
 
