@@ -30,7 +30,10 @@ class DroneSample:
     batteries); ``position`` metres (None for a static topology). ``device_class`` (``class``
     in JSON) names the drone's device class; ``group`` is its group in the first scheduled
     partition (None without partitions); ``distance`` the L2 distance of its model to the mean
-    model of the drones not removed (the consensus distance's terms).
+    model of the drones not removed (the consensus distance's terms). ``attacker`` marks an
+    insider of the scenario's ``[[attack]]``; ``replicas_clipped`` counts the replicas its
+    robust merges clipped, ``suspects`` the peers it names as suspected attackers; ``epsilon``
+    is the privacy it spent so far under DP-SGD (None without DP).
     """
 
     t: float
@@ -54,6 +57,10 @@ class DroneSample:
     device_class: str | None = None
     group: int | None = None
     distance: float | None = None
+    attacker: bool = False
+    replicas_clipped: int = 0
+    suspects: Sequence[int] = ()
+    epsilon: float | None = None
 
     @property
     def delivery_ratio(self) -> float | None:
@@ -88,6 +95,10 @@ class DroneSample:
                 "class": self.device_class,
                 "group": self.group,
                 "distance": _rounded(self.distance),
+                "attacker": self.attacker,
+                "replicas_clipped": self.replicas_clipped,
+                "suspects": list(self.suspects),
+                "epsilon": _rounded(self.epsilon),
             },
             separators=(",", ":"),
         )
@@ -132,12 +143,19 @@ class Snapshot:
 
 @dataclass(slots=True)
 class SwarmPoint:
-    """Accuracy across the (not removed) drones at one instant."""
+    """Accuracy across the (not removed) drones at one instant.
+
+    With insiders in the swarm, ``honest_mean`` and ``honest_min`` are over the honest drones
+    only and ``attacker_mean`` over the attackers (all None without attackers).
+    """
 
     t: float
     mean: float
     min: float
     max: float
+    honest_mean: float | None = None
+    honest_min: float | None = None
+    attacker_mean: float | None = None
 
 
 @dataclass
@@ -158,6 +176,12 @@ class MetricsRecorder:
                 self.sink.write(sample.to_json() + "\n")
         values = np.array([s.accuracy for s in samples if s.drone in counted] or [0.0])
         point = SwarmPoint(t, float(values.mean()), float(values.min()), float(values.max()))
+        if any(s.attacker for s in samples):
+            honest = [s.accuracy for s in samples if s.drone in counted and not s.attacker]
+            attackers = [s.accuracy for s in samples if s.drone in counted and s.attacker]
+            point.honest_mean = float(np.mean(honest)) if honest else 0.0
+            point.honest_min = float(np.min(honest)) if honest else 0.0
+            point.attacker_mean = float(np.mean(attackers)) if attackers else None
         self.series.append(point)
         ratios = (s.delivery_ratio for s in samples)
         self.traffic.append(

@@ -39,7 +39,8 @@ def plot_accuracy(
 ) -> None:
     """Mean, min and max accuracy across drones over virtual time, saved as a PNG.
 
-    ``partitions`` (start, end) windows are shaded.
+    ``partitions`` (start, end) windows are shaded. With insiders, the honest drones' mean and
+    min and the attackers' mean are drawn too.
     """
     t = [p.t for p in series]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -56,6 +57,31 @@ def plot_accuracy(
     )
     ax.plot(t, [p.mean for p in series], linewidth=2, label="mean")
     ax.plot(t, [p.min for p in series], linewidth=0.8, linestyle="--", label="min")
+    if any(p.honest_mean is not None for p in series):
+        # insiders: the honest drones are what counts; the attackers are drawn apart
+        ax.plot(
+            t,
+            [np.nan if p.honest_mean is None else p.honest_mean for p in series],
+            linewidth=2,
+            color="tab:green",
+            label="honest mean",
+        )
+        ax.plot(
+            t,
+            [np.nan if p.honest_min is None else p.honest_min for p in series],
+            linewidth=0.8,
+            color="tab:green",
+            linestyle="--",
+            label="honest min",
+        )
+        ax.plot(
+            t,
+            [np.nan if p.attacker_mean is None else p.attacker_mean for p in series],
+            linewidth=1.2,
+            color="tab:red",
+            linestyle=":",
+            label="attackers' mean",
+        )
     ax.set_ylim(0, 1)
     _finish_time_plot(fig, ax, path, title=title, ylabel="test accuracy")
 

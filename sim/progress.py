@@ -76,6 +76,16 @@ def print_summary(summary: dict[str, Any], out: Path | None, console: Console) -
         ("frames sent", f"{summary['frames_sent']:,}"),
         ("link deliveries lost", _delivery(summary)),
     ]
+    honest = summary.get("honest_accuracy")
+    if honest is not None:
+        suspects = ", ".join(summary.get("suspects", {})) or "none"
+        rows += [
+            (
+                f"honest accuracy mean / min ({summary['merge_rule']})",
+                f"{honest['mean']:.3f} / {honest['min']:.3f}",
+            ),
+            ("attackers / suspected by honest drones", f"{summary['attackers']} / {suspects}"),
+        ]
     if out is not None:
         rows.append(("run folder", str(out)))
     for name, value in rows:

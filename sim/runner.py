@@ -195,4 +195,46 @@ def summarize(
         "frames_dropped_queue": sum(r.frames_dropped_queue for r in radios),
         "crashes": sum(swarm.lifecycle.crashes),
         "landings": swarm.lifecycle.landings(),
+        **robustness_summary(swarm, final),
     }
+
+
+def robustness_summary(swarm: Swarm, final: SwarmPoint) -> dict[str, Any]:
+    """The summary's insider and privacy figures: the attackers, the honest drones' accuracy,
+    what robust merges clipped, whom honest drones suspect, and each DP drone's epsilon."""
+    attackers = sorted(swarm.insiders)
+    summary: dict[str, Any] = {
+        "merge_rule": swarm.scenario.merge.rule,
+        "attackers": attackers,
+        "replicas_clipped": sum(d.agent.node.stats.replicas_clipped for d in swarm.drones),
+    }
+    ledgers = [d.parts.learner.privacy for d in swarm.drones]
+    if any(ledger is not None for ledger in ledgers):
+        spent = [ledger.epsilon() for ledger in ledgers if ledger is not None]
+        dp = swarm.scenario.training.dp
+        summary["privacy"] = {
+            "delta": dp.delta,
+            "noise_multiplier": dp.noise_multiplier,
+            "clip_norm": dp.clip_norm,
+            "epsilon_max": round(max(spent), 6),
+            "epsilon_mean": round(sum(spent) / len(spent), 6),
+        }
+    if attackers:
+        summary["honest_accuracy"] = {
+            "mean": round(final.honest_mean or 0.0, 6),
+            "min": round(final.honest_min or 0.0, 6),
+        }
+        summary["attacker_accuracy"] = _rounded(final.attacker_mean)
+        suspected: dict[int, int] = {}
+        for drone in swarm.drones:
+            if drone.drone_id in swarm.insiders:
+                continue
+            for peer in drone.agent.node.suspects():
+                suspected[peer] = suspected.get(peer, 0) + 1
+        # a suspect's id, and how many honest drones name it
+        summary["suspects"] = {str(peer): count for peer, count in sorted(suspected.items())}
+    return summary
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)

@@ -36,6 +36,7 @@ from swarmfl.learning.learner import StepResult
 from swarmfl.seeding import churn_rng
 from swarmfl.sim.faults import Lifecycle
 from swarmfl.sim.fleet import SimDevice, fleet_devices
+from swarmfl.sim.insiders import Insider, InsiderSpec, assign_attackers, insider_rng
 from swarmfl.sim.medium import SimMedium, SimRadio
 from swarmfl.sim.metrics import DroneSample
 from swarmfl.sim.timeline import distances_to_mean
@@ -111,9 +112,17 @@ class Swarm:
         period_s = scenario.gossip.period_s
         rng = random.Random(seed)
         self.drones: list[Drone] = []
+        # Insiders ([[attack]]): their agent publishes the attack instead of its model.
+        self.insiders: dict[int, InsiderSpec] = assign_attackers(scenario)
         for drone_id, device in enumerate(self.devices):
             parts = self.assembly.build(drone_id, drone_id, device.profile, verifier=verifier)
             radio = self.medium.radio(drone_id, parts.link_config)
+            spec = self.insiders.get(drone_id)
+            insider = (
+                None
+                if spec is None
+                else Insider(spec, parts.node, parts.learner, insider_rng(seed, drone_id))
+            )
             agent = Agent(
                 drone_id=drone_id,
                 learner=parts.learner,
@@ -122,6 +131,7 @@ class Swarm:
                 clock=LoopClock(),
                 compute=ChargedCompute(device.flops_per_s),
                 period_s=period_s,
+                publish_values=insider,
             )
             self.drones.append(
                 Drone(
@@ -337,6 +347,10 @@ class Swarm:
                     device_class=drone.device.profile.name,
                     group=None if groups is None else groups[drone.drone_id],
                     distance=distance.get(drone.drone_id),
+                    attacker=drone.drone_id in self.insiders,
+                    replicas_clipped=agent.node.stats.replicas_clipped,
+                    suspects=tuple(agent.node.suspects()),
+                    epsilon=drone.parts.learner.epsilon,
                 )
             )
         return samples

@@ -25,6 +25,8 @@ import logging
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from swarmfl.clock import Clock, Compute
 from swarmfl.core.node import GossipNode
 from swarmfl.core.quant import NonFiniteError
@@ -42,6 +44,9 @@ class Agent:
     background while the block executes). ``on_round`` is called after every local round with
     the step result, for metrics and checkpoints. With ``trains=False`` the drone only merges
     and gossips (a relay): no training step runs and its round reports no samples.
+    ``publish_values(model, now)``, if given, is what the drone publishes instead of its model
+    (a simulated insider, :mod:`swarmfl.sim.attacks`); its frames are signed and streamed as
+    anyone's.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class Agent:
         discovery: Discovery | None = None,
         on_round: Callable[[Agent, StepResult], None] | None = None,
         trains: bool = True,
+        publish_values: Callable[[np.ndarray, float], np.ndarray] | None = None,
     ) -> None:
         self.drone_id = drone_id
         self.learner = learner
@@ -68,6 +74,7 @@ class Agent:
         self.discovery = discovery
         self.on_round = on_round
         self.trains = trains
+        self.publish_values = publish_values
         self.rounds = 0
         self.last_step: StepResult | None = None
         self._task: asyncio.Task[None] | None = None
@@ -96,8 +103,9 @@ class Agent:
             else:
                 step = StepResult(0, 0.0, math.nan)
             now = self.clock.now()
+            sent = params if self.publish_values is None else self.publish_values(params, now)
             try:
-                frames = self.node.publish(params, self.learner.sample_count, now)
+                frames = self.node.publish(sent, self.learner.sample_count, now)
             except NonFiniteError:
                 # A diverged model is never sent; start again from what the neighbours hold.
                 self.node.stats.diverged += 1

@@ -331,6 +331,11 @@ def _add_plan_command(commands: argparse._SubParsersAction[_OneLineParser]) -> N
     plan.add_argument(
         "--all", action="store_true", help="every candidate, not the best one per trained set"
     )
+    plan.add_argument(
+        "--dp",
+        action="store_true",
+        help="DP-SGD ([training.dp]): count the per-sample gradients it holds",
+    )
     plan.set_defaults(handler=_cmd_plan)
 
 
@@ -353,6 +358,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         replica_scope=args.replica_scope,
         show_all=args.all,
+        dp=args.dp,
     )
     console = Console()
     if not console.is_terminal:
@@ -370,6 +376,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from swarmfl.config.scenario_file import load_scenario
+    from swarmfl.sim.insiders import assign_attackers
     from swarmfl.sim.progress import SimulationProgress, print_summary
     from swarmfl.sim.runfolder import fresh_folder, is_finished, override_note
     from swarmfl.sim.runner import run_scenario
@@ -379,6 +386,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
     scenario = load_scenario(path, overrides)
+    try:
+        assign_attackers(scenario)  # the kinds' parameters, refused before anything runs
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, source=str(path), key=exc.key) from None
     if args.out is None:
         out = fresh_folder(Path("runs") / f"{scenario.run.name}-seed{scenario.run.seed}")
     elif is_finished(args.out) and not args.force:

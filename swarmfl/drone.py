@@ -31,7 +31,6 @@ from swarmfl.config.sections import (
     ModelSection,
     TrainingSection,
 )
-from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.verifier import FrameVerifier
 from swarmfl.core.wire import frame_overhead_bytes
@@ -49,6 +48,8 @@ from swarmfl.seeding import eval_rng, learner_seed, partition_rng
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from swarmfl.learning.privacy import DPConfig
 
 __all__ = [
     "AssembledDrone",
@@ -269,12 +270,22 @@ class DroneAssembly:
                 codec=settings.gossip.codec,
                 block_size=settings.gossip.block_size,
                 replica_scope=device.replica_scope,
+                dp=settings.training.dp.enabled,
             )
         except PlanError as exc:
             what = "" if device.name == "default" else f"device class {device.name!r}: "
             raise PlanError(what + exc.problem, key=device.budget_key) from None
         self._plans[device] = plan
         return plan
+
+    def dp_config(self) -> DPConfig | None:
+        """DP-SGD's settings (``[training.dp]``), None unless enabled."""
+        dp = self.settings.training.dp
+        if not dp.enabled:
+            return None
+        from swarmfl.learning.privacy import DPConfig  # torch: only for a DP drone
+
+        return DPConfig(dp.clip_norm, dp.noise_multiplier, dp.delta)
 
     def flops_per_sample(self, plan: TrainPlan | None) -> float:
         """FLOPs to train on one sample under ``plan`` (what the simulator charges)."""
@@ -300,7 +311,7 @@ class DroneAssembly:
             block_size=gossip.block_size,
             keyframe_interval=gossip.keyframe_interval,
             delta_density=gossip.delta_density,
-            merge=MergeRule(alpha=merge.alpha, exponent=merge.exponent, cutoff=merge.cutoff),
+            merge=merge.merge_rule(),
         )
 
     def build(
@@ -332,6 +343,7 @@ class DroneAssembly:
             checkpoint=self.settings.model.checkpoint,
             budget_key=device.budget_key,
             backend_key=device.backend_key,
+            dp=self.settings.training.dp.enabled,
         )
         plan = self.plan(device)
         flops = self.flops_per_sample(plan)
@@ -346,6 +358,7 @@ class DroneAssembly:
             flops_per_sample=flops,
             seed=learner_seed(self.settings.seed, drone_id),
             plan=plan,
+            dp=self.dp_config(),
         )
         node_config = self.node_config(drone_id, learner)
         link = self.settings.link.link_config(

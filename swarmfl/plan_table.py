@@ -81,6 +81,7 @@ class PlanRequest:
     block_size: int = 128
     replica_scope: ReplicaScope = "trained"
     show_all: bool = False
+    dp: bool = False
 
 
 def _check_bounds(request: PlanRequest) -> None:
@@ -148,6 +149,7 @@ def print_plan(request: PlanRequest, console: Console) -> TrainPlan:
         codec=request.codec,
         block_size=request.block_size,
         replica_scope=request.replica_scope,
+        dp=request.dp,
     )
     chosen = MemoryPlan.choose(*args, **settings)
     plans = MemoryPlan.candidates(*args, **settings)
@@ -158,7 +160,8 @@ def print_plan(request: PlanRequest, console: Console) -> TrainPlan:
         f"{len(model)} blocks, {total_values:,} parameters "
         f"({format_bytes(plans[0].predicted.weights)} of weights); batch {request.batch_size}, "
         f"{request.optimizer}, {request.neighbour_replicas} neighbour replicas "
-        f"({request.replica_scope}), {request.codec} codec; budget {format_bytes(budget)}"
+        f"({request.replica_scope}), {request.codec} codec"
+        f"{', DP-SGD (per-sample gradients)' if request.dp else ''}; budget {format_bytes(budget)}"
     )
     console.print(_table(shown, chosen))
     full = plans[0]
@@ -199,7 +202,9 @@ def _table(plans: Sequence[TrainPlan], chosen: TrainPlan) -> Table:
     table.add_column("values", justify="right")
     table.add_column("micro x steps", justify="right")
     components = ["gradients", *(["optimizer"] if with_optimizer else [])]
-    components += ["activations", "replicas", "codec", "total"]
+    with_dp = any(plan.predicted.per_sample_gradients for plan in plans)
+    components += ["activations", "replicas", "codec", *(["per-sample"] if with_dp else [])]
+    components.append("total")
     for name in components:
         table.add_column(name, justify="right")
     table.add_column("fits")
@@ -207,6 +212,7 @@ def _table(plans: Sequence[TrainPlan], chosen: TrainPlan) -> Table:
         predicted = plan.predicted
         values = [predicted.gradients, *([predicted.optimizer_state] if with_optimizer else [])]
         values += [predicted.activations, predicted.replicas, predicted.codec_buffers]
+        values += [predicted.per_sample_gradients] if with_dp else []
         values.append(predicted.total)
         table.add_row(
             "▶" if plan == chosen else "",

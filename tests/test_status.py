@@ -304,3 +304,20 @@ def test_an_empty_view_says_so_without_an_empty_table() -> None:
     out = io.StringIO()
     Console(file=out, width=80).print(render_table(SwarmView("x"), NOW, 80))
     assert out.getvalue() == "0 of 0 drones answered\n"
+
+
+def test_suspects_and_epsilon_columns_take_only_well_formed_values() -> None:
+    records = {
+        1: {"suspects": [4, 9], "epsilon": 2.345},
+        2: {"suspects": "4,9", "epsilon": True},
+        3: {"suspects": [True, "x", 7], "epsilon": "big"},
+        4: {"suspects": list(range(40)), "epsilon": None},
+    }
+    headers = [header for header, _, _ in COLUMNS]
+    cells = [dict(zip(headers, row, strict=True)) for row in table_rows(records, NOW)]
+    assert [(c["suspects"], c["eps"]) for c in cells] == [
+        ("4,9", "2.35"),
+        ("-", "-"),
+        ("7", "-"),
+        (",".join(map(str, range(16))) + "...", "-"),
+    ]

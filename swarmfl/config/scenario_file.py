@@ -16,9 +16,9 @@ relative paths written in the file are taken from the file's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from swarmfl.config.loader import (
     KeyedValueError,
@@ -45,8 +45,10 @@ from swarmfl.config.sections import (
 )
 
 __all__ = [
+    "ATTACK_KIND_NAMES",
     "MAX_DRONES",
     "SIM_MTU_BYTES",
+    "AttackSection",
     "DeviceClass",
     "RadioSection",
     "Scenario",
@@ -291,6 +293,45 @@ class FaultsSection(Section):
     checkpoint_interval_s: NonNegativeFloat = 0.0
 
 
+AttackKindName = Literal[
+    "sign_flip", "scaling", "gaussian", "alie", "ipm", "dissensus", "label_flip", "free_riding"
+]
+ATTACK_KIND_NAMES: tuple[str, ...] = get_args(AttackKindName)
+"""The attack kinds of :mod:`swarmfl.sim.attacks` (a test keeps both lists equal)."""
+
+
+class AttackSection(Section):
+    """Insiders (``[[attack]]``): which drones attack, how, and from when.
+
+    ``drones`` lists their ids, or ``fraction`` picks that share of the swarm (rounded, at least
+    one), drawn with the run's seed from drones no other ``[[attack]]`` names. From ``start_s``
+    on, they publish what ``kind`` makes of their model (or train on flipped labels); any other
+    key is a parameter of the kind (e.g. ``factor = 1e6`` for ``scaling``), checked against
+    :func:`swarmfl.sim.attacks.make_attack` when the swarm is built.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=False)
+
+    kind: AttackKindName
+    drones: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_DRONES)] | None = None
+    fraction: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
+    start_s: NonNegativeFloat = 0.0
+
+    @model_validator(mode="after")
+    def _who(self) -> AttackSection:
+        if (self.drones is None) == (self.fraction is None):
+            raise ValueError("give drones = [ids] or fraction = share, not both or neither")
+        for name, value in (self.model_extra or {}).items():
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError(f"parameter {name!r} must be a number or a string")
+        return self
+
+    @property
+    def parameters(self) -> dict[str, int | float | str]:
+        """The kind's parameters: every key of the table that is not a section field."""
+        return dict(self.model_extra or {})
+
+
 class Scenario(Section):
     """A whole simulation scenario, as read from a TOML file."""
 
@@ -307,6 +348,7 @@ class Scenario(Section):
     battery: BatterySection = BatterySection()
     churn: ChurnSection = ChurnSection()
     faults: FaultsSection = FaultsSection()
+    attack: Annotated[list[AttackSection], Field(max_length=64)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _world_checks(self) -> Scenario:
@@ -371,6 +413,13 @@ class Scenario(Section):
                 raise KeyedValueError(
                     ("faults", "removals", index, "drone"), f"no drone {removal.drone} in {n}"
                 )
+        named: set[int] = set()
+        for index, attack in enumerate(self.attack):
+            for drone in attack.drones or []:
+                if drone >= n or drone in named:
+                    problem = f"no drone {drone} in {n}" if drone >= n else "drone listed twice"
+                    raise KeyedValueError(("attack", index, "drones"), problem)
+                named.add(drone)
         if self.topology.kind == "random_regular" and (
             self.topology.degree >= n or (self.topology.degree * n) % 2
         ):

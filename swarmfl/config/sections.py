@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from swarmfl.config.loader import KeyedValueError
 from swarmfl.core.codecs import DEFAULT_CODEC, CodecName
+from swarmfl.core.merge import MergeRule, MergeRuleName
 from swarmfl.core.quant import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from swarmfl.errors import ConfigError
 from swarmfl.radio.link import LinkConfig
@@ -28,6 +29,7 @@ from swarmfl.sizes import parse_bytes
 
 __all__ = [
     "ByteSize",
+    "DPSection",
     "DataSection",
     "GossipSection",
     "LinkSection",
@@ -152,6 +154,20 @@ class ModelSection(Section):
         return self
 
 
+class DPSection(Section):
+    """Differential privacy (``[training.dp]``): DP-SGD on the drone's own shard.
+
+    Each sample's gradient (over the trained layers) is clipped to ``clip_norm``, Gaussian noise
+    of ``noise_multiplier * clip_norm`` is added to their sum, and the privacy spent is reported
+    as epsilon at ``delta`` (Opacus's RDP accountant, at the sampling rate batch / shard).
+    """
+
+    enabled: bool = False
+    clip_norm: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+    noise_multiplier: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+    delta: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 1e-5
+
+
 class TrainingSection(Section):
     """Local SGD on each drone, the learner that runs it, and the memory it may use for training.
 
@@ -173,6 +189,7 @@ class TrainingSection(Section):
     weight_decay: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
     budget_bytes: ByteSize | None = None  # training memory budget, e.g. "64MiB"
     neighbour_replicas: Annotated[int, Field(ge=0, le=4096)] = 4  # peers' replicas budgeted for
+    dp: DPSection = DPSection()
 
 
 class GossipSection(Section):
@@ -195,12 +212,28 @@ class GossipSection(Section):
 class MergeSection(Section):
     """Staleness-weighted merging: weight ``alpha * (1 + s) ** -exponent``, 0 past ``cutoff``.
 
-    ``s`` and ``cutoff`` are in gossip periods.
+    ``s`` and ``cutoff`` are in gossip periods. ``rule`` picks the merge: ``mean`` (the
+    staleness-weighted mean, the default), or a Byzantine-robust rule (``clip``: self-centred
+    clipping, ``trimmed_mean``, ``median``; see :mod:`swarmfl.core.robust`). The robust rules
+    read ``tolerate`` (how many neighbours may be attackers), ``clip_radius`` (a fixed clipping
+    radius; 0: adaptive) and the ``suspect_*`` keys (when a peer is named a suspected attacker);
+    ``exclude_suspects`` leaves suspected peers out of the merge.
     """
 
     alpha: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 1.0
     exponent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.5
     cutoff: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 10.0
+    rule: MergeRuleName = "mean"
+    tolerate: Annotated[int, Field(ge=0, le=4096)] = 1
+    clip_radius: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)] = 0.0
+    suspect_ratio: Annotated[float, Field(gt=1, le=1e6, allow_inf_nan=False)] = 2.0
+    suspect_window: Annotated[int, Field(ge=1, le=100_000)] = 10
+    suspect_fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.6
+    exclude_suspects: bool = False
+
+    def merge_rule(self) -> MergeRule:
+        """The :class:`~swarmfl.core.merge.MergeRule` these settings describe."""
+        return MergeRule(**self.model_dump())
 
 
 class SwarmSection(Section):

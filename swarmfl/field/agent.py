@@ -254,6 +254,7 @@ class FieldAgent:
             "merge_lag_s": finite_or_none(self._merge_lag.take_mean_s(stats)),
             "checkpoint_failures": self.checkpoint_failures,
             "uptime_s": round(time.monotonic() - self._started_mono, 1),
+            **self._robustness_status(),
         }
         if isinstance(radio, UdpRadio):
             with contextlib.suppress(SwarmError):
@@ -263,6 +264,31 @@ class FieldAgent:
         if radio is not None:
             record.update(radio.counters())
         return record
+
+    def _robustness_status(self) -> dict[str, Any]:
+        """The merge rule, what its robust merges did (per peer: merges entered, clipped,
+        judged outliers, share of values trimmed), the peers suspected of attacking, and the
+        privacy spent under DP-SGD (None without DP)."""
+        stats = self.node.stats
+        privacy = getattr(self.learner, "privacy", None)
+        return {
+            "merge_rule": self.node.config.merge.rule,
+            "robust_merges": stats.robust_merges,
+            "replicas_clipped": stats.replicas_clipped,
+            "replicas_excluded": stats.replicas_excluded,
+            "merge_conduct": {
+                str(peer): {
+                    "merges": c.merges,
+                    "clipped": c.clipped,
+                    "outliers": c.outliers,
+                    "trimmed": round(c.trimmed_values / c.values, 6) if c.values else 0.0,
+                }
+                for peer, c in sorted(self.node.conduct().items())
+            },
+            "suspects": self.node.suspects(),
+            "epsilon": None if privacy is None else round(privacy.epsilon(), 6),
+            "delta": None if privacy is None else privacy.config.delta,
+        }
 
     def _announced(self) -> dict[int, PeerInfo]:
         return dict(self.discovery.peers()) if self.discovery is not None else {}

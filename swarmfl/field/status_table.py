@@ -125,6 +125,20 @@ def _accuracy(record: dict[str, Any]) -> str:
     return "-" if accuracy is None else f"{accuracy:.3f}"
 
 
+def _suspects(record: dict[str, Any]) -> str:
+    """Suspected attackers' ids, comma-separated ("-": none, or not a list of ids)."""
+    value = record.get("suspects")
+    if not isinstance(value, list) or not value:
+        return "-"
+    ids = [str(v) for v in value[:16] if isinstance(v, int) and not isinstance(v, bool)]
+    return ",".join(ids) + ("..." if len(value) > 16 else "") if ids else "-"
+
+
+def _epsilon(record: dict[str, Any]) -> str:
+    value = _number(record.get("epsilon"))
+    return "-" if value is None else f"{value:.2f}"
+
+
 # (header, cell, right-justified), most important first: narrow terminals keep a prefix.
 COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str], bool], ...] = (
     ("drone", _text("drone"), True),
@@ -138,6 +152,8 @@ COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str], bool], ...] = (
     ("sent", lambda r: _bytes(r.get("bytes_sent")), True),
     ("recv", lambda r: _bytes(r.get("bytes_received")), True),
     ("rej", _text("frames_rejected"), True),
+    ("suspects", _suspects, False),
+    ("eps", _epsilon, True),
     ("position", _position, False),
     ("plan", _text("trains"), False),
 )

@@ -25,6 +25,7 @@ from swarmfl.learning.spec import ModelSpec
 if TYPE_CHECKING:
     from torch import nn
 
+    from swarmfl.learning.privacy import DPConfig
     from swarmfl.learning.trainplan import TrainPlan
 
 __all__ = ["BACKENDS", "Backend", "build_learner", "build_torch_model", "refuse_unsupported"]
@@ -41,13 +42,15 @@ def refuse_unsupported(
     checkpoint: str | None,
     budget_key: str = "training.budget_bytes",
     backend_key: str = "training.backend",
+    dp: bool = False,
 ) -> None:
     """Refuse a setting ``backend`` cannot honour, naming its key in one line.
 
     Raises:
         ConfigError: an unknown backend (key ``backend_key``); with the lean backend, a memory
             budget (``budget_key``: the planner probes torch's autograd) or a pretrained
-            checkpoint (``model.checkpoint``: a torch file).
+            checkpoint (``model.checkpoint``: a torch file), or DP-SGD (``training.dp``: it
+            needs torch's per-sample gradients).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"must be one of {BACKENDS}, got {backend!r}", key=backend_key)
@@ -63,6 +66,11 @@ def refuse_unsupported(
         raise ConfigError(
             f'a pretrained checkpoint is a torch file: it needs {backend_key} = "torch"',
             key="model.checkpoint",
+        )
+    if dp:
+        raise ConfigError(
+            f'DP-SGD needs per-sample gradients, which only {backend_key} = "torch" has',
+            key="training.dp.enabled",
         )
 
 
@@ -101,6 +109,7 @@ def build_learner(
     flops_per_sample: float,
     seed: int,
     plan: TrainPlan | None = None,
+    dp: DPConfig | None = None,
 ) -> FlatLearner:
     """A learner of ``backend`` for ``spec``, starting from (a copy of) ``parameters``.
 
@@ -119,6 +128,12 @@ def build_learner(
             flops_per_sample=flops_per_sample,
             seed=seed,
             plan=plan,
+            dp=dp,
+        )
+    if dp is not None:
+        raise ConfigError(
+            "DP-SGD needs per-sample gradients, which only the torch backend has",
+            key="training.dp",
         )
     if backend == "lean":
         from swarmfl.learning.lean import LeanLearner

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from swarmfl.errors import ConfigError
 from swarmfl.learning.seam import Evaluation, PlanFields, StepResult, TrainingConfig
 from swarmfl.learning.sgd import FlatSGD
+
+if TYPE_CHECKING:
+    from swarmfl.learning.privacy import PrivacyLedger
 
 __all__ = ["FlatLearner", "check_training_data"]
 
@@ -43,6 +46,26 @@ class FlatLearner(ABC):
     in the flat vector, plus the total), ``_trained`` (the trained tensors' indexes), ``_plan``
     and ``_sgd``, and implement :meth:`_epoch_batches` and :meth:`_batch_loss`.
     """
+
+    #: DP-SGD's privacy ledger (None: no DP; only the torch learner offers DP-SGD)
+    privacy: PrivacyLedger | None = None
+
+    @property
+    def epsilon(self) -> float | None:
+        """The privacy this drone spent so far under DP-SGD (None without DP)."""
+        return None if self.privacy is None else self.privacy.epsilon()
+
+    @property
+    @abstractmethod
+    def labels(self) -> np.ndarray:
+        """The local training labels (a copy)."""
+
+    @abstractmethod
+    def replace_labels(self, y: np.ndarray) -> None:
+        """Train on ``y`` from now on (a simulated label-poisoning insider).
+
+        Raises :class:`ConfigError` unless ``y`` holds one label per local sample.
+        """
 
     config: TrainingConfig
     flops_per_sample: float

@@ -122,6 +122,20 @@ class LeanLearner(FlatLearner):
         return len(self._y)
 
     @property
+    def labels(self) -> np.ndarray:
+        """The local training labels (a copy)."""
+        return self._y.copy()
+
+    def replace_labels(self, y: np.ndarray) -> None:
+        """Train on ``y`` from now on (a simulated label-poisoning insider).
+
+        Raises :class:`ConfigError` unless ``y`` holds one label per valid local sample.
+        """
+        if len(y) != len(self._y):
+            raise ConfigError(f"{len(y)} labels for {len(self._y)} samples", key="data")
+        self._y = _labels(y, self.spec, "data")
+
+    @property
     def peak_saved_activation_bytes(self) -> int:
         """The most bytes one micro-batch's forward pass kept for its backward, so far.
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from swarmfl.errors import ConfigError
 from swarmfl.learning.flatlearner import FlatLearner, check_training_data
+from swarmfl.learning.privacy import DPConfig, DPSGDGradient, PrivacyLedger
 from swarmfl.learning.seam import Evaluation as Evaluation
 from swarmfl.learning.seam import Learner as Learner
 from swarmfl.learning.seam import PlanFields, plan_parameter_indexes
@@ -36,6 +37,9 @@ from swarmfl.learning.sgd import FlatSGD
 if TYPE_CHECKING:
     from swarmfl.learning.measure import SavedTensorMeter
     from swarmfl.learning.trainplan import TrainPlan
+
+
+_DP_NOISE_STREAM = 0xD9_5EED  # the noise generator's seed: the drone's seed, xor this
 
 
 def flatten_parameters(model: nn.Module) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -124,6 +128,10 @@ class TorchLearner(FlatLearner):
     each micro-batch's forward (see
     :func:`~swarmfl.learning.measure.measure_training_step`); leave it None to train.
 
+    ``dp`` trains with DP-SGD (:mod:`swarmfl.learning.privacy`): each sample's gradient over the
+    trained tensors clipped, Gaussian noise added, the privacy spent counted in ``privacy``
+    (:attr:`epsilon`).
+
     Raises :class:`ConfigError` for mismatched data, both ``trained_layers`` and ``plan``, an
     empty or out-of-range ``trained_layers``, or a plan for another model or batch size.
     """
@@ -140,6 +148,7 @@ class TorchLearner(FlatLearner):
         trained_layers: tuple[int, ...] | None = None,
         plan: TrainPlan | None = None,
         meter: SavedTensorMeter | None = None,
+        dp: DPConfig | None = None,
     ) -> None:
         check_training_data(len(x), len(y), plan, trained_layers)
         self.model = model
@@ -189,6 +198,17 @@ class TorchLearner(FlatLearner):
         self._forward = PlanForward(
             model, plan.first_trained_block if plan is not None else 0, meter=meter
         )
+        self._dp: DPSGDGradient | None = None
+        self.privacy: PrivacyLedger | None = None
+        if dp is not None:
+            self.privacy = PrivacyLedger(dp, min(1.0, config.batch_size / len(self._y)))
+            self._dp = DPSGDGradient(
+                model,
+                self._trained,
+                dp,
+                micro_batch=self._micro_batch,
+                generator=torch.Generator().manual_seed(seed ^ _DP_NOISE_STREAM),
+            )
 
     @property
     def plan(self) -> TrainPlan | None:
@@ -204,6 +224,20 @@ class TorchLearner(FlatLearner):
         """All parameters as one float32 numpy vector aliasing the model."""
         return self._flat_np
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The local training labels (a copy)."""
+        return self._y.numpy().copy()
+
+    def replace_labels(self, y: np.ndarray) -> None:
+        """Train on ``y`` from now on (a simulated label-poisoning insider).
+
+        Raises :class:`ConfigError` unless ``y`` holds one label per local sample.
+        """
+        if len(y) != len(self._y):
+            raise ConfigError(f"{len(y)} labels for {len(self._y)} samples", key="data")
+        self._y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
     def _start_round(self) -> None:
         if not self.model.training:  # train() walks every module: skip it when it's a no-op
             self.model.train()
@@ -218,6 +252,12 @@ class TorchLearner(FlatLearner):
         ]
 
     def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        if self._dp is not None and self.privacy is not None:
+            with torch.no_grad():
+                loss_value = float(self._loss(self._forward(x), y))
+            self._dp(x, y, self._grad)
+            self.privacy.step()
+            return loss_value
         self._grad.zero_()
         if len(y) <= self._micro_batch:
             loss = self._loss(self._forward(x), y)

@@ -32,6 +32,7 @@ from swarmfl.errors import ConfigError, PlanError
 from swarmfl.learning.learner import PlanForward
 from swarmfl.learning.measure import SavedTensorMeter
 from swarmfl.learning.models import TRAINING_FLOPS_FACTOR, flops_per_block
+from swarmfl.learning.privacy import per_sample_gradient_bytes
 from swarmfl.learning.trainplan import (
     OPTIMIZERS,
     MemoryBreakdown,
@@ -101,6 +102,7 @@ class PlanSettings(TypedDict, total=False):
     codec: CodecName
     block_size: int
     replica_scope: ReplicaScope
+    dp: bool
 
 
 class MemoryPlan:
@@ -127,12 +129,14 @@ class MemoryPlan:
         codec: CodecName = DEFAULT_CODEC,
         block_size: int = 128,
         replica_scope: ReplicaScope = "trained",
+        dp: bool = False,
     ) -> list[TrainPlan]:
         """Every candidate plan with its predicted working set, in order of preference.
 
         ``input_shape`` is one sample's shape (without the batch dimension). The model is
         probed with a few real forward passes at micro-batch 1 and 2; its parameters, buffers,
-        flags and the global RNG are left as they were.
+        flags and the global RNG are left as they were. With ``dp`` (DP-SGD) every plan also
+        holds one gradient per sample of its micro-batch, over the values it trains.
         Raises :class:`ConfigError` naming the argument if one is invalid.
         """
         if not isinstance(model, nn.Sequential) or len(model) == 0:
@@ -183,7 +187,13 @@ class MemoryPlan:
                             first_trained_block=first_block,
                             trained_parameters=names,
                             micro_batch=micro_batch,
-                            predicted=MemoryBreakdown(activations=line.at(micro_batch), **fixed),
+                            predicted=MemoryBreakdown(
+                                activations=line.at(micro_batch),
+                                per_sample_gradients=(
+                                    per_sample_gradient_bytes(sum(numels), micro_batch) if dp else 0
+                                ),
+                                **fixed,
+                            ),
                             budget_bytes=budget_bytes,
                             batch_size=batch_size,
                             trained_numel=sum(numels),

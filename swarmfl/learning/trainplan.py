@@ -88,6 +88,7 @@ class MemoryBreakdown:
     activations: int
     replicas: int
     codec_buffers: int
+    per_sample_gradients: int = 0  # DP-SGD: one gradient per sample of a micro-batch
 
     def __post_init__(self) -> None:
         for name in _BREAKDOWN_FIELDS:
@@ -109,6 +110,7 @@ class MemoryBreakdown:
             + self.activations
             + self.replicas
             + self.codec_buffers
+            + self.per_sample_gradients
         )
 
     def as_dict(self) -> dict[str, int]:
@@ -123,6 +125,7 @@ _BREAKDOWN_FIELDS: tuple[str, ...] = (
     "activations",
     "replicas",
     "codec_buffers",
+    "per_sample_gradients",
 )
 
 
