@@ -42,6 +42,9 @@ class Agent:
     background while the block executes). ``on_round`` is called after every local round with
     the step result, for metrics and checkpoints. With ``trains=False`` the drone only merges
     and gossips (a relay): no training step runs and its round reports no samples.
+    ``trains`` and ``transmits`` may change between rounds: ``before_round`` (called at the
+    start of every period) is where a caller applies a policy. With ``transmits=False`` the
+    drone stays radio silent: it neither publishes nor answers, but still hears and merges.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Agent:
         discovery: Discovery | None = None,
         on_round: Callable[[Agent, StepResult], None] | None = None,
         trains: bool = True,
+        before_round: Callable[[Agent], None] | None = None,
     ) -> None:
         self.drone_id = drone_id
         self.learner = learner
@@ -68,6 +72,8 @@ class Agent:
         self.discovery = discovery
         self.on_round = on_round
         self.trains = trains
+        self.transmits = True
+        self.before_round = before_round
         self.rounds = 0
         self.last_step: StepResult | None = None
         self._task: asyncio.Task[None] | None = None
@@ -83,6 +89,8 @@ class Agent:
     async def _gossip_loop(self) -> None:
         while True:
             started = self.clock.now()
+            if self.before_round is not None:
+                self.before_round(self)
             params = self.learner.flat_parameters()
             # Merge what was heard during the last period *before* training, then publish the
             # trained model. Publishing the freshly trained (not the merged) model lets
@@ -97,7 +105,11 @@ class Agent:
                 step = StepResult(0, 0.0, math.nan)
             now = self.clock.now()
             try:
-                frames = self.node.publish(params, self.learner.sample_count, now)
+                frames = (
+                    self.node.publish(params, self.learner.sample_count, now)
+                    if self.transmits
+                    else []
+                )
             except NonFiniteError:
                 # A diverged model is never sent; start again from what the neighbours hold.
                 self.node.stats.diverged += 1
@@ -135,7 +147,8 @@ class Agent:
     async def _receive_loop(self) -> None:
         async for heard in self.radio.frames():
             for reply in self.node.receive(heard.data, heard.received_at):
-                self.radio.send(reply)
+                if self.transmits:
+                    self.radio.send(reply)
 
     async def __aenter__(self) -> Agent:
         self._task = asyncio.create_task(self.run(), name=f"drone-{self.drone_id}")

@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_SECRET_ENV",
     "DroneConfig",
     "LoadedDroneConfig",
+    "VehicleSection",
     "load_drone_config",
     "mqtt_password",
     "parse_drone_config",
@@ -240,6 +241,37 @@ class StatusSection(Section):
     answer_queries: bool = True  # answer status queries over UDP
 
 
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class VehicleSection(Section):
+    """The autopilot this drone's companion computer listens to (MAVLink over UDP), and the
+    policy deciding from its state when the drone trains and transmits.
+
+    ``connection``: a pymavlink-style string, ``udpin:HOST:PORT`` (listen: mavlink-router or
+    MAVProxy sends to us) or ``udpout:HOST:PORT`` (we announce ourselves to a router's server
+    endpoint). ``heartbeat_timeout_s``: the autopilot link counts as lost after this long
+    without a HEARTBEAT (the drone then keeps its last decision). ``train_when``: ``always``,
+    ``landed_only``, ``battery_above`` or ``landed_and_battery_above``. At or below
+    ``critical_battery_fraction`` the drone neither trains nor transmits until the battery is
+    back at ``resume_battery_fraction``. The connection string and the policy's cross-checks
+    are validated when the agent starts (and by ``swarmfl agent --check``).
+    """
+
+    connection: Annotated[str, Field(min_length=1, max_length=300)] = "udpin:127.0.0.1:14550"
+    heartbeat_timeout_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 3.0
+    system_id: Annotated[int, Field(ge=1, le=255)] | None = None
+    heartbeat_period_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 1.0
+    train_when: Literal["always", "landed_only", "battery_above", "landed_and_battery_above"] = (
+        "always"
+    )
+    train_battery_above_fraction: Fraction = 0.5
+    critical_battery_fraction: Fraction = 0.15
+    resume_battery_fraction: Fraction = 0.3
+    hysteresis_fraction: Fraction = 0.02
+    quiet_in_failsafe: bool = True
+
+
 class DroneConfig(Section):
     """A whole ``drone.toml``."""
 
@@ -255,6 +287,7 @@ class DroneConfig(Section):
     discovery: DiscoverySection = DiscoverySection()
     checkpoint: CheckpointSection = CheckpointSection()
     status: StatusSection = StatusSection()
+    vehicle: VehicleSection | None = None  # no [vehicle]: no autopilot, always train and send
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DroneConfig:

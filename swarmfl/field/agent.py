@@ -33,6 +33,7 @@ from swarmfl.clock import LoopClock, ThreadedCompute
 from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.drone import AssembledDrone, DeviceProfile, DroneAssembly, SwarmSettings
 from swarmfl.errors import ConfigError, SwarmError
+from swarmfl.field.autopilot import AutopilotFeed
 from swarmfl.field.checkpoint import CheckpointStore
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
@@ -130,6 +131,7 @@ class FieldAgent:
         if self.plan is not None:
             log.info("drone %d: memory plan: %s", self.drone_id, self.plan.describe())
         self.compute = ThreadedCompute()
+        self.vehicle = AutopilotFeed(config.vehicle) if config.vehicle is not None else None
         store_dir = Path(config.checkpoint.dir)
         if store_dir.exists() and not store_dir.is_dir():
             raise ConfigError(f"{store_dir} is not a folder", key="checkpoint.dir")
@@ -148,6 +150,7 @@ class FieldAgent:
         restored = self.checkpoints.restore(resume=resume)
         self.resumed_from = restored.resumed_from
         self.rounds_total = restored.rounds
+        self.rounds_trained = 0  # this run's rounds that trained (the policy may skip some)
         self.agent: Agent | None = None
         self.radio: FieldRadio | None = None
         self.discovery: Discovery | None = None
@@ -210,6 +213,9 @@ class FieldAgent:
             "trains": self.trains,
             "samples": self.learner.sample_count,
             "rounds": self.rounds_total,
+            "rounds_trained": self.rounds_trained,
+            "training": self.agent.trains if self.agent is not None else False,
+            "transmitting": self.agent.transmits if self.agent is not None else False,
             "counter": self.node.counter,
             "resumed_from": self.resumed_from,
             "accuracy": finite_or_none(self.accuracy),
@@ -237,6 +243,8 @@ class FieldAgent:
             record["broker"] = "connected" if radio.connected else "disconnected"
         if radio is not None:
             record.update(radio.counters())
+        if self.vehicle is not None:
+            record["vehicle"] = self.vehicle.status_record()
         return record
 
     def _announced(self) -> dict[int, PeerInfo]:
@@ -255,8 +263,18 @@ class FieldAgent:
             await asyncio.sleep(self.config.status.interval_s)
             self._emit_status()
 
+    def _before_round(self, agent: Agent) -> None:
+        """Apply the vehicle policy for the coming period (train? transmit?)."""
+        if self.vehicle is None:
+            return
+        decision = self.vehicle.decide()
+        agent.trains = self.config.training.enabled and decision.train
+        agent.transmits = decision.transmit
+
     def _on_round(self, agent: Agent, step: StepResult) -> None:
         self.rounds_total += 1
+        if agent.trains:
+            self.rounds_trained += 1
         self.train_loss = step.loss
         if time.monotonic() - self._evaluated_at >= self.config.run.eval_interval_s:
             self._evaluate()
@@ -292,6 +310,12 @@ class FieldAgent:
         except BaseException:
             await self.radio.aclose()
             raise
+        if self.vehicle is not None:
+            try:
+                await self.vehicle.__aenter__()
+            except BaseException:
+                await self._close()
+                raise
 
     async def run(self) -> None:
         """Run the drone until :meth:`request_stop` (or a crash, which is re-raised).
@@ -311,6 +335,7 @@ class FieldAgent:
             discovery=self.discovery,
             on_round=self._on_round,
             trains=self.config.training.enabled,
+            before_round=self._before_round,
         )
         self._evaluate()
         self._state = "resumed" if self.resumed_from is not None else "started"
@@ -351,6 +376,9 @@ class FieldAgent:
             raise crash
 
     async def _close(self) -> None:
+        vehicle = self.vehicle
+        if vehicle is not None:
+            await vehicle.__aexit__(None, None, None)
         discovery, self.discovery = self.discovery, None
         radio = self.radio
         if discovery is not None and discovery is not radio:
