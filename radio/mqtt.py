@@ -250,24 +250,28 @@ class MqttRadio(DatagramRadio):
         settings = self.settings
         backoff = settings.backoff_initial_s
         while not self._closed:
+            failed: str | None = None
             try:
                 await self._session()
                 backoff = settings.backoff_initial_s  # it was up: start over gently
             except aiomqtt.MqttError as exc:
                 self.connect_failures += 1
-                self.last_error = str(exc) or type(exc).__name__
-                # Nothing is wrong with us: report once per attempt, in one line.
+                self.last_error = failed = str(exc) or type(exc).__name__
+            if self._closed:
+                return
+            # Full jitter keeps a swarm that lost the broker together from reconnecting in step.
+            delay_s = backoff * (0.5 + 0.5 * self._rng.random())
+            if failed is not None:
+                # Nothing is wrong with us: report once per attempt, in one line, with the
+                # delay actually waited.
                 log.warning(
                     "drone %d: MQTT broker %s: %s; retrying in %.1f s",
                     self.me.drone_id,
                     settings.url,
-                    self.last_error,
-                    backoff,
+                    failed,
+                    delay_s,
                 )
-            if self._closed:
-                return
-            # Full jitter keeps a swarm that lost the broker together from reconnecting in step.
-            await asyncio.sleep(backoff * (0.5 + 0.5 * self._rng.random()))
+            await asyncio.sleep(delay_s)
             backoff = min(backoff * 2.0, settings.backoff_max_s)
 
     async def _session(self) -> None:

@@ -7,7 +7,8 @@ defaults. It adds what only a real drone has: who it is (``[drone]``), where its
 comes from, which demo shard it holds, its radio kind and sockets, discovery, checkpoints and
 status output. As with scenarios, an unknown key, a wrong type or an out-of-range value is a
 :class:`~swarmfl.errors.ConfigError` whose one line names the file, the dotted key and the
-problem. Relative paths are relative to the config file's folder.
+problem. Relative paths are relative to the config file's folder. Checkpoints and the status
+log the file does not place go to the drone's state directory (:func:`state_directory`).
 
 The swarm secret is never read from the config file in plain text by default: it comes from a
 file (``swarm.secret_file``) or an environment variable (``swarm.secret_env``, default
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -58,6 +60,7 @@ __all__ = [
     "load_drone_config",
     "mqtt_password",
     "parse_drone_config",
+    "state_directory",
     "validate_drone_config",
 ]
 
@@ -226,7 +229,7 @@ class DiscoverySection(Section):
 class CheckpointSection(Section):
     """Where and how often the learning state is saved."""
 
-    dir: str = "checkpoints"
+    dir: str = "checkpoints"  # unset in drone.toml: <state directory>/checkpoints
     interval_rounds: Annotated[int, Field(gt=0, le=10_000_000)] = 10
     keep: Annotated[int, Field(gt=0, le=1000)] = 3
 
@@ -234,7 +237,7 @@ class CheckpointSection(Section):
 class StatusSection(Section):
     """Live status: the JSON-lines log, MQTT telemetry and answers to ``swarmfl status``."""
 
-    log: str | None = "status.jsonl"  # "" to disable
+    log: str | None = "status.jsonl"  # "" to disable; unset: <state directory>/status.jsonl
     log_max_bytes: Annotated[int, Field(gt=0, le=1 << 34)] = 10_000_000  # rotated to .1 past this
     interval_s: Annotated[float, Field(ge=0.05, le=86_400)] = 2.0
     telemetry: bool = True  # publish on MQTT
@@ -395,16 +398,39 @@ def parse_drone_config(path: str | Path, overrides: list[str] | None = None) -> 
     """
     path = Path(path)
     raw = read_toml(path)
-    # Default paths are relative to the file too: write them in before resolving.
-    for section, key, default in (
-        ("checkpoint", "dir", CheckpointSection.model_fields["dir"].default),
-        ("status", "log", StatusSection.model_fields["log"].default),
-    ):
-        table = raw.setdefault(section, {})
-        if isinstance(table, dict):
-            table.setdefault(key, default)
     resolve_paths(raw, DRONE_PATH_KEYS, path.resolve().parent)
-    return validate_drone_config(apply_overrides(raw, overrides or []), source=str(path))
+    raw = apply_overrides(raw, overrides or [])
+    drone = raw.get("drone")
+    drone_id = drone.get("id") if isinstance(drone, dict) else None
+    if isinstance(drone_id, int) and not isinstance(drone_id, bool) and drone_id >= 0:
+        # State the file does not place goes to the state directory, never next to the file
+        # (which may be a source tree or a read-only /etc).
+        state = state_directory(drone_id)
+        for section, key, default in (
+            ("checkpoint", "dir", state / "checkpoints"),
+            ("status", "log", state / "status.jsonl"),
+        ):
+            table = raw.setdefault(section, {})
+            if isinstance(table, dict):
+                table.setdefault(key, str(default))
+    return validate_drone_config(raw, source=str(path))
+
+
+def state_directory(drone_id: int, environ: Mapping[str, str] | None = None) -> Path:
+    """Where a drone keeps its checkpoints and status log when its config names no folder.
+
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; the first one if several),
+    else ``$XDG_STATE_HOME/swarmfl/<drone id>``, with ``~/.local/state`` when
+    ``$XDG_STATE_HOME`` is unset or not absolute (the XDG base directory rules). Nothing is
+    created here: the agent creates the folders when it first writes.
+    """
+    env = os.environ if environ is None else environ
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = env.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "swarmfl" / str(drone_id)
 
 
 def mqtt_password(config: DroneConfig, config_path: str | Path) -> str | None:

@@ -32,11 +32,13 @@ from swarmfl.agent import Agent
 from swarmfl.clock import LoopClock, ThreadedCompute
 from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.drone import AssembledDrone, DeviceProfile, DroneAssembly, SwarmSettings
-from swarmfl.errors import ConfigError, SwarmError
+from swarmfl.errors import ConfigError, RadioError, SwarmError
 from swarmfl.field.autopilot import AutopilotFeed
 from swarmfl.field.checkpoint import CheckpointStore
+from swarmfl.field.journal import PeerPresence
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
+from swarmfl.field.systemd import SystemdNotifier
 from swarmfl.field.telemetry import STATUS_VERSION, MergeLag, StatusLog, finite_or_none
 from swarmfl.learning.learner import StepResult
 from swarmfl.radio.discovery import Discovery, PeerInfo
@@ -129,7 +131,7 @@ class FieldAgent:
         self.signature = self.assembly.signature
         self.trains = self.parts.trains
         if self.plan is not None:
-            log.info("drone %d: memory plan: %s", self.drone_id, self.plan.describe())
+            log.debug("drone %d: memory plan: %s", self.drone_id, self.plan.describe())
         self.compute = ThreadedCompute()
         self.vehicle = AutopilotFeed(config.vehicle) if config.vehicle is not None else None
         store_dir = Path(config.checkpoint.dir)
@@ -165,6 +167,9 @@ class FieldAgent:
         self._last_checkpoint_round = self.rounds_total
         self._merge_lag = MergeLag()
         self.checkpoint_failures = 0
+        self.notifier = SystemdNotifier()
+        self._presence = PeerPresence(lost_after_s=max(5 * config.gossip.period_s, 2.0))
+        self._progress_mono = time.monotonic()
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -180,10 +185,17 @@ class FieldAgent:
 
     async def _save_quietly(self, checkpoint: Any) -> None:
         try:
-            await asyncio.to_thread(self.checkpoints.store.save, checkpoint)
+            path = await asyncio.to_thread(self.checkpoints.store.save, checkpoint)
         except SwarmError as exc:  # a full or read-only disk: keep flying, say so
             self.checkpoint_failures += 1
             log.warning("drone %d: %s", self.drone_id, exc)
+        else:
+            log.info(
+                "drone %d: checkpoint written: %s (%s rounds)",
+                self.drone_id,
+                path,
+                checkpoint.meta.get("rounds"),
+            )
 
     async def _save_now(self) -> None:
         await self._save_quietly(
@@ -196,6 +208,13 @@ class FieldAgent:
         evaluation = self.learner.evaluate(self.assembly.x_eval, self.assembly.y_eval)
         self.accuracy, self.loss = evaluation.accuracy, evaluation.loss
         self._evaluated_at = time.monotonic()
+        log.info(
+            "drone %d: accuracy %.4f, loss %.4f after %d rounds",
+            self.drone_id,
+            evaluation.accuracy,
+            evaluation.loss,
+            self.rounds_total,
+        )
 
     def status(self) -> dict[str, Any]:
         """The drone's live status record (what status lines, telemetry and queries carry)."""
@@ -262,9 +281,24 @@ class FieldAgent:
         while True:
             await asyncio.sleep(self.config.status.interval_s)
             self._emit_status()
+            self._report_peers()
+
+    def _report_peers(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for line in self._presence.update(self.node.known_peers(), now):
+            log.info("drone %d: %s", self.drone_id, line)
+
+    def _healthy(self) -> bool:
+        """Whether the gossip loop made progress lately (else the systemd watchdog starves)."""
+        interval_s = self.notifier.watchdog_interval_s or 0.0
+        # Twice the ping interval is the whole WatchdogSec; a period longer than that may pass
+        # between two rounds without anything being wrong.
+        allowed_s = max(4 * interval_s, 3 * self.config.gossip.period_s)
+        return time.monotonic() - self._progress_mono <= allowed_s
 
     def _before_round(self, agent: Agent) -> None:
         """Apply the vehicle policy for the coming period (train? transmit?)."""
+        self._progress_mono = time.monotonic()
         if self.vehicle is None:
             return
         decision = self.vehicle.decide()
@@ -272,6 +306,7 @@ class FieldAgent:
         agent.transmits = decision.transmit
 
     def _on_round(self, agent: Agent, step: StepResult) -> None:
+        self._progress_mono = time.monotonic()
         self.rounds_total += 1
         if agent.trains:
             self.rounds_trained += 1
@@ -288,6 +323,9 @@ class FieldAgent:
 
     def request_stop(self) -> None:
         """Stop soon: the step in flight finishes, then checkpoint and close (run() returns)."""
+        if not self._stop.is_set():
+            log.info("drone %d: stopping: last training step, then a checkpoint", self.drone_id)
+            self.notifier.stopping("stopping: writing a last checkpoint")
         self._stop.set()
 
     @property
@@ -296,6 +334,14 @@ class FieldAgent:
         return self._stop.is_set()
 
     async def _open(self) -> None:
+        try:
+            await self._open_all()
+        except ConfigError as exc:
+            if exc.source is not None:
+                raise
+            raise ConfigError(exc.problem, source=str(self.loaded.source), key=exc.key) from None
+
+    async def _open_all(self) -> None:
         self.radio = await open_radio(
             self.loaded,
             self.parts.link_config,
@@ -313,6 +359,9 @@ class FieldAgent:
         if self.vehicle is not None:
             try:
                 await self.vehicle.__aenter__()
+            except RadioError as exc:
+                await self._close()
+                raise ConfigError(str(exc), key="vehicle.connection") from None
             except BaseException:
                 await self._close()
                 raise
@@ -345,11 +394,21 @@ class FieldAgent:
             await self._save_now()
         self._emit_status()
         self._state = "running"
+        started = self.started_line()
+        log.info("%s", started)
+        self.notifier.ready(started)
         crash: BaseException | None = None
         tasks = [
             asyncio.create_task(self.agent.run(), name=f"drone-{self.drone_id}-agent"),
             asyncio.create_task(self._status_loop(), name=f"drone-{self.drone_id}-status"),
         ]
+        if self.notifier.enabled and self.notifier.watchdog_interval_s is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self.notifier.keep_watchdog(LoopClock(), self._healthy),
+                    name=f"drone-{self.drone_id}-watchdog",
+                )
+            )
         stop = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -372,8 +431,33 @@ class FieldAgent:
                 self._state = "crashed"
             self._emit_status()
             await self._close()
+            self.notifier.close()
+            if crash is None:
+                log.info("drone %d: stopped after %d rounds", self.drone_id, self.rounds_total)
         if crash is not None:
             raise crash
+
+    def started_line(self) -> str:
+        """The one line saying the drone is up: who, what data, which radio, what it trains."""
+        config = self.config
+        radio: str = config.radio.kind
+        if isinstance(self.radio, UdpRadio):
+            with contextlib.suppress(SwarmError):
+                radio = f"udp radio on {config.radio.udp.host}:{self.radio.local_port}"
+        elif isinstance(self.radio, MqttRadio):
+            radio = f"mqtt radio via {config.radio.mqtt.url}"
+        resumed = self.resumed_from
+        trains = self.plan.describe() if self.plan is not None else "the whole model"
+        parts = [
+            f"drone {self.drone_id} of swarm {self.swarm_id} started",
+            self.description,
+            radio,
+            f"trains {trains}",
+            f"resumed at update {resumed}" if resumed is not None else "fresh start",
+        ]
+        if self.vehicle is not None:
+            parts.append(f"autopilot {self.vehicle.connection}")
+        return ", ".join(parts)
 
     async def _close(self) -> None:
         vehicle = self.vehicle
@@ -394,24 +478,12 @@ def run_agent(loaded: LoadedDroneConfig, *, resume: bool = True) -> int:
     Raises what :class:`FieldAgent` raises (the CLI turns it into one line and exit code 2).
     """
     import signal
-    import sys
 
     async def main() -> None:
         agent = FieldAgent(loaded, resume=resume)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.request_stop)
-        config = loaded.config
-        resumed = agent.resumed_from
-        print(
-            f"swarmfl agent: drone {agent.drone_id} of swarm {agent.swarm_id}, "
-            f"{agent.description}, {config.radio.kind} radio, trains "
-            + (agent.plan.describe() if agent.plan is not None else "the whole model")
-            + ", "
-            + (f"resumed at update {resumed}" if resumed is not None else "fresh start"),
-            file=sys.stderr,
-            flush=True,
-        )
         try:
             await agent.run()
         finally:

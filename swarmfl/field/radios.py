@@ -18,7 +18,7 @@ from swarmfl.radio.mqtt import MqttRadio, MqttSettings
 from swarmfl.radio.udp import UdpRadio
 from swarmfl.seeding import radio_seed
 
-__all__ = ["FieldRadio", "announcement", "open_discovery", "open_radio"]
+__all__ = ["FieldRadio", "announcement", "mqtt_settings", "open_discovery", "open_radio"]
 
 FieldRadio: TypeAlias = UdpRadio | MqttRadio
 """The radios a field drone flies with."""
@@ -37,6 +37,26 @@ def announcement(
         port=port,
         trains=trains,
         transport=config.radio.kind,
+    )
+
+
+def mqtt_settings(loaded: LoadedDroneConfig) -> MqttSettings:
+    """The MQTT radio's settings from ``[radio.mqtt]`` (raises :class:`ConfigError` for bad TLS
+    files or values, naming the key)."""
+    mqtt = loaded.config.radio.mqtt
+    return MqttSettings(
+        url=mqtt.url,
+        username=mqtt.username,
+        password=loaded.mqtt_password,
+        ca_file=mqtt.ca_file,
+        cert_file=mqtt.cert_file,
+        key_file=mqtt.key_file,
+        tls_insecure=mqtt.tls_insecure,
+        topic_prefix=mqtt.topic_prefix,
+        keepalive_s=mqtt.keepalive_s,
+        connect_timeout_s=mqtt.connect_timeout_s,
+        backoff_initial_s=mqtt.backoff_initial_s,
+        backoff_max_s=mqtt.backoff_max_s,
     )
 
 
@@ -69,21 +89,7 @@ async def open_radio(
         )
         await udp_radio.start()
         return udp_radio
-    mqtt = config.radio.mqtt
-    settings = MqttSettings(
-        url=mqtt.url,
-        username=mqtt.username,
-        password=loaded.mqtt_password,
-        ca_file=mqtt.ca_file,
-        cert_file=mqtt.cert_file,
-        key_file=mqtt.key_file,
-        tls_insecure=mqtt.tls_insecure,
-        topic_prefix=mqtt.topic_prefix,
-        keepalive_s=mqtt.keepalive_s,
-        connect_timeout_s=mqtt.connect_timeout_s,
-        backoff_initial_s=mqtt.backoff_initial_s,
-        backoff_max_s=mqtt.backoff_max_s,
-    )
+    settings = mqtt_settings(loaded)
     mqtt_radio = MqttRadio(
         me=announcement(loaded, signature, trains, settings.host, 0),
         settings=settings,
