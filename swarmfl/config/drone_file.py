@@ -146,6 +146,30 @@ class UdpSection(Section):
     port: Port = 47100  # 0: any free port
     advertise_host: str | None = None  # address announced over mDNS (default: see discovery)
     loss: Probability = 0.0  # injected loss of received datagrams (tests; no netem here)
+    # Opt-in multicast: each frame goes on the air once, to this group (e.g. "239.255.70.76"),
+    # whatever the number of neighbours; every drone of the swarm uses the same group and port.
+    multicast: str | None = None
+    multicast_port: Annotated[int, Field(ge=1, le=65535)] = 47200
+    multicast_interface: str | None = None  # the mesh interface's address (default: the host's)
+    multicast_ttl: Annotated[int, Field(ge=1, le=255)] = 1  # 1: this link only
+    multicast_loopback: bool = False  # hear multicast sent on this host (tests, several agents)
+
+    @model_validator(mode="after")
+    def _multicast_addresses(self) -> UdpSection:
+        if self.multicast is not None:
+            try:
+                group = ipaddress.ip_address(self.multicast)
+            except ValueError:
+                group = None
+            if group is None or group.version != 4 or not group.is_multicast:
+                raise KeyedValueError(
+                    ("radio", "udp", "multicast"),
+                    f"must be an IPv4 multicast address (224.0.0.0/4, e.g. 239.255.70.76), "
+                    f"got {self.multicast!r}",
+                )
+        if self.multicast_interface is not None:
+            _check_ip(self.multicast_interface, ("radio", "udp", "multicast_interface"))
+        return self
 
 
 class MqttSection(Section):

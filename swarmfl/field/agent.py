@@ -43,7 +43,7 @@ from swarmfl.field.telemetry import STATUS_VERSION, MergeLag, StatusLog, finite_
 from swarmfl.learning.learner import StepResult
 from swarmfl.radio.discovery import Discovery, PeerInfo
 from swarmfl.radio.mqtt import MqttRadio
-from swarmfl.radio.udp import UdpRadio
+from swarmfl.radio.udp import MulticastUdpRadio, UdpRadio
 
 __all__ = ["FieldAgent", "drone_settings", "field_device", "run_agent"]
 
@@ -258,6 +258,9 @@ class FieldAgent:
         if isinstance(radio, UdpRadio):
             with contextlib.suppress(SwarmError):
                 record["port"] = radio.local_port
+            record["unique_bytes_sent"] = radio.unique_bytes_sent  # bytes_sent: all copies
+            if isinstance(radio, MulticastUdpRadio):
+                record["multicast"] = f"{radio.group}:{radio.group_port}"
         if isinstance(radio, MqttRadio):
             record["broker"] = "connected" if radio.connected else "disconnected"
         if radio is not None:

@@ -136,6 +136,8 @@ def _check_ports(loaded: LoadedDroneConfig) -> list[str]:
     if config.radio.kind == "udp":
         udp = config.radio.udp
         lines.append(_bind_test(udp.host, udp.port, "radio.udp.port", "radio.udp.host"))
+        if udp.multicast is not None:
+            lines.append(_join_test(udp.multicast, udp.multicast_port, udp.multicast_interface))
     vehicle = config.vehicle
     if vehicle is not None:
         link, _ = vehicle_settings(vehicle)
@@ -165,3 +167,23 @@ def _bind_test(host: str, port: int, port_key: str, host_key: str) -> str:
                 f"cannot bind UDP {host}:{port}: {exc.strerror}", key=host_key
             ) from None
     return f"{port_key}: UDP {host}:{port} free"
+
+
+def _join_test(group: str, port: int, interface: str | None) -> str:
+    """Join the multicast group on the interface, as the radio will, then leave."""
+    where = interface or "the default interface"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((group, port))
+            sock.setsockopt(
+                socket.IPPROTO_IP,
+                socket.IP_ADD_MEMBERSHIP,
+                socket.inet_aton(group) + socket.inet_aton(interface or "0.0.0.0"),
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot join multicast group {group}:{port} on {where}: {exc.strerror}",
+                key="radio.udp.multicast_interface",
+            ) from None
+    return f"radio.udp.multicast: group {group}:{port} joined on {where} and left"

@@ -1,6 +1,7 @@
 """The field drone's radio and discovery, opened from its ``drone.toml``.
 
-``[radio] kind`` chooses the UDP radio (a mesh, unicast to the peers discovery finds) or the
+``[radio] kind`` chooses the UDP radio (a mesh, unicast to the peers discovery finds, or
+multicast once to all with ``[radio.udp] multicast``) or the
 MQTT radio (a broker relays; its retained presence is the discovery). ``[discovery] kind``
 chooses zeroconf, a static list or the broker. Both are opened here and handed to the
 :class:`~swarmfl.agent.Agent` as its Radio and Discovery seams.
@@ -15,7 +16,7 @@ from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.radio.discovery import Discovery, PeerInfo, StaticDiscovery, ZeroconfDiscovery
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.mqtt import MqttRadio, MqttSettings
-from swarmfl.radio.udp import UdpRadio
+from swarmfl.radio.udp import MulticastUdpRadio, UdpRadio
 from swarmfl.seeding import radio_seed
 
 __all__ = ["FieldRadio", "announcement", "mqtt_settings", "open_discovery", "open_radio"]
@@ -77,16 +78,28 @@ async def open_radio(
     config = loaded.config
     if config.radio.kind == "udp":
         udp = config.radio.udp
-        udp_radio = UdpRadio(
-            drone_id=config.drone.id,
-            host=udp.host,
-            port=udp.port,
-            link=link,
-            inbox_frames=config.radio.inbox_frames,
-            loss=udp.loss,
-            seed=radio_seed(config.run.seed, config.drone.id),
-            status=status if config.status.answer_queries else None,
-        )
+        common: dict[str, Any] = {
+            "drone_id": config.drone.id,
+            "host": udp.host,
+            "port": udp.port,
+            "link": link,
+            "inbox_frames": config.radio.inbox_frames,
+            "loss": udp.loss,
+            "seed": radio_seed(config.run.seed, config.drone.id),
+            "status": status if config.status.answer_queries else None,
+        }
+        udp_radio: UdpRadio
+        if udp.multicast is not None:
+            udp_radio = MulticastUdpRadio(
+                group=udp.multicast,
+                group_port=udp.multicast_port,
+                interface=udp.multicast_interface,
+                ttl=udp.multicast_ttl,
+                loopback=udp.multicast_loopback,
+                **common,
+            )
+        else:
+            udp_radio = UdpRadio(**common)
         await udp_radio.start()
         return udp_radio
     settings = mqtt_settings(loaded)
