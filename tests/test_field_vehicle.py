@@ -166,7 +166,10 @@ async def test_the_autopilot_decides_when_the_agent_trains_and_transmits(tmp_pat
             assert lost["transmitting"] is False and lost["vehicle"]["transmit"] is False
             await eventually(rounds_advance(drone, 3), 20, "rounds after the link loss")
             assert drone.alive()
-            assert drone.stderr().count("autopilot link lost") == 1
+            said = drone.stderr()  # each decision change is one line with its reason
+            assert said.count("vehicle policy: not training: ") == 1  # taking off, armed
+            assert said.count("vehicle policy: battery 10% critical") == 1
+            assert drone.stderr().count("WARNING swarmfl.field.vehicle: autopilot link lost") == 1
 
             drone.signal(signal.SIGTERM)
             assert drone.wait(30) == 0

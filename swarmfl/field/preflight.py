@@ -49,7 +49,11 @@ def _checks(loaded: LoadedDroneConfig) -> list[str]:
         + ("from the config file" if config.swarm.secret else "from " + _secret_source(loaded)),
     ]
     if config.radio.kind == "mqtt":
-        settings = mqtt_settings(loaded)  # checks the TLS files
+        settings = mqtt_settings(loaded)
+        for key in ("ca_file", "cert_file", "key_file"):
+            name = getattr(settings, key)
+            if name is not None and not os.access(name, os.R_OK):
+                raise ConfigError(f"cannot read {name}", key=f"radio.mqtt.{key}")
         lines.append(f"mqtt broker: {settings.url} (not contacted)")
     if config.vehicle is not None:
         link, policy = vehicle_settings(config.vehicle)
