@@ -294,8 +294,9 @@ class FieldAgent:
     def _healthy(self) -> bool:
         """Whether the gossip loop made progress lately (else the systemd watchdog starves)."""
         interval_s = self.notifier.watchdog_interval_s or 0.0
-        # Twice the ping interval is the whole WatchdogSec; a period longer than that may pass
-        # between two rounds without anything being wrong.
+        # The ping interval is half of WatchdogSec: a round (training included) may take up to
+        # twice WatchdogSec, or three gossip periods, before the pings stop; systemd restarts
+        # the agent WatchdogSec later.
         allowed_s = max(4 * interval_s, 3 * self.config.gossip.period_s)
         return time.monotonic() - self._progress_mono <= allowed_s
 
