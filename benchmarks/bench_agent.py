@@ -14,9 +14,16 @@ Prints JSON lines:
   measured in the same run (the baseline), and the difference;
 * ``latency``: frame latency from a peer's send to the agent's receive (the agent reports when it
   last heard each peer on the shared monotonic clock), from receive to merge (merges happen once
-  per gossip period, so about half a period on average), and their sum, send to merge.
+  per gossip period, so about half a period on average), and their sum, send to merge;
+* ``vehicle``: the same agent again with a ``[vehicle]`` section and a simulated autopilot
+  (pymavlink, real UDP) ticking at 10 Hz (HEARTBEAT, GLOBAL_POSITION_INT, SYS_STATUS,
+  BATTERY_STATUS, EXTENDED_SYS_STATE each tick): CPU outside training and RSS with and without
+  the MAVLink reader (target: still < 5 % of one core);
+* ``airtime``: ``--agents`` drones (in this process, real UDP sockets on loopback, training,
+  static discovery) in unicast and then multicast mode: bytes put on the air per gossip period
+  (every copy counted), distinct bytes, and copies per datagram.
 
-    python benchmarks/bench_agent.py --window-s 30
+    python benchmarks/bench_agent.py --window-s 30 --agents 8 --airtime-window-s 10
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import bisect
 import json
 import os
 import secrets
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,15 +46,18 @@ from typing import Any
 import numpy as np
 import psutil
 
+from swarmfl.config.drone_file import load_drone_config
 from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.wire import derive_swarm_key
+from swarmfl.field.agent import FieldAgent
 from swarmfl.learning.datasets import load_builtin
 from swarmfl.learning.learner import flatten_parameters
 from swarmfl.learning.models import build_model, model_signature
 from swarmfl.radio.discovery import PeerInfo, PeerUp, ZeroconfDiscovery
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.udp import UdpRadio
+from swarmfl.testing_autopilot import SimulatedAutopilot
 
 SECRET = "bench-agent-secret"
 SEED = 3
@@ -54,13 +65,14 @@ HIDDEN = 128
 PERIOD_S = 1.0
 LOOPBACK = "127.0.0.1"
 RATE_BPS = 5_000_000
+AUTOPILOT_HZ = 10.0
 
 
 def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def agent_config(folder: Path, swarm_id: int) -> Path:
+def agent_config(folder: Path, swarm_id: int, mavlink_port: int | None = None) -> Path:
     text = f"""
 [drone]
 id = 0
@@ -94,6 +106,12 @@ dir = "ckpt"
 [status]
 log = "status.jsonl"
 interval_s = 1.0
+"""
+    if mavlink_port is not None:
+        text += f"""
+[vehicle]
+connection = "udpin:{LOOPBACK}:{mavlink_port}"
+train_when = "landed_only"
 """
     path = folder / "drone0.toml"
     path.write_text(text, encoding="utf-8")
@@ -222,11 +240,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-async def bench(window_s: float) -> None:
+async def measure(window_s: float, *, autopilot_hz: float | None) -> dict[str, Any]:
+    """Run the agent with three peers (and, with ``autopilot_hz``, a simulated autopilot
+    feeding its MAVLink reader); measure CPU and RSS over ``window_s`` of steady gossip."""
     swarm_id = secrets.randbelow(2**31)
+    mavlink_port = free_udp_port() if autopilot_hz is not None else None
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         folder = Path(tmp)
-        config = agent_config(folder, swarm_id)
+        config = agent_config(folder, swarm_id, mavlink_port)
         status_path = folder / "status.jsonl"
         agent = subprocess.Popen(
             [sys.executable, "-m", "swarmfl.cli", "agent", "--config", str(config)],
@@ -237,6 +258,10 @@ async def bench(window_s: float) -> None:
         )
         peers = [Peer(i, swarm_id) for i in (1, 2, 3)]
         tasks = [asyncio.create_task(peer.run()) for peer in peers]
+        autopilot = None
+        if mavlink_port is not None and autopilot_hz is not None:
+            autopilot = SimulatedAutopilot((LOOPBACK, mavlink_port), rate_hz=autopilot_hz)
+            await autopilot.__aenter__()
         try:
             process = psutil.Process(agent.pid)
 
@@ -260,13 +285,38 @@ async def bench(window_s: float) -> None:
                 agent.wait(30)
             except subprocess.TimeoutExpired:
                 agent.kill()
+            if autopilot is not None:
+                await autopilot.__aexit__(None, None, None)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for peer in peers:
                 await peer.radio.aclose()
-
     cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    messages_per_s = None
+    if autopilot is not None and len(lines) >= 2:
+        first, last = lines[0]["vehicle"], lines[-1]["vehicle"]
+        span_s = lines[-1]["mono"] - lines[0]["mono"]
+        messages_per_s = round((last["messages"] - first["messages"]) / span_s, 1)
+    return {
+        "elapsed": elapsed,
+        "cpu_s": cpu_s,
+        "rss": rss,
+        "lines": lines,
+        "peers": peers,
+        "messages_per_s": messages_per_s,
+    }
+
+
+async def bench(window_s: float, agents: int, airtime_window_s: float) -> None:
+    plain = await measure(window_s, autopilot_hz=None)
+    elapsed, cpu_s, rss, lines, peers = (
+        plain["elapsed"],
+        plain["cpu_s"],
+        plain["rss"],
+        plain["lines"],
+        plain["peers"],
+    )
     last = lines[-1] if lines else {}
     emit(
         {
@@ -322,12 +372,149 @@ async def bench(window_s: float) -> None:
         }
     )
 
+    # The MAVLink reader's cost: the same agent, now with an autopilot at 10 Hz.
+    with_vehicle = await measure(window_s, autopilot_hz=AUTOPILOT_HZ)
+    emit(
+        {
+            "bench": "vehicle",
+            "autopilot_rate_hz": AUTOPILOT_HZ,
+            "autopilot_messages_per_s": with_vehicle["messages_per_s"],
+            "cpu_percent_without": round(100 * cpu_s / elapsed, 2),
+            "cpu_percent_with": round(100 * with_vehicle["cpu_s"] / with_vehicle["elapsed"], 2),
+            "target_percent": 5.0,
+            "rss_mb_without": round(rss / 2**20, 1),
+            "rss_mb_with": round(with_vehicle["rss"] / 2**20, 1),
+        }
+    )
+    for mode in ("unicast", "multicast"):
+        emit(await airtime(mode, agents, airtime_window_s))
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def swarm_config(
+    folder: Path, drone: int, swarm_id: int, ports: list[int], group: tuple[str, int] | None
+) -> Path:
+    """One of ``len(ports)`` drones (static discovery); multicast to ``group`` when given."""
+    peers = ", ".join(
+        f'{{ id = {i}, host = "{LOOPBACK}", port = {port} }}'
+        for i, port in enumerate(ports)
+        if i != drone
+    )
+    multicast = ""
+    if group is not None:
+        multicast = (
+            f'multicast = "{group[0]}"\nmulticast_port = {group[1]}\n'
+            f'multicast_interface = "{LOOPBACK}"\nmulticast_loopback = true\n'
+        )
+    text = f"""
+[drone]
+id = {drone}
+[swarm]
+swarm_id = {swarm_id}
+[run]
+seed = {SEED}
+eval_interval_s = 5.0
+[data]
+dataset = "digits"
+partition = "iid"
+shards = {len(ports)}
+shard = {drone}
+[model]
+kind = "mlp"
+hidden = [{HIDDEN}]
+[training]
+threads = 1
+[gossip]
+period_s = {PERIOD_S}
+codec = "int8"
+[radio]
+kind = "udp"
+rate_bps = {RATE_BPS}
+[radio.udp]
+host = "{LOOPBACK}"
+port = {ports[drone]}
+{multicast}
+[discovery]
+kind = "static"
+peers = [{peers}]
+[checkpoint]
+dir = "ckpt-{drone}"
+[status]
+log = ""
+"""
+    path = folder / f"drone{drone}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+async def airtime(mode: str, agents: int, window_s: float) -> dict[str, Any]:
+    """Bytes put on the air per gossip period by ``agents`` drones (in this process, real
+    sockets on loopback), in unicast (one copy per peer) or multicast (one per datagram)."""
+    swarm_id = secrets.randbelow(2**31)
+    os.environ.setdefault("SWARMFL_SECRET", SECRET)
+    group = None
+    if mode == "multicast":
+        group = (f"239.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.7", free_udp_port())
+    ports = [free_udp_port() for _ in range(agents)]
+    with tempfile.TemporaryDirectory(prefix="bench-airtime-") as tmp:
+        folder = Path(tmp)
+        swarm = [
+            FieldAgent(load_drone_config(swarm_config(folder, i, swarm_id, ports, group)))
+            for i in range(agents)
+        ]
+        tasks = [asyncio.create_task(agent.run()) for agent in swarm]
+        try:
+            await wait_for(
+                lambda: all(len(a.node.known_peers()) == agents - 1 for a in swarm),
+                120,
+                f"every drone to hear the {agents - 1} others ({mode})",
+            )
+
+            def totals() -> tuple[int, int, int]:
+                air = unique = rounds = 0
+                for agent in swarm:
+                    radio = agent.radio
+                    assert isinstance(radio, UdpRadio)
+                    air += radio.stats.bytes_sent
+                    unique += radio.unique_bytes_sent
+                    rounds += agent.rounds_total
+                return air, unique, rounds
+
+            air0, unique0, rounds0 = totals()
+            await asyncio.sleep(window_s)
+            air1, unique1, rounds1 = totals()
+        finally:
+            for agent in swarm:
+                agent.request_stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    periods = (rounds1 - rounds0) / agents  # gossip periods each drone went through
+    return {
+        "bench": "airtime",
+        "mode": mode,
+        "agents": agents,
+        "window_s": window_s,
+        "periods": round(periods, 1),
+        "air_bytes_per_period": round((air1 - air0) / periods),
+        "air_bytes_per_drone_per_period": round((air1 - air0) / periods / agents),
+        "distinct_bytes_per_period": round((unique1 - unique0) / periods),
+        "copies_per_datagram": round((air1 - air0) / (unique1 - unique0), 2),
+    }
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window-s", type=float, default=30.0, help="CPU measurement window")
+    parser.add_argument("--agents", type=int, default=8, help="drones in the airtime runs")
+    parser.add_argument(
+        "--airtime-window-s", type=float, default=10.0, help="airtime measurement window"
+    )
     args = parser.parse_args()
-    asyncio.run(bench(args.window_s))
+    asyncio.run(bench(args.window_s, args.agents, args.airtime_window_s))
 
 
 if __name__ == "__main__":

@@ -290,6 +290,8 @@ class MqttRadio(DatagramRadio):
         settings = self.settings
         backoff = settings.backoff_initial_s
         while not self._closed:
+            failed: str | None = None
+            crashed: str | None = None
             try:
                 await self._session()
                 backoff = settings.backoff_initial_s  # it was up: start over gently
@@ -297,29 +299,35 @@ class MqttRadio(DatagramRadio):
                 raise
             except aiomqtt.MqttError as exc:
                 self.connect_failures += 1
-                self.last_error = str(exc) or type(exc).__name__
-                # Nothing is wrong with us: report once per attempt, in one line.
+                self.last_error = failed = str(exc) or type(exc).__name__
+            except Exception as exc:
+                # A bug or hostile input our parsers missed: never die silently, reconnect.
+                self.task_failures += 1
+                self.last_error = crashed = f"{type(exc).__name__}: {exc}"[:200]
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("MQTT session failure", exc_info=True)
+            if self._closed:
+                return
+            # Full jitter keeps a swarm that lost the broker together from reconnecting in step.
+            delay_s = backoff * (0.5 + 0.5 * self._rng.random())
+            # One line per attempt, with the delay actually waited.
+            if failed is not None:
+                # Nothing is wrong with us: the broker is unreachable or dropped us.
                 log.warning(
                     "drone %d: MQTT broker %s: %s; retrying in %.1f s",
                     self.me.drone_id,
                     settings.url,
-                    self.last_error,
-                    backoff,
+                    failed,
+                    delay_s,
                 )
-            except Exception as exc:
-                self.task_failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            elif crashed is not None:
                 log.error(
                     "drone %d: MQTT radio session failed (%s); reconnecting in %.1f s",
                     self.me.drone_id,
-                    self.last_error,
-                    backoff,
-                    exc_info=log.isEnabledFor(logging.DEBUG),
+                    crashed,
+                    delay_s,
                 )
-            if self._closed:
-                return
-            # Full jitter keeps a swarm that lost the broker together from reconnecting in step.
-            await asyncio.sleep(backoff * (0.5 + 0.5 * self._rng.random()))
+            await asyncio.sleep(delay_s)
             backoff = min(backoff * 2.0, settings.backoff_max_s)
 
     async def _session(self) -> None:

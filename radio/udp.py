@@ -1,4 +1,6 @@
-"""The UDP radio: frames as real datagrams on a real socket, unicast to the peers discovery finds.
+"""The UDP radio: frames as real datagrams on a real socket, unicast to the peers discovery finds
+(:class:`UdpRadio`) or, opt-in, multicast once to every neighbour in range
+(:class:`MulticastUdpRadio`: one transmission per datagram on a shared channel).
 
 Queueing, fragmentation, the token bucket at ``rate_bps`` and reassembly are the
 :class:`~swarmfl.radio.datagram.DatagramRadio` pump every real radio shares. :class:`UdpRadio`
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import random
 import socket
@@ -24,10 +27,12 @@ from typing import Any
 
 from swarmfl.errors import ConfigError, RadioError
 from swarmfl.radio.datagram import DatagramRadio
+from swarmfl.radio.fragment import MAGIC as _FRAGMENT_MAGIC
+from swarmfl.radio.fragment import VERSION as _FRAGMENT_VERSION
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.status_port import STATUS_REQUEST, StatusResponder
 
-__all__ = ["UdpRadio"]
+__all__ = ["MulticastUdpRadio", "UdpRadio"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,11 @@ class UdpRadio(DatagramRadio):
         self._peers: dict[int, tuple[str, int]] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        # Each datagram once, however many copies went out: ``bytes_sent`` (every copy: the
+        # airtime) / ``unique_bytes_sent`` is the copies per datagram (the number of peers in
+        # unicast, 1 in multicast).
+        self.unique_datagrams_sent = 0
+        self.unique_bytes_sent = 0
 
     @property
     def local_port(self) -> int:
@@ -160,6 +170,9 @@ class UdpRadio(DatagramRadio):
         if transport is None or transport.is_closing():
             return None
         destinations = list(self._peers.values())
+        if destinations:
+            self.unique_datagrams_sent += 1
+            self.unique_bytes_sent += len(datagram)
         if len(destinations) > 1:
             # Each extra copy costs airtime too: charge it (the bucket may go into debt, which
             # delays what follows, so the long-run rate holds).
@@ -200,3 +213,159 @@ class UdpRadio(DatagramRadio):
         if self._status is not None:
             counters.update(self._status.counters())
         return counters
+
+
+class _GroupProtocol(asyncio.DatagramProtocol):
+    def __init__(self, radio: MulticastUdpRadio) -> None:
+        self._radio = radio
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._radio._on_group_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp multicast socket error: %r", exc)
+
+
+class MulticastUdpRadio(UdpRadio):
+    """The UDP radio in multicast mode: each datagram goes on the air once, to ``group``.
+
+    On a shared radio channel every unicast copy costs airtime; one multicast transmission
+    reaches every neighbour in range. Frames are sent from the radio's own socket (bound to
+    ``host:port``, which still answers status queries) to ``group:group_port``; a second socket,
+    bound to the group and port with ``SO_REUSEADDR`` (several agents on one host may share
+    it), joins the group on ``interface`` (an address of the mesh interface; default ``host``,
+    or the kernel's choice when ``host`` is a wildcard) and hears the swarm. ``ttl`` bounds the
+    hops (1: this link only); ``loopback`` lets agents on this host hear each other (tests).
+    Our own datagrams coming back (same sender id in the fragment header) are dropped and
+    counted in ``echoes_dropped``. The destinations :meth:`set_peer` records are not used for
+    sending: whoever is in range hears.
+
+    Raises :class:`ConfigError` for a ``group`` that is not an IPv4 multicast address, a bad
+    ``ttl`` or ``interface``; :meth:`start` raises :class:`ConfigError` when the group cannot be
+    joined on ``interface`` or the port bound, :class:`RadioError` for other socket failures.
+    """
+
+    def __init__(
+        self,
+        *,
+        group: str,
+        group_port: int,
+        interface: str | None = None,
+        ttl: int = 1,
+        loopback: bool = False,
+        drone_id: int,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        link: LinkConfig | None = None,
+        inbox_frames: int = 256,
+        loss: float = 0.0,
+        seed: int = 0,
+        status: StatusResponder | None = None,
+    ) -> None:
+        try:
+            address = ipaddress.ip_address(group)
+        except ValueError:
+            address = None
+        if address is None or address.version != 4 or not address.is_multicast:
+            raise ConfigError(f"must be an IPv4 multicast address, got {group!r}", key="group")
+        if not 1 <= group_port <= 65535:
+            raise ConfigError(f"must be in 1..65535, got {group_port!r}", key="group_port")
+        if not 1 <= ttl <= 255:
+            raise ConfigError(f"must be in 1..255, got {ttl!r}", key="ttl")
+        if interface is None:
+            interface = host if host not in ("", "0.0.0.0") else "0.0.0.0"
+        try:
+            self._interface_bytes = socket.inet_aton(interface)
+        except OSError:
+            raise ConfigError(
+                f"must be an IPv4 address, got {interface!r}", key="interface"
+            ) from None
+        super().__init__(
+            drone_id=drone_id,
+            host=host,
+            port=port,
+            link=link,
+            inbox_frames=inbox_frames,
+            loss=loss,
+            seed=seed,
+            status=status,
+        )
+        self.group = group
+        self.group_port = group_port
+        self.interface = interface
+        self.ttl = ttl
+        self.loopback = loopback
+        self.echoes_dropped = 0
+        self._group_transport: asyncio.DatagramTransport | None = None
+        self._own_header = (
+            _FRAGMENT_MAGIC + bytes([_FRAGMENT_VERSION]) + drone_id.to_bytes(4, "little")
+        )
+
+    async def start(self) -> None:
+        """Bind the sending socket and join the group. See the class for the errors raised."""
+        await super().start()
+        try:
+            await self._join()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _join(self) -> None:
+        assert self._transport is not None
+        sender = self._transport.get_extra_info("socket")
+        group = socket.inet_aton(self.group)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(self.loopback))
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, self._interface_bytes)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.bind((self.group, self.group_port))
+            sock.setsockopt(
+                socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group + self._interface_bytes
+            )
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot join multicast group {self.group}:{self.group_port} on interface "
+                f"{self.interface}: {exc.strerror}",
+                key="radio.udp.multicast_interface",
+            ) from None
+        loop = asyncio.get_running_loop()
+        try:
+            self._group_transport, _ = await loop.create_datagram_endpoint(
+                lambda: _GroupProtocol(self), sock=sock
+            )
+        except OSError as exc:
+            sock.close()
+            raise RadioError(
+                f"cannot open multicast {self.group}:{self.group_port}: {exc}"
+            ) from exc
+
+    async def _close_medium(self) -> None:
+        await super()._close_medium()
+        if self._group_transport is not None:
+            self._group_transport.close()
+
+    async def _transmit(self, datagram: bytes, now: float) -> int | None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return None
+        # Once, for every neighbour in range: nothing extra is charged to the bucket.
+        self.unique_datagrams_sent += 1
+        self.unique_bytes_sent += len(datagram)
+        try:
+            transport.sendto(datagram, (self.group, self.group_port))
+        except OSError as exc:
+            self.stats.send_errors += 1
+            log.debug("udp multicast send failed: %r", exc)
+            return 0
+        return 1
+
+    def _on_group_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
+        if data.startswith(self._own_header):
+            self.echoes_dropped += 1  # our own transmission, looped back
+            return
+        self._on_datagram(data, addr)

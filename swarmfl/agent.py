@@ -47,6 +47,9 @@ class Agent:
     ``publish_values(model, now)``, if given, is what the drone publishes instead of its model
     (a simulated insider, :mod:`swarmfl.sim.attacks`); its frames are signed and streamed as
     anyone's.
+    ``trains`` and ``transmits`` may change between rounds: ``before_round`` (called at the
+    start of every period) is where a caller applies a policy. With ``transmits=False`` the
+    drone stays radio silent: it neither publishes nor answers, but still hears and merges.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Agent:
         on_round: Callable[[Agent, StepResult], None] | None = None,
         trains: bool = True,
         publish_values: Callable[[np.ndarray, float], np.ndarray] | None = None,
+        before_round: Callable[[Agent], None] | None = None,
     ) -> None:
         self.drone_id = drone_id
         self.learner = learner
@@ -75,6 +79,8 @@ class Agent:
         self.on_round = on_round
         self.trains = trains
         self.publish_values = publish_values
+        self.transmits = True
+        self.before_round = before_round
         self.rounds = 0
         self.last_step: StepResult | None = None
         self._task: asyncio.Task[None] | None = None
@@ -90,6 +96,8 @@ class Agent:
     async def _gossip_loop(self) -> None:
         while True:
             started = self.clock.now()
+            if self.before_round is not None:
+                self.before_round(self)
             params = self.learner.flat_parameters()
             # Merge what was heard during the last period *before* training, then publish the
             # trained model. Publishing the freshly trained (not the merged) model lets
@@ -105,7 +113,11 @@ class Agent:
             now = self.clock.now()
             sent = params if self.publish_values is None else self.publish_values(params, now)
             try:
-                frames = self.node.publish(sent, self.learner.sample_count, now)
+                frames = (
+                    self.node.publish(sent, self.learner.sample_count, now)
+                    if self.transmits
+                    else []
+                )
             except NonFiniteError:
                 # A diverged model is never sent; start again from what the neighbours hold.
                 self.node.stats.diverged += 1
@@ -143,7 +155,8 @@ class Agent:
     async def _receive_loop(self) -> None:
         async for heard in self.radio.frames():
             for reply in self.node.receive(heard.data, heard.received_at):
-                self.radio.send(reply)
+                if self.transmits:
+                    self.radio.send(reply)
 
     async def __aenter__(self) -> Agent:
         self._task = asyncio.create_task(self.run(), name=f"drone-{self.drone_id}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import logging
 import math
 import sys
 import tempfile
@@ -17,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from swarmfl import __version__
 from swarmfl.core.codecs import CODECS, DEFAULT_CODEC
 from swarmfl.errors import ConfigError
+from swarmfl.field.journal import configure_logging
 from swarmfl.learning.trainplan import OPTIMIZERS
 
 EXIT_USAGE = 2
@@ -50,6 +51,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="log lines as text (the default) or as JSON lines (t, level, logger, msg)",
+    )
+    parser.add_argument("--version", action="version", version=f"swarmfl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = commands.add_parser(
@@ -216,6 +224,12 @@ def _add_field_commands(commands: argparse._SubParsersAction[_OneLineParser]) ->
         metavar="KEY.PATH=VALUE",
         help="override a config key (repeatable)",
     )
+    agent.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, secret, data, memory plan, checkpoints and ports, then exit "
+        "(0: ready, 2: a problem, named in one line); writes nothing",
+    )
     agent.set_defaults(handler=_cmd_agent)
 
     status = commands.add_parser(
@@ -275,6 +289,13 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from swarmfl.field.agent import run_agent
 
     loaded = load_drone_config(args.config, list(args.overrides))
+    if args.check:
+        from swarmfl.field.preflight import preflight
+
+        for line in preflight(loaded):
+            print(f"ok  {line}")
+        print(f"swarmfl: {args.config} is ready to run")
+        return 0
     try:
         return run_agent(loaded, resume=args.resume)
     except RadioError as exc:
@@ -427,8 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swarmfl`` console script; returns the exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(
+        args.verbose, args.log_format, events=args.command == "agent" and not args.check
+    )
     try:
         return int(args.handler(args))
     except ConfigError as exc:

@@ -39,14 +39,23 @@ def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
     return "a shared swarm secret"
 
 
-def test_a_minimal_config_takes_the_defaults(tmp_path: Path, secret_env: str) -> None:
+def test_a_minimal_config_takes_the_defaults(
+    tmp_path: Path, secret_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     loaded = load_drone_config(write(tmp_path, MINIMAL))
     config = loaded.config
     assert (config.drone.id, config.swarm.swarm_id) == (3, 42)
     assert loaded.key == derive_swarm_key(secret_env, 42)
     assert config.radio.kind == "udp" and config.discovery.resolved_kind("udp") == "zeroconf"
     assert config.radio.default_mtu() == 1472
-    assert Path(config.checkpoint.dir) == tmp_path / "checkpoints"
+    # State goes to the state directory, not next to the config file.
+    assert Path(config.checkpoint.dir) == tmp_path / "state" / "swarmfl" / "3" / "checkpoints"
+    assert config.status.log == str(tmp_path / "state" / "swarmfl" / "3" / "status.jsonl")
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "unit"))
+    config = load_drone_config(write(tmp_path, MINIMAL)).config
+    assert Path(config.checkpoint.dir) == tmp_path / "unit" / "checkpoints"
 
 
 def test_the_example_config_is_valid(secret_env: str) -> None:
@@ -149,11 +158,13 @@ def test_a_port_in_use_is_one_line_and_exit_2(
             f"[radio.udp]\nhost = '127.0.0.1'\nport = {port}\n"
             f"[checkpoint]\ndir = '{tmp_path / 'ckpt'}'\n[status]\nlog = ''\n"
         )
-        code = main(["agent", "--config", str(write(tmp_path, text))])
+        path = write(tmp_path, text)
+        code = main(["agent", "--config", str(path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith("swarmfl: error: key 'radio.udp.port': UDP port")
-    assert "in use" in err[-1]
+    assert len(err) == 1  # no start-up line before it
+    assert err[0].startswith(f"swarmfl: error: {path.resolve()}: key 'radio.udp.port': UDP port")
+    assert "in use" in err[0]
 
 
 def test_overrides_apply_before_validation(tmp_path: Path, secret_env: str) -> None:

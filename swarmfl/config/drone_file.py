@@ -7,7 +7,8 @@ defaults. It adds what only a real drone has: who it is (``[drone]``), where its
 comes from, which demo shard it holds, its radio kind and sockets, discovery, checkpoints and
 status output. As with scenarios, an unknown key, a wrong type or an out-of-range value is a
 :class:`~swarmfl.errors.ConfigError` whose one line names the file, the dotted key and the
-problem. Relative paths are relative to the config file's folder.
+problem. Relative paths are relative to the config file's folder. Checkpoints and the status
+log the file does not place go to the drone's state directory (:func:`state_directory`).
 
 The swarm secret is never read from the config file in plain text by default: it comes from a
 file (``swarm.secret_file``) or an environment variable (``swarm.secret_env``, default
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,9 +57,11 @@ __all__ = [
     "DEFAULT_SECRET_ENV",
     "DroneConfig",
     "LoadedDroneConfig",
+    "VehicleSection",
     "load_drone_config",
     "mqtt_password",
     "parse_drone_config",
+    "state_directory",
     "validate_drone_config",
 ]
 
@@ -155,6 +159,30 @@ class UdpSection(Section):
     port: Port = 47100  # 0: any free port
     advertise_host: str | None = None  # address announced over mDNS (default: see discovery)
     loss: Probability = 0.0  # injected loss of received datagrams (tests; no netem here)
+    # Opt-in multicast: each frame goes on the air once, to this group (e.g. "239.255.70.76"),
+    # whatever the number of neighbours; every drone of the swarm uses the same group and port.
+    multicast: str | None = None
+    multicast_port: Annotated[int, Field(ge=1, le=65535)] = 47200
+    multicast_interface: str | None = None  # the mesh interface's address (default: the host's)
+    multicast_ttl: Annotated[int, Field(ge=1, le=255)] = 1  # 1: this link only
+    multicast_loopback: bool = False  # hear multicast sent on this host (tests, several agents)
+
+    @model_validator(mode="after")
+    def _multicast_addresses(self) -> UdpSection:
+        if self.multicast is not None:
+            try:
+                group = ipaddress.ip_address(self.multicast)
+            except ValueError:
+                group = None
+            if group is None or group.version != 4 or not group.is_multicast:
+                raise KeyedValueError(
+                    ("radio", "udp", "multicast"),
+                    f"must be an IPv4 multicast address (224.0.0.0/4, e.g. 239.255.70.76), "
+                    f"got {self.multicast!r}",
+                )
+        if self.multicast_interface is not None:
+            _check_ip(self.multicast_interface, ("radio", "udp", "multicast_interface"))
+        return self
 
 
 class MqttSection(Section):
@@ -238,7 +266,7 @@ class DiscoverySection(Section):
 class CheckpointSection(Section):
     """Where and how often the learning state is saved."""
 
-    dir: str = "checkpoints"
+    dir: str = "checkpoints"  # unset in drone.toml: <state directory>/checkpoints
     interval_rounds: Annotated[int, Field(gt=0, le=10_000_000)] = 10
     keep: Annotated[int, Field(gt=0, le=1000)] = 3
 
@@ -246,11 +274,42 @@ class CheckpointSection(Section):
 class StatusSection(Section):
     """Live status: the JSON-lines log, MQTT telemetry and answers to ``swarmfl status``."""
 
-    log: str | None = "status.jsonl"  # "" to disable
+    log: str | None = "status.jsonl"  # "" to disable; unset: <state directory>/status.jsonl
     log_max_bytes: Annotated[int, Field(gt=0, le=1 << 34)] = 10_000_000  # rotated to .1 past this
     interval_s: Annotated[float, Field(ge=0.05, le=86_400)] = 2.0
     telemetry: bool = True  # publish on MQTT
     answer_queries: bool = True  # answer status queries over UDP (authenticated, rate-limited)
+
+
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class VehicleSection(Section):
+    """The autopilot this drone's companion computer listens to (MAVLink over UDP), and the
+    policy deciding from its state when the drone trains and transmits.
+
+    ``connection``: a pymavlink-style string, ``udpin:HOST:PORT`` (listen: mavlink-router or
+    MAVProxy sends to us) or ``udpout:HOST:PORT`` (we announce ourselves to a router's server
+    endpoint). ``heartbeat_timeout_s``: the autopilot link counts as lost after this long
+    without a HEARTBEAT (the drone then keeps its last decision). ``train_when``: ``always``,
+    ``landed_only``, ``battery_above`` or ``landed_and_battery_above``. At or below
+    ``critical_battery_fraction`` the drone neither trains nor transmits until the battery is
+    back at ``resume_battery_fraction``. The connection string and the policy's cross-checks
+    are validated when the agent starts (and by ``swarmfl agent --check``).
+    """
+
+    connection: Annotated[str, Field(min_length=1, max_length=300)] = "udpin:127.0.0.1:14550"
+    heartbeat_timeout_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 3.0
+    system_id: Annotated[int, Field(ge=1, le=255)] | None = None
+    heartbeat_period_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 1.0
+    train_when: Literal["always", "landed_only", "battery_above", "landed_and_battery_above"] = (
+        "always"
+    )
+    train_battery_above_fraction: Fraction = 0.5
+    critical_battery_fraction: Fraction = 0.15
+    resume_battery_fraction: Fraction = 0.3
+    hysteresis_fraction: Fraction = 0.02
+    quiet_in_failsafe: bool = True
 
 
 class DroneConfig(Section):
@@ -268,6 +327,7 @@ class DroneConfig(Section):
     discovery: DiscoverySection = DiscoverySection()
     checkpoint: CheckpointSection = CheckpointSection()
     status: StatusSection = StatusSection()
+    vehicle: VehicleSection | None = None  # no [vehicle]: no autopilot, always train and send
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DroneConfig:
@@ -375,16 +435,39 @@ def parse_drone_config(path: str | Path, overrides: list[str] | None = None) -> 
     """
     path = Path(path)
     raw = read_toml(path)
-    # Default paths are relative to the file too: write them in before resolving.
-    for section, key, default in (
-        ("checkpoint", "dir", CheckpointSection.model_fields["dir"].default),
-        ("status", "log", StatusSection.model_fields["log"].default),
-    ):
-        table = raw.setdefault(section, {})
-        if isinstance(table, dict):
-            table.setdefault(key, default)
     resolve_paths(raw, DRONE_PATH_KEYS, path.resolve().parent)
-    return validate_drone_config(apply_overrides(raw, overrides or []), source=str(path))
+    raw = apply_overrides(raw, overrides or [])
+    drone = raw.get("drone")
+    drone_id = drone.get("id") if isinstance(drone, dict) else None
+    if isinstance(drone_id, int) and not isinstance(drone_id, bool) and drone_id >= 0:
+        # State the file does not place goes to the state directory, never next to the file
+        # (which may be a source tree or a read-only /etc).
+        state = state_directory(drone_id)
+        for section, key, default in (
+            ("checkpoint", "dir", state / "checkpoints"),
+            ("status", "log", state / "status.jsonl"),
+        ):
+            table = raw.setdefault(section, {})
+            if isinstance(table, dict):
+                table.setdefault(key, str(default))
+    return validate_drone_config(raw, source=str(path))
+
+
+def state_directory(drone_id: int, environ: Mapping[str, str] | None = None) -> Path:
+    """Where a drone keeps its checkpoints and status log when its config names no folder.
+
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; the first one if several),
+    else ``$XDG_STATE_HOME/swarmfl/<drone id>``, with ``~/.local/state`` when
+    ``$XDG_STATE_HOME`` is unset or not absolute (the XDG base directory rules). Nothing is
+    created here: the agent creates the folders when it first writes.
+    """
+    env = os.environ if environ is None else environ
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = env.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "swarmfl" / str(drone_id)
 
 
 def mqtt_password(config: DroneConfig, config_path: str | Path) -> str | None:

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,14 @@ from swarmfl.agent import Agent
 from swarmfl.clock import LoopClock, ThreadedCompute
 from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.drone import AssembledDrone, DeviceProfile, DroneAssembly, SwarmSettings
-from swarmfl.errors import ConfigError, SwarmError
+from swarmfl.errors import ConfigError, RadioError, SwarmError
+from swarmfl.field.autopilot import AutopilotFeed
 from swarmfl.field.checkpoint import CheckpointStore
 from swarmfl.field.footprint import check_process_budget, process_plan
+from swarmfl.field.journal import PeerPresence
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
+from swarmfl.field.systemd import SystemdNotifier
 from swarmfl.field.telemetry import (
     STATUS_VERSION,
     MergeLag,
@@ -46,7 +48,7 @@ from swarmfl.field.telemetry import (
 from swarmfl.learning.seam import StepResult
 from swarmfl.radio.discovery import Discovery, PeerInfo, ZeroconfDiscovery
 from swarmfl.radio.mqtt import MqttRadio
-from swarmfl.radio.udp import UdpRadio
+from swarmfl.radio.udp import MulticastUdpRadio, UdpRadio
 
 __all__ = ["FieldAgent", "drone_settings", "field_device", "run_agent"]
 
@@ -141,8 +143,9 @@ class FieldAgent:
         self.signature = self.assembly.signature
         self.trains = self.parts.trains
         if self.plan is not None:
-            log.info("drone %d: memory plan: %s", self.drone_id, self.plan.describe())
+            log.debug("drone %d: memory plan: %s", self.drone_id, self.plan.describe())
         self.compute = ThreadedCompute()
+        self.vehicle = AutopilotFeed(config.vehicle) if config.vehicle is not None else None
         store_dir = Path(config.checkpoint.dir)
         if store_dir.exists() and not store_dir.is_dir():
             raise ConfigError(f"{store_dir} is not a folder", key="checkpoint.dir")
@@ -161,6 +164,7 @@ class FieldAgent:
         restored = self.checkpoints.restore(resume=resume)
         self.resumed_from = restored.resumed_from
         self.rounds_total = restored.rounds
+        self.rounds_trained = 0  # this run's rounds that trained (the policy may skip some)
         self.agent: Agent | None = None
         self.radio: FieldRadio | None = None
         self.discovery: Discovery | None = None
@@ -176,6 +180,9 @@ class FieldAgent:
         self._merge_lag = MergeLag()
         self._peer_memory = PeerMemory()
         self.checkpoint_failures = 0
+        self.notifier = SystemdNotifier()
+        self._presence = PeerPresence(lost_after_s=max(5 * config.gossip.period_s, 2.0))
+        self._progress_mono = time.monotonic()
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -191,10 +198,17 @@ class FieldAgent:
 
     async def _save_quietly(self, checkpoint: Any) -> None:
         try:
-            await asyncio.to_thread(self.checkpoints.store.save, checkpoint)
+            path = await asyncio.to_thread(self.checkpoints.store.save, checkpoint)
         except SwarmError as exc:  # a full or read-only disk: keep flying, say so
             self.checkpoint_failures += 1
             log.warning("drone %d: %s", self.drone_id, exc)
+        else:
+            log.info(
+                "drone %d: checkpoint written: %s (%s rounds)",
+                self.drone_id,
+                path,
+                checkpoint.meta.get("rounds"),
+            )
 
     async def _save_now(self) -> None:
         await self._save_quietly(
@@ -207,6 +221,13 @@ class FieldAgent:
         evaluation = self.learner.evaluate(self.assembly.x_eval, self.assembly.y_eval)
         self.accuracy, self.loss = evaluation.accuracy, evaluation.loss
         self._evaluated_at = time.monotonic()
+        log.info(
+            "drone %d: accuracy %.4f, loss %.4f after %d rounds",
+            self.drone_id,
+            evaluation.accuracy,
+            evaluation.loss,
+            self.rounds_total,
+        )
 
     def status(self) -> dict[str, Any]:
         """The drone's live status record (what status lines, telemetry and queries carry)."""
@@ -234,6 +255,9 @@ class FieldAgent:
             "trains": self.trains,
             "samples": self.learner.sample_count,
             "rounds": self.rounds_total,
+            "rounds_trained": self.rounds_trained,
+            "training": self.agent.trains if self.agent is not None else False,
+            "transmitting": self.agent.transmits if self.agent is not None else False,
             "counter": self.node.counter,
             "resumed_from": self.resumed_from,
             "accuracy": finite_or_none(self.accuracy),
@@ -259,10 +283,15 @@ class FieldAgent:
         if isinstance(radio, UdpRadio):
             with contextlib.suppress(SwarmError):
                 record["port"] = radio.local_port
+            record["unique_bytes_sent"] = radio.unique_bytes_sent  # bytes_sent: all copies
+            if isinstance(radio, MulticastUdpRadio):
+                record["multicast"] = f"{radio.group}:{radio.group_port}"
         if isinstance(radio, MqttRadio):
             record["broker"] = "connected" if radio.connected else "disconnected"
         if radio is not None:
             record.update(radio.counters())
+        if self.vehicle is not None:
+            record["vehicle"] = self.vehicle.status_record()
         return record
 
     def _robustness_status(self) -> dict[str, Any]:
@@ -305,9 +334,36 @@ class FieldAgent:
         while True:
             await asyncio.sleep(self.config.status.interval_s)
             self._emit_status()
+            self._report_peers()
+
+    def _report_peers(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for line in self._presence.update(self.node.known_peers(), now):
+            log.info("drone %d: %s", self.drone_id, line)
+
+    def _healthy(self) -> bool:
+        """Whether the gossip loop made progress lately (else the systemd watchdog starves)."""
+        interval_s = self.notifier.watchdog_interval_s or 0.0
+        # The ping interval is half of WatchdogSec: a round (training included) may take up to
+        # twice WatchdogSec, or three gossip periods, before the pings stop; systemd restarts
+        # the agent WatchdogSec later.
+        allowed_s = max(4 * interval_s, 3 * self.config.gossip.period_s)
+        return time.monotonic() - self._progress_mono <= allowed_s
+
+    def _before_round(self, agent: Agent) -> None:
+        """Apply the vehicle policy for the coming period (train? transmit?)."""
+        self._progress_mono = time.monotonic()
+        if self.vehicle is None:
+            return
+        decision = self.vehicle.decide()
+        agent.trains = self.config.training.enabled and decision.train
+        agent.transmits = decision.transmit
 
     def _on_round(self, agent: Agent, step: StepResult) -> None:
+        self._progress_mono = time.monotonic()
         self.rounds_total += 1
+        if agent.trains:
+            self.rounds_trained += 1
         self.train_loss = step.loss
         if time.monotonic() - self._evaluated_at >= self.config.run.eval_interval_s:
             self._evaluate()
@@ -321,6 +377,9 @@ class FieldAgent:
 
     def request_stop(self) -> None:
         """Stop soon: the step in flight finishes, then checkpoint and close (run() returns)."""
+        if not self._stop.is_set():
+            log.info("drone %d: stopping: last training step, then a checkpoint", self.drone_id)
+            self.notifier.stopping("stopping: writing a last checkpoint")
         self._stop.set()
 
     @property
@@ -329,6 +388,14 @@ class FieldAgent:
         return self._stop.is_set()
 
     async def _open(self) -> None:
+        try:
+            await self._open_all()
+        except ConfigError as exc:
+            if exc.source is not None:
+                raise
+            raise ConfigError(exc.problem, source=str(self.loaded.source), key=exc.key) from None
+
+    async def _open_all(self) -> None:
         self.radio = await open_radio(
             self.loaded,
             self.parts.link_config,
@@ -343,18 +410,25 @@ class FieldAgent:
         except BaseException:
             await self.radio.aclose()
             raise
+        if self.vehicle is not None:
+            try:
+                await self.vehicle.__aenter__()
+            except RadioError as exc:
+                await self._close()
+                raise ConfigError(str(exc), key="vehicle.connection") from None
+            except BaseException:
+                await self._close()
+                raise
 
-    async def run(self, on_open: Callable[[], None] | None = None) -> None:
+    async def run(self) -> None:
         """Run the drone until :meth:`request_stop` (or a crash, which is re-raised).
 
-        ``on_open`` is called once the radio and discovery are open (start-up can no longer
-        fail on the config): the CLI prints its banner there, never before an error line.
-        See the class docstring for the errors raised at start-up.
+        The start-up line is logged once the radio and discovery are open (start-up can no
+        longer fail on the config), never before an error line. See the class docstring for the
+        errors raised at start-up.
         """
         await self._open()
         assert self.radio is not None
-        if on_open is not None:
-            on_open()
         self.agent = Agent(
             drone_id=self.drone_id,
             learner=self.learner,
@@ -366,6 +440,7 @@ class FieldAgent:
             discovery=self.discovery,
             on_round=self._on_round,
             trains=self.config.training.enabled,
+            before_round=self._before_round,
         )
         self._evaluate()
         self._state = "resumed" if self.resumed_from is not None else "started"
@@ -375,11 +450,21 @@ class FieldAgent:
             await self._save_now()
         self._emit_status()
         self._state = "running"
+        started = self.started_line()
+        log.info("%s", started)
+        self.notifier.ready(started)
         crash: BaseException | None = None
         tasks = [
             asyncio.create_task(self.agent.run(), name=f"drone-{self.drone_id}-agent"),
             asyncio.create_task(self._status_loop(), name=f"drone-{self.drone_id}-status"),
         ]
+        if self.notifier.enabled and self.notifier.watchdog_interval_s is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self.notifier.keep_watchdog(LoopClock(), self._healthy),
+                    name=f"drone-{self.drone_id}-watchdog",
+                )
+            )
         stop = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -402,10 +487,40 @@ class FieldAgent:
                 self._state = "crashed"
             self._emit_status()
             await self._close()
+            self.notifier.close()
+            if crash is None:
+                log.info("drone %d: stopped after %d rounds", self.drone_id, self.rounds_total)
         if crash is not None:
             raise crash
 
+    def started_line(self) -> str:
+        """The one line saying the drone is up: who, what data, which radio, what it trains."""
+        config = self.config
+        radio: str = config.radio.kind
+        if isinstance(self.radio, UdpRadio):
+            with contextlib.suppress(SwarmError):
+                radio = f"udp radio on {config.radio.udp.host}:{self.radio.local_port}"
+        elif isinstance(self.radio, MqttRadio):
+            radio = f"mqtt radio via {config.radio.mqtt.url}"
+        resumed = self.resumed_from
+        trains = self.plan.describe() if self.plan is not None else "the whole model"
+        parts = [
+            f"drone {self.drone_id} of swarm {self.swarm_id} started",
+            self.description,
+            radio,
+            f"trains {trains}",
+            f"resumed at update {resumed}" if resumed is not None else "fresh start",
+            f"{self.parts.backend} backend",
+            f"predicted {self.process_plan.describe()}",
+        ]
+        if self.vehicle is not None:
+            parts.append(f"autopilot {self.vehicle.connection}")
+        return ", ".join(parts)
+
     async def _close(self) -> None:
+        vehicle = self.vehicle
+        if vehicle is not None:
+            await vehicle.__aexit__(None, None, None)
         discovery, self.discovery = self.discovery, None
         radio = self.radio
         if discovery is not None and discovery is not radio:
@@ -421,30 +536,14 @@ def run_agent(loaded: LoadedDroneConfig, *, resume: bool = True) -> int:
     Raises what :class:`FieldAgent` raises (the CLI turns it into one line and exit code 2).
     """
     import signal
-    import sys
 
     async def main() -> None:
         agent = FieldAgent(loaded, resume=resume)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.request_stop)
-        config = loaded.config
-        resumed = agent.resumed_from
-
-        def banner() -> None:
-            print(
-                f"swarmfl agent: drone {agent.drone_id} of swarm {agent.swarm_id}, "
-                f"{agent.description}, {config.radio.kind} radio, trains "
-                + (agent.plan.describe() if agent.plan is not None else "the whole model")
-                + ", "
-                + (f"resumed at update {resumed}" if resumed is not None else "fresh start")
-                + f"; {agent.parts.backend} backend, predicted {agent.process_plan.describe()}",
-                file=sys.stderr,
-                flush=True,
-            )
-
         try:
-            await agent.run(on_open=banner)
+            await agent.run()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

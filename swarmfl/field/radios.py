@@ -1,6 +1,7 @@
 """The field drone's radio and discovery, opened from its ``drone.toml``.
 
-``[radio] kind`` chooses the UDP radio (a mesh, unicast to the peers discovery finds) or the
+``[radio] kind`` chooses the UDP radio (a mesh, unicast to the peers discovery finds, or
+multicast once to all with ``[radio.udp] multicast``) or the
 MQTT radio (a broker relays; its retained presence is the discovery). ``[discovery] kind``
 chooses zeroconf, a static list or the broker. Both are opened here and handed to the
 :class:`~swarmfl.agent.Agent` as its Radio and Discovery seams.
@@ -16,10 +17,10 @@ from swarmfl.radio.discovery import Discovery, PeerInfo, StaticDiscovery, Zeroco
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.mqtt import MqttRadio, MqttSettings
 from swarmfl.radio.status_port import StatusResponder, status_key
-from swarmfl.radio.udp import UdpRadio
+from swarmfl.radio.udp import MulticastUdpRadio, UdpRadio
 from swarmfl.seeding import radio_seed
 
-__all__ = ["FieldRadio", "announcement", "open_discovery", "open_radio"]
+__all__ = ["FieldRadio", "announcement", "mqtt_settings", "open_discovery", "open_radio"]
 
 FieldRadio: TypeAlias = UdpRadio | MqttRadio
 """The radios a field drone flies with."""
@@ -38,6 +39,26 @@ def announcement(
         port=port,
         trains=trains,
         transport=config.radio.kind,
+    )
+
+
+def mqtt_settings(loaded: LoadedDroneConfig) -> MqttSettings:
+    """The MQTT radio's settings from ``[radio.mqtt]`` (raises :class:`ConfigError` for bad TLS
+    files or values, naming the key)."""
+    mqtt = loaded.config.radio.mqtt
+    return MqttSettings(
+        url=mqtt.url,
+        username=mqtt.username,
+        password=loaded.mqtt_password,
+        ca_file=mqtt.ca_file,
+        cert_file=mqtt.cert_file,
+        key_file=mqtt.key_file,
+        tls_insecure=mqtt.tls_insecure,
+        topic_prefix=mqtt.topic_prefix,
+        keepalive_s=mqtt.keepalive_s,
+        connect_timeout_s=mqtt.connect_timeout_s,
+        backoff_initial_s=mqtt.backoff_initial_s,
+        backoff_max_s=mqtt.backoff_max_s,
     )
 
 
@@ -62,33 +83,31 @@ async def open_radio(
         responder = None
         if status is not None and config.status.answer_queries:
             responder = StatusResponder(status_key(loaded.key), status)
-        udp_radio = UdpRadio(
-            drone_id=config.drone.id,
-            host=udp.host,
-            port=udp.port,
-            link=link,
-            inbox_frames=config.radio.inbox_frames,
-            loss=udp.loss,
-            seed=radio_seed(config.run.seed, config.drone.id),
-            status=responder,
-        )
+        common: dict[str, Any] = {
+            "drone_id": config.drone.id,
+            "host": udp.host,
+            "port": udp.port,
+            "link": link,
+            "inbox_frames": config.radio.inbox_frames,
+            "loss": udp.loss,
+            "seed": radio_seed(config.run.seed, config.drone.id),
+            "status": responder,
+        }
+        udp_radio: UdpRadio
+        if udp.multicast is not None:
+            udp_radio = MulticastUdpRadio(
+                group=udp.multicast,
+                group_port=udp.multicast_port,
+                interface=udp.multicast_interface,
+                ttl=udp.multicast_ttl,
+                loopback=udp.multicast_loopback,
+                **common,
+            )
+        else:
+            udp_radio = UdpRadio(**common)
         await udp_radio.start()
         return udp_radio
-    mqtt = config.radio.mqtt
-    settings = MqttSettings(
-        url=mqtt.url,
-        username=mqtt.username,
-        password=loaded.mqtt_password,
-        ca_file=mqtt.ca_file,
-        cert_file=mqtt.cert_file,
-        key_file=mqtt.key_file,
-        tls_insecure=mqtt.tls_insecure,
-        topic_prefix=mqtt.topic_prefix,
-        keepalive_s=mqtt.keepalive_s,
-        connect_timeout_s=mqtt.connect_timeout_s,
-        backoff_initial_s=mqtt.backoff_initial_s,
-        backoff_max_s=mqtt.backoff_max_s,
-    )
+    settings = mqtt_settings(loaded)
     mqtt_radio = MqttRadio(
         me=announcement(loaded, signature, trains, settings.host, 0),
         settings=settings,

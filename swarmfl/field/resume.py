@@ -101,7 +101,7 @@ class DroneCheckpoints:
             control_seq = self._load(checkpoint)
             counter, saved_seq = checkpoint.counter, checkpoint.seq
             restored = Restored(checkpoint.counter, int(checkpoint.meta.get("rounds", 0)))
-            log.info("drone %d: resumed from checkpoint %d", self.drone_id, checkpoint.counter)
+            log.debug("drone %d: resumed from checkpoint %d", self.drone_id, checkpoint.counter)
         start = stream_start_seq(saved_seq, time.time())
         self.node.import_state(
             NodeState(counter=counter, next_seq=start, control_seq=max(start, control_seq))
