@@ -460,6 +460,11 @@ class GossipNode:
             if peer.decoder.replica is not None
         }
 
+    def peer_samples(self, peer_id: int) -> int:
+        """The training-sample count ``peer_id``'s last accepted frame declared (0 if none)."""
+        peer = self._peers.get(peer_id)
+        return 0 if peer is None else peer.samples
+
     # -- checkpoints: state export / import ---------------------------------------------------
 
     def export_state(self) -> NodeState:
