@@ -11,9 +11,9 @@
 Every variant runs the same scenario (the quickstart's digits MLP; the world, radio, churn and
 drones of each behaviour are the same for its variants) for each seed, through
 ``swarmfl.sim.runner.run_scenario``, in a pool of ``--workers`` processes (results do not depend
-on it: each run is reproducible by its seed). Prints one JSON line per run, one per variant (mean, std
-and 95 % Student-t confidence interval across seeds of final accuracy, time to 0.9, bytes),
-then a Markdown table per behaviour. Time to 0.9 is averaged over the seeds that reached it
+on it: each run is reproducible by its seed). Prints one JSON line per run, one per variant
+(mean, std and 95 % Student-t confidence interval across seeds of final accuracy, time to 0.9,
+bytes), then a Markdown table per behaviour. Time to 0.9 is averaged over the seeds that reached it
 (``reached`` says how many did).
 
     python benchmarks/bench_reproduce.py            # 5 seeds, full length (several minutes)
