@@ -10,6 +10,12 @@ The baseline, measured in the same run: the bare training work alone. The child 
 much of the simulation's wall time the training it did would cost by itself, so the
 simulator's own overhead (radio, world, gossip, merge, evaluation) is the rest.
 
+The learning reference, also in the same run: the same model (same initial weights) trained
+centrally on the union of all drones' shards with the same optimiser settings and batch size,
+evaluated on the same evaluation subset, *trained to convergence*: epochs over the union until
+the evaluation accuracy has not improved for ``PATIENCE`` epochs (at most ``MAX_EPOCHS``); its
+best accuracy is the reference. Target: the swarm's final mean accuracy >= 90 % of it.
+
     python benchmarks/bench_large.py                          # the full run (a few minutes)
     python benchmarks/bench_large.py --drones 200 --minutes 2 # a quick look
 """
@@ -23,11 +29,63 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "large-1000.toml"
 TARGET_WALL_S_PER_VIRTUAL_MIN = 60.0
 TARGET_RSS_MIB = 1024.0
 BASELINE_ROUNDS = 2000  # drone-rounds of bare training timed for the baseline
+PATIENCE = 3  # epochs without improvement that end the centralised reference's training
+MAX_EPOCHS = 40
+TARGET_FRACTION_OF_CENTRALISED = 0.9
+
+
+def centralised(swarm: Any) -> dict[str, Any]:
+    """The same model trained centrally on the union of the drones' shards, to convergence."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    assembly = swarm.assembly
+    training = swarm.scenario.training
+    union = np.concatenate(assembly.shards)
+    data = assembly.dataset
+    x = torch.from_numpy(np.ascontiguousarray(data.x_train[union]))
+    y = torch.from_numpy(np.ascontiguousarray(data.y_train[union]))
+    x_eval = torch.from_numpy(np.ascontiguousarray(assembly.x_eval))
+    y_eval = torch.from_numpy(np.ascontiguousarray(assembly.y_eval))
+    model = assembly.new_model()
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=training.lr,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(swarm.scenario.run.seed)
+    batch = training.batch_size
+    curve: list[float] = []
+    start = time.perf_counter()
+    while len(curve) < MAX_EPOCHS:
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        for s in range(0, len(y), batch):
+            index = order[s : s + batch]
+            optimizer.zero_grad()
+            loss_fn(model(x[index]), y[index]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            curve.append(float((model(x_eval).argmax(1) == y_eval).float().mean()))
+        if len(curve) > PATIENCE and max(curve[-PATIENCE:]) <= max(curve[:-PATIENCE]):
+            break
+    return {
+        "centralised_accuracy": max(curve),
+        "centralised_epochs": len(curve),
+        "centralised_samples": len(union),
+        "centralised_wall_seconds": time.perf_counter() - start,
+        "centralised_curve": [round(a, 4) for a in curve],
+    }
 
 
 def child(drones: int, minutes: float) -> None:
@@ -62,6 +120,7 @@ def child(drones: int, minutes: float) -> None:
     for i in range(BASELINE_ROUNDS):
         learners[i % len(learners)].train_round()
     per_round = (time.perf_counter() - start) / BASELINE_ROUNDS
+    reference = centralised(swarm)
     print(
         json.dumps(
             {
@@ -79,6 +138,7 @@ def child(drones: int, minutes: float) -> None:
                 "accuracy_curve": [[p.t, round(p.mean, 4)] for p in recorder.series],
                 "peak_rss_mib": peak,
                 "bare_train_seconds_per_round": per_round,
+                **reference,
             }
         )
     )
@@ -133,6 +193,23 @@ def main() -> None:
                 ),
                 "met": sim / minutes <= TARGET_WALL_S_PER_VIRTUAL_MIN
                 and r["peak_rss_mib"] <= TARGET_RSS_MIB,
+            }
+        )
+    )
+    fraction = r["accuracy"] / r["centralised_accuracy"]
+    print(
+        json.dumps(
+            {
+                "bench": "large",
+                "reference": "same model centrally on the union of the shards, to convergence",
+                "swarm_accuracy": round(r["accuracy"], 4),
+                "centralised_accuracy": round(r["centralised_accuracy"], 4),
+                "centralised_epochs": r["centralised_epochs"],
+                "centralised_samples": r["centralised_samples"],
+                "centralised_curve": r["centralised_curve"],
+                "swarm_over_centralised": round(fraction, 3),
+                "target": f">= {TARGET_FRACTION_OF_CENTRALISED:g}",
+                "met": fraction >= TARGET_FRACTION_OF_CENTRALISED,
             }
         )
     )

@@ -85,10 +85,12 @@ async def simulate(
 
 def snapshot(swarm: Swarm, t: float, samples: list[DroneSample]) -> Snapshot:
     """Positions, links, accuracy and up state of every drone at ``t`` (for topology.png)."""
+    n = len(samples)  # the drones (a FedAvg ground station is one more node of the world)
+    edges = swarm.world.edges(t)
     return Snapshot(
         t=t,
-        positions=swarm.world.positions(t),
-        edges=swarm.world.edges(t),
+        positions=swarm.world.positions(t)[:n],
+        edges=edges[(edges < n).all(axis=1)],
         accuracy=np.array([s.accuracy for s in samples]),
         up=np.array([s.up for s in samples]),
         metric=swarm.world.metric,
@@ -163,7 +165,7 @@ def summarize(
 ) -> dict[str, Any]:
     """The run's ``summary.json`` content."""
     final = recorder.series[-1]
-    radios = [d.radio.stats for d in swarm.drones]
+    radios = [r.stats for r in swarm.radios]  # the ground station's too (FedAvg)
     nodes = [d.agent.node.stats for d in swarm.drones]
     attempted = sum(r.deliveries_attempted for r in radios)
     lost = sum(r.frames_lost for r in radios)
@@ -172,6 +174,7 @@ def summarize(
         "drones": scenario.swarm.drones,
         "seed": scenario.run.seed,
         "codec": scenario.gossip.codec,
+        "strategy": scenario.learning.strategy,
         "virtual_seconds": scenario.run.duration_s,
         "wall_seconds": round(wall_seconds, 3),
         "accuracy": {

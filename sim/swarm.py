@@ -20,6 +20,7 @@ import contextlib
 import functools
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +40,16 @@ from swarmfl.sim.fleet import SimDevice, fleet_devices
 from swarmfl.sim.insiders import Insider, InsiderSpec, assign_attackers, insider_rng
 from swarmfl.sim.medium import SimMedium, SimRadio
 from swarmfl.sim.metrics import DroneSample
+from swarmfl.sim.strategies import (
+    DpsgdAgent,
+    FedAvgClient,
+    GroundStation,
+    LocalAgent,
+    build_station,
+    strategy_world,
+)
 from swarmfl.sim.timeline import distances_to_mean
-from swarmfl.sim.world import World, build_world
+from swarmfl.sim.world import World
 
 
 def swarm_settings(scenario: Scenario) -> SwarmSettings:
@@ -91,7 +100,8 @@ class Swarm:
         self.assembly = DroneAssembly(swarm_settings(scenario))
         self.dataset = self.assembly.dataset
         self.x_eval, self.y_eval = self.assembly.x_eval, self.assembly.y_eval
-        self.world: World = build_world(scenario)
+        # With ``[learning] strategy = "fedavg"`` the world has one more node: the station.
+        self.world: World = strategy_world(scenario)
         self.medium = SimMedium(
             self.world,
             seed=seed,
@@ -123,8 +133,8 @@ class Swarm:
                 if spec is None
                 else Insider(spec, parts.node, parts.learner, insider_rng(seed, drone_id))
             )
-            agent = Agent(
-                drone_id=drone_id,
+            agent = self._agent(
+                drone_id,
                 learner=parts.learner,
                 node=parts.node,
                 radio=radio,
@@ -144,10 +154,52 @@ class Swarm:
                     churn_rng(seed, drone_id),
                 )
             )
+        self.station: GroundStation | None = None
+        if scenario.learning.strategy == "fedavg":
+            first = self.drones[0]
+            self.station = build_station(
+                scenario,
+                self.medium,
+                self.world,
+                first.agent.node,
+                first.parts.link_config,
+                first.agent.learner.flat_parameters(),
+                verifier,
+                lambda j: self.drones[j].radio.up and not self.drones[j].removed,
+            )
         self._lives: dict[int, asyncio.Task[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         self._setup_lifecycle()
+
+    def _agent(self, drone_id: int, **parts: Any) -> Agent:
+        """The agent of ``drone_id`` for the scenario's learning strategy (same parts for all)."""
+        learning = self.scenario.learning
+        timeout_s = learning.round_timeout_periods * self.scenario.gossip.period_s
+        n = self.scenario.swarm.drones
+        if learning.strategy == "local":
+            return LocalAgent(drone_id=drone_id, **parts)
+        if learning.strategy == "dpsgd":
+
+            def neighbours(now: float) -> list[int]:
+                return [
+                    j
+                    for j in self.world.neighbours(drone_id, now)
+                    if j < n and self.drones[j].radio.up and not self.drones[j].removed
+                ]
+
+            return DpsgdAgent(
+                drone_id=drone_id, neighbours=neighbours, round_timeout_s=timeout_s, **parts
+            )
+        if learning.strategy == "fedavg":
+            return FedAvgClient(drone_id=drone_id, station_id=n, round_timeout_s=timeout_s, **parts)
+        return Agent(drone_id=drone_id, **parts)
+
+    @property
+    def radios(self) -> list[SimRadio]:
+        """Every radio of the run: the drones', then the ground station's if there is one."""
+        radios = [d.radio for d in self.drones]
+        return radios if self.station is None else [*radios, self.station.radio]
 
     # -- lifecycle: start, churn, batteries, crashes, drop-outs (swarmfl.sim.faults) ---------
 
@@ -255,6 +307,8 @@ class Swarm:
             # Keeps the group open while every drone is down, and fails it with any error
             # raised in a lifecycle timer.
             tasks.create_task(self._watch(), name="swarm-watch")
+            if self.station is not None:
+                tasks.create_task(self.station.run(), name="ground-station")
             for removal in self.scenario.faults.removals:
                 tasks.create_task(self._remove_at(removal.drone, removal.at_s))
             self.lifecycle.start()

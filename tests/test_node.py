@@ -271,3 +271,32 @@ def test_under_a_robust_rule_a_diverged_model_restarts_from_the_neighbours_media
     # The median of 2, 4 and 100 is 4; merging 4 again with them keeps it at 4 under each rule
     # (clip: 100 is cut to the radius 2 and balances 2).
     np.testing.assert_allclose(broken, 4.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4"])  # fp32 frames are all keyframes
+def test_receivers_sharing_a_verifier_follow_the_senders_deltas_bit_for_bit(codec):
+    verifier = FrameVerifier(KEY, 7, SIG)
+    sender = GossipNode(make_node(1, codec=codec).config, verifier)
+    b, c = (GossipNode(make_node(i, codec=codec).config, verifier) for i in (2, 3))
+    alone = make_node(4, codec=codec)  # its own verifier: decodes every payload itself
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(OFFSETS[-1]).astype(np.float32)
+    kinds = set()
+    for step in range(12):
+        x = x + np.float32(0.05) * rng.standard_normal(x.size).astype(np.float32)
+        (frame,) = sender.publish(x, samples=10, now=float(step))
+        kinds.add(verifier.decode(frame).kind)
+        receivers = (b, alone) if step == 3 else (b, c, alone)  # c misses frame 3: a gap
+        for receiver in receivers:
+            receiver.receive(frame, float(step))
+        held = alone._peers[1].decoder.replica
+        assert b._peers[1].decoder.replica.tobytes() == held.tobytes()
+        # b holds the sender's own replica array, not a copy it decoded.
+        assert np.shares_memory(b._peers[1].decoder.replica, sender._encoder.replica)
+        synced = c._peers[1].decoder.last_seq == b._peers[1].decoder.last_seq
+        if synced and c._peers[1].decoder.replica is not None:
+            assert c._peers[1].decoder.replica.tobytes() == held.tobytes()
+    assert FrameKind.DELTA in kinds and FrameKind.KEY in kinds
+    # c lost a delta: it waited for the next keyframe, then caught up with the others.
+    assert c.stats.stream_gaps >= 1
+    assert c._peers[1].decoder.replica.tobytes() == alone._peers[1].decoder.replica.tobytes()

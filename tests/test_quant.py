@@ -259,3 +259,17 @@ def test_compression_ratio_of_block_codecs() -> None:
     x = np.ones(128 * 100, np.float32)
     assert len(BlockInt8Quantizer(128).encode(x)) == 100 * 4 + 12800
     assert len(BlockInt4Quantizer(128).encode(x)) == 100 * 4 + 6400
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8", "int4"])
+@given(x=vectors, block_size=block_sizes)
+@settings(max_examples=60, deadline=None)
+def test_encode_decoded_is_encode_then_decode_bit_for_bit(
+    name: str, x: np.ndarray, block_size: int
+) -> None:
+    quantizer = make_quantizer(name, block_size)  # type: ignore[arg-type]
+    payload, values = quantizer.encode_decoded(x)
+    assert payload == quantizer.encode(x)
+    # Bit patterns, so that -0.0 and 0.0 count as different.
+    assert values.tobytes() == quantizer.decode(payload, x.size).tobytes()
+    assert values.flags.writeable

@@ -50,10 +50,13 @@ __all__ = [
     "SIM_MTU_BYTES",
     "AttackSection",
     "DeviceClass",
+    "GroundStationSection",
+    "LearningSection",
     "RadioSection",
     "Scenario",
     "ScenarioRunSection",
     "ScenarioSwarmSection",
+    "Strategy",
     "load_scenario",
     "scenario_to_toml",
     "validate_scenario",
@@ -247,6 +250,39 @@ class ChurnSection(Section):
     mean_down_s: PositiveFloat = 15.0
 
 
+Strategy = Literal["gossip", "dpsgd", "fedavg", "local"]
+"""How drones learn together (``[learning] strategy``)."""
+
+
+class LearningSection(Section):
+    """How drones learn together; every strategy flies the same world, radio, codec and drones.
+
+    * ``gossip`` -- asynchronous gossip learning (each drone on its own clock, no barrier).
+    * ``dpsgd`` -- synchronous decentralised SGD: each round a drone trains, broadcasts, then
+      waits until every neighbour in range has sent its model of this round (or
+      ``round_timeout_periods`` gossip periods have passed) and averages them uniformly.
+    * ``fedavg`` -- federated averaging through a ground station (``[ground_station]``): the
+      station broadcasts the global model, drones that hear it adopt it, train a round and send
+      their model back; the station averages what it heard (weighted by sample count) until
+      every drone in its range replied or the timeout. A drone that does not hear the station
+      keeps training its own model.
+    * ``local`` -- local training only: no frames are sent, no models merged.
+    """
+
+    strategy: Strategy = "gossip"
+    round_timeout_periods: Annotated[float, Field(gt=0, le=1000)] = 2.0
+
+
+class GroundStationSection(Section):
+    """The FedAvg server: a node with its own position and radio (the ``[radio]`` settings).
+
+    Range, path loss, frame loss and churn apply to it as to a drone. With a fixed topology
+    (``topology.kind`` other than ``positions``) it is linked to every drone.
+    """
+
+    position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
 class Removal(Section):
     """A drone that leaves the swarm for good at ``at_s``."""
 
@@ -349,6 +385,8 @@ class Scenario(Section):
     churn: ChurnSection = ChurnSection()
     faults: FaultsSection = FaultsSection()
     attack: Annotated[list[AttackSection], Field(max_length=64)] = Field(default_factory=list)
+    learning: LearningSection = LearningSection()
+    ground_station: GroundStationSection = GroundStationSection()
 
     @model_validator(mode="after")
     def _world_checks(self) -> Scenario:

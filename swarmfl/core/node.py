@@ -192,6 +192,7 @@ class GossipNode:
         """
         self.counter += 1
         values = x if self._all_layers else np.concatenate([x[s] for s in self._trained_slices])
+        previous = self._encoder.replica
         packet = self._encoder.encode(values)
         frame = Frame(
             kind=FrameKind.KEY if packet.kind == "key" else FrameKind.DELTA,
@@ -211,9 +212,10 @@ class GossipNode:
         self.stats.payload_bytes += len(packet.payload)
         self.stats.frame_bytes += len(data)
         # In the simulator the verifier is shared: receivers then skip re-verifying our frame
-        # and, for a keyframe, decoding it (our replica is exactly what they would decode).
+        # and decoding it (our replica is exactly what they would decode): a keyframe's
+        # receivers take our replica, a delta's receivers that hold our previous one take it.
         self._verifier.remember(
-            data, frame, self._encoder.replica if packet.kind == "key" else None
+            data, frame, self._encoder.replica, previous if packet.kind == "delta" else None
         )
         return [data]
 
@@ -298,7 +300,13 @@ class GossipNode:
                 decoded = self._verifier.keyframe_values(frame, peer.quantizer, peer.decoder.size)
                 values = peer.decoder.apply_key(frame.seq, decoded)
             else:
-                values = peer.decoder.apply("delta", frame.seq, frame.payload, peer.decoder.size)
+                shared = self._verifier.delta_values(frame)
+                if shared is not None and peer.decoder.follow(frame.seq, *shared):
+                    values = peer.decoder.replica
+                else:
+                    values = peer.decoder.apply(
+                        "delta", frame.seq, frame.payload, peer.decoder.size
+                    )
         except StreamGapError:
             self.stats.stream_gaps += 1
             if now - peer.nacked_at >= self.config.period_s:
@@ -451,6 +459,11 @@ class GossipNode:
             for peer_id, peer in self._peers.items()
             if peer.decoder.replica is not None
         }
+
+    def peer_samples(self, peer_id: int) -> int:
+        """The training-sample count ``peer_id``'s last accepted frame declared (0 if none)."""
+        peer = self._peers.get(peer_id)
+        return 0 if peer is None else peer.samples
 
     # -- checkpoints: state export / import ---------------------------------------------------
 

@@ -31,6 +31,7 @@ The codec names (:data:`CODECS`, :data:`DEFAULT_CODEC`, :data:`CodecName`) are d
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -101,6 +102,14 @@ class Quantizer(Protocol):
 
     def decode(self, payload: bytes, count: int) -> np.ndarray:
         """Decode ``count`` values from ``payload``."""
+        ...
+
+    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """``encode(values)`` and, bit for bit, what ``decode`` makes of it, in one pass.
+
+        The sender of a stream needs both (its replica is what receivers decode); taking the
+        decoded values from the codes in hand skips parsing and re-checking its own payload.
+        """
         ...
 
 
@@ -174,6 +183,11 @@ class Float32Quantizer:
             raise _non_finite_error(vector)
         return vector.astype(_LE_F32, copy=False).tobytes()
 
+    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The payload and a fresh float32 copy of the values it holds (lossless)."""
+        payload = self.encode(values)
+        return payload, np.frombuffer(payload, dtype=_LE_F32).astype(_F32)
+
     def decode(self, payload: bytes, count: int) -> np.ndarray:
         """A fresh float32 array of ``count`` values.
 
@@ -236,32 +250,25 @@ class _BlockQuantizer:
     def _quantize(self, vector: FloatArray, scales_out: np.ndarray, codes_out: FloatArray) -> None:
         """Fill ``scales_out`` and ``codes_out`` (float32 holding rint'ed codes) for ``vector``.
 
-        Works on the full blocks as one 2-D view and on the partial last block separately, so
-        nothing is padded or copied.
+        One pass over the whole vector, the partial last block included: block maxima by
+        ``maximum.reduceat`` and each value times its block's reciprocal scale, repeated.
         """
+        if vector.size == 0:
+            return
         size = self.block_size
-        full = vector.size // size
-        parts = [(vector[: full * size].reshape(full, size), slice(0, full), 0)]
-        if vector.size > full * size:
-            tail = vector[full * size :]
-            parts.append((tail.reshape(1, tail.size), slice(full, full + 1), full * size))
-        for rows, block_slice, start in parts:
-            if rows.size == 0:
-                continue
-            scratch = codes_out[start : start + rows.size].reshape(rows.shape)
-            maxabs = np.abs(rows, out=scratch).max(axis=1)
-            if not np.isfinite(maxabs).all():
-                raise _non_finite_error(vector)
-            nonzero = maxabs > 0
-            scale = np.clip(maxabs / np.float32(self.qmax), _FLT_MIN, self.scale_max)
-            scale[~nonzero] = 0
-            # x * (1/s) instead of x / s: a multiply is cheaper, and the bound still holds since
-            # the rounding of the reciprocal moves x/s by a few ulps, far below half a step.
-            inverse = np.reciprocal(np.where(nonzero, scale, np.float32(1)))
-            inverse[~nonzero] = 0
-            np.multiply(rows, inverse[:, None], out=scratch)
-            np.rint(scratch, out=scratch)
-            scales_out[block_slice] = scale
+        maxabs = np.maximum.reduceat(np.abs(vector, out=codes_out), block_starts(vector.size, size))
+        if not np.isfinite(maxabs).all():
+            raise _non_finite_error(vector)
+        zero = maxabs == 0
+        scale = np.minimum(np.maximum(maxabs / np.float32(self.qmax), _FLT_MIN), self.scale_max)
+        scale[zero] = 0
+        # x * (1/s) instead of x / s: a multiply is cheaper, and the bound still holds since
+        # the rounding of the reciprocal moves x/s by a few ulps, far below half a step.
+        inverse = np.reciprocal(np.where(zero, np.float32(1), scale))
+        inverse[zero] = 0
+        np.multiply(vector, np.repeat(inverse, size)[: vector.size], out=codes_out)
+        np.rint(codes_out, out=codes_out)
+        scales_out[:] = scale
 
     def _decode_scales(self, view: memoryview, count: int) -> np.ndarray:
         scales = np.frombuffer(view, dtype=_LE_F32, count=self.blocks(count)).astype(_F32)
@@ -285,6 +292,14 @@ class _BlockQuantizer:
         if count > full * size:
             np.multiply(codes[full * size :], scales[full], out=out[full * size :])
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def block_starts(count: int, block_size: int) -> npt.NDArray[np.intp]:
+    """The index of each block's first value (read-only; for ``ufunc.reduceat``)."""
+    starts = np.arange(0, count, block_size, dtype=np.intp)
+    starts.flags.writeable = False
+    return starts
 
 
 def _scale_max(qmax: int) -> np.float32:
@@ -312,6 +327,16 @@ class BlockInt8Quantizer(_BlockQuantizer):
 
         Raises :class:`NonFiniteError` on NaN/inf and :class:`ConfigError` if not 1-D.
         """
+        return self._encode(values)[0].tobytes()
+
+    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The payload and what :meth:`decode` returns for it (the same codes times scales)."""
+        payload, nblocks = self._encode(values)
+        codes = payload[4 * nblocks :].view(np.int8)
+        scales = payload[: 4 * nblocks].view(_LE_F32)
+        return payload.tobytes(), self._scale_codes(codes, scales, codes.size)
+
+    def _encode(self, values: np.ndarray) -> tuple[npt.NDArray[np.uint8], int]:
         vector = _as_vector(values)
         nblocks = self.blocks(vector.size)
         payload = np.empty(4 * nblocks + vector.size, dtype=np.uint8)
@@ -320,7 +345,7 @@ class BlockInt8Quantizer(_BlockQuantizer):
         self._quantize(vector, scales, codes)
         # The codes are integers in [-127, 127] by construction, so the cast is exact.
         np.copyto(payload[4 * nblocks :].view(np.int8), codes, casting="unsafe")
-        return payload.tobytes()
+        return payload, nblocks
 
     def decode(self, payload: bytes, count: int) -> np.ndarray:
         """A fresh float32 array of ``count`` values.
@@ -354,6 +379,17 @@ class BlockInt4Quantizer(_BlockQuantizer):
 
         Raises :class:`NonFiniteError` on NaN/inf and :class:`ConfigError` if not 1-D.
         """
+        return self._encode(values)[0]
+
+    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The payload and what :meth:`decode` returns for it (the same codes times scales)."""
+        payload, scales, nibbles = self._encode(values)
+        codes = nibbles.view(np.int8)
+        codes -= 8
+        return payload, self._scale_codes(codes, scales, codes.size)
+
+    def _encode(self, values: np.ndarray) -> tuple[bytes, np.ndarray, npt.NDArray[np.uint8]]:
+        """The payload, its scales and the ``count`` nibbles (codes + 8, one per byte)."""
         vector = _as_vector(values)
         count = vector.size
         nblocks = self.blocks(count)
@@ -368,7 +404,7 @@ class BlockInt4Quantizer(_BlockQuantizer):
         pairs = nibbles.view(_LE_U2)
         packed = (pairs & 0x000F) | ((pairs >> 4) & 0x00F0)
         np.copyto(payload[4 * nblocks :], packed, casting="unsafe")
-        return payload.tobytes()
+        return payload.tobytes(), scales, nibbles[:count]
 
     def decode(self, payload: bytes, count: int) -> np.ndarray:
         """A fresh float32 array of ``count`` values.

@@ -41,7 +41,13 @@ from typing import Literal
 
 import numpy as np
 
-from swarmfl.core.quant import Float32Quantizer, NonFiniteError, Quantizer, is_flat_float32
+from swarmfl.core.quant import (
+    Float32Quantizer,
+    NonFiniteError,
+    Quantizer,
+    block_starts,
+    is_flat_float32,
+)
 from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
 
 __all__ = ["PacketKind", "StreamDecoder", "StreamEncoder", "StreamPacket"]
@@ -120,8 +126,13 @@ class StreamEncoder:
 
     @property
     def replica(self) -> np.ndarray | None:
-        """A read-only view of the public replica (what receivers hold), or None before frame 1."""
-        return None if self._replica is None else _read_only(self._replica)
+        """The public replica (what receivers hold), read-only, or None before frame 1.
+
+        Each frame replaces it by a new array (never written in place), so the array returned
+        after a frame is also a stable identity for it: a receiver holding this very array
+        may take the next one as it is (:meth:`StreamDecoder.follow`).
+        """
+        return self._replica
 
     def force_keyframe(self) -> None:
         """Make the next frame a keyframe (for example when a neighbour NACKs)."""
@@ -147,14 +158,16 @@ class StreamEncoder:
         if not keyframe:
             packet = self._delta(vector, seq)
         if packet is None:
-            payload = self._quantizer.encode(vector)
             if self._lossless:
                 # A lossless keyframe decodes to exactly ``vector``: view the (immutable)
                 # payload bytes instead of decoding or copying them.
+                payload = self._quantizer.encode(vector)
                 self._replica = np.frombuffer(payload, dtype=_LE_F32).astype(_F32, copy=False)
             else:
-                self._replica = self._quantizer.decode(payload, self._size)
+                payload, self._replica = self._quantizer.encode_decoded(vector)
             packet = StreamPacket("key", seq, payload, self._size)
+        assert self._replica is not None
+        self._replica.flags.writeable = False
         self._next_seq = seq + 1
         self._force = False
         return packet
@@ -175,10 +188,9 @@ class StreamEncoder:
         if self._density < 1.0 and self._quantizer.block_size:
             _keep_strongest_blocks(difference, self._quantizer.block_size, self._density)
         try:
-            payload = self._quantizer.encode(difference)
+            payload, step = self._quantizer.encode_decoded(difference)
         except NonFiniteError:
             return None  # x is not finite, or x - x_hat overflowed: a keyframe decides
-        step = self._quantizer.decode(payload, self._size)
         with np.errstate(over="ignore", invalid="ignore"):
             np.add(replica, step, out=step)
         if not np.isfinite(step).all():
@@ -198,19 +210,13 @@ def _keep_strongest_blocks(residual: np.ndarray, block_size: int, density: float
     keep = max(1, int(np.ceil(density * blocks)))
     if keep >= blocks:
         return
-    full = residual.size // block_size * block_size
-    energy = np.empty(blocks, dtype=np.float64)
-    head = residual[:full].reshape(-1, block_size)
-    energy[: head.shape[0]] = np.einsum("ij,ij->i", head, head, dtype=np.float64)
-    if full < residual.size:
-        tail = residual[full:]
-        energy[-1] = float(np.dot(tail, tail))
+    energy = np.add.reduceat(
+        np.square(residual, dtype=np.float64), block_starts(residual.size, block_size)
+    )
     dropped = np.argpartition(energy, blocks - keep)[: blocks - keep]
     mask = np.zeros(blocks, dtype=bool)
     mask[dropped] = True
-    if full < residual.size and mask[-1]:
-        residual[full:] = 0.0
-    head[mask[: head.shape[0]]] = 0.0
+    residual[np.repeat(mask, block_size)[: residual.size]] = 0.0
 
 
 class StreamDecoder:
@@ -305,6 +311,28 @@ class StreamDecoder:
         self._replica = values
         self._last_seq = int(seq)
         return _read_only(values)
+
+    def follow(self, seq: int, previous: np.ndarray, values: np.ndarray) -> bool:
+        """Take delta ``seq`` when its result is already known; False if it does not apply.
+
+        ``previous`` and ``values`` are the sender's replica before and after the delta (the
+        arrays :attr:`StreamEncoder.replica` returned). If our replica *is* ``previous`` (the
+        same array, not an equal one) and ``seq`` is the next frame, applying the payload would
+        give ``values`` bit for bit (rule 3), so we take ``values`` (read-only, never written
+        to) instead of decoding. Otherwise nothing changes and the caller applies the payload
+        with :meth:`apply`, which handles gaps, duplicates and bad payloads.
+        """
+        if (
+            self._replica is not previous
+            or self._last_seq is None
+            or seq != self._last_seq + 1
+            or values.flags.writeable
+            or values.shape != (self._size,)
+        ):
+            return False
+        self._replica = values
+        self._last_seq = int(seq)
+        return True
 
     def _apply_delta(self, replica: np.ndarray, payload: bytes) -> np.ndarray:
         if self._lossless:

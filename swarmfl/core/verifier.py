@@ -2,7 +2,9 @@
 
 On a broadcast medium the same frame reaches many receivers; in the simulator they all share one
 :class:`FrameVerifier`, so the HMAC and decompression run once per transmitted frame, and a
-keyframe's payload is decoded once for all its receivers.
+keyframe's payload is decoded once for all its receivers. A delta's result is known to the sender
+(its new replica), so receivers that hold the sender's previous replica take the new one as it
+is, without decoding or adding anything.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class FrameVerifier:
         self.signature = signature
         self._cache: OrderedDict[bytes, tuple[bytes, Frame]] = OrderedDict()
         self._keyframe_values: OrderedDict[int, tuple[Frame, np.ndarray]] = OrderedDict()
+        self._delta_values: OrderedDict[int, tuple[Frame, np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_frames = cache_frames
 
     def decode(self, data: bytes) -> Frame:
@@ -62,22 +65,45 @@ class FrameVerifier:
         self._keep_keyframe_values(frame, values)
         return values
 
+    def delta_values(self, frame: Frame) -> tuple[np.ndarray, np.ndarray] | None:
+        """The sender's replica before and after delta ``frame``, if its sender shared them.
+
+        Both arrays are read-only; see :meth:`~swarmfl.core.stream.StreamDecoder.follow`.
+        """
+        hit = self._delta_values.get(id(frame))
+        if hit is None or hit[0] is not frame:
+            return None
+        return hit[1], hit[2]
+
     def _keep_keyframe_values(self, frame: Frame, values: np.ndarray) -> None:
         self._keyframe_values[id(frame)] = (frame, values)
         if len(self._keyframe_values) > _KEYFRAME_VALUES_CACHED:
             self._keyframe_values.popitem(last=False)
 
-    def remember(self, data: bytes, frame: Frame, values: np.ndarray | None = None) -> None:
+    def remember(
+        self,
+        data: bytes,
+        frame: Frame,
+        values: np.ndarray | None = None,
+        previous: np.ndarray | None = None,
+    ) -> None:
         """Record that ``data`` is the authentic encoding of ``frame`` (we just encoded it).
 
-        ``values``, for a keyframe, is its payload decoded (the sender's replica, bitwise what
-        receivers decode): receivers sharing this verifier then take it instead of decoding.
-        It must be read-only.
+        ``values`` is the sender's replica after the frame, bitwise what receivers decode. For
+        a keyframe, receivers sharing this verifier then take it instead of decoding; for a
+        delta (give ``previous``, the sender's replica before it), receivers holding
+        ``previous`` take it instead of decoding and adding. Both must be read-only.
         """
         self._cache[data[-16:]] = (data, frame)
         if len(self._cache) > self._cache_frames:
             self._cache.popitem(last=False)
-        if values is not None:
-            if values.flags.writeable:
-                raise ConfigError("shared keyframe values must be read-only", key="values")
+        if values is None:
+            return
+        if values.flags.writeable or (previous is not None and previous.flags.writeable):
+            raise ConfigError("shared replica values must be read-only", key="values")
+        if previous is None:
             self._keep_keyframe_values(frame, values)
+            return
+        self._delta_values[id(frame)] = (frame, previous, values)
+        if len(self._delta_values) > _KEYFRAME_VALUES_CACHED:
+            self._delta_values.popitem(last=False)
