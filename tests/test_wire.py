@@ -42,6 +42,7 @@ from swarmfl.core.wire import (
     decode_frame,
     derive_swarm_key,
     encode_frame,
+    epoch_payload,
     nack_payload,
     nack_target,
     quantizer_for,
@@ -104,7 +105,15 @@ frames = st.builds(
     codec=st.sampled_from([1, 2]),
     block_size=st.integers(64, 256),
     payload=st.binary(max_size=600) | st.binary(max_size=8).map(lambda b: b * 70),
-).map(lambda f: replace(f, payload=nack_payload(f.sender)) if f.kind == FrameKind.NACK else f)
+).map(
+    lambda f: (
+        replace(f, payload=nack_payload(f.sender))
+        if f.kind == FrameKind.NACK
+        else replace(f, payload=epoch_payload(f.sender, f.seq))
+        if f.kind == FrameKind.EPOCH
+        else f
+    )
+)
 
 
 @settings(max_examples=200, deadline=None)

@@ -17,12 +17,19 @@ Stream rules (CHOCO-style model streams, one per sender):
   briefly, never correctness.
 * Every frame is authenticated (HMAC with the swarm key) and checked against a per-sender replay
   window before it touches any state. A bad frame is counted, logged at debug and dropped.
+* Sequence numbers carry the sender's boot epoch in their high bits (:mod:`swarmfl.core.replay`).
+  A model frame refused as a replay earns its sender an EPOCH frame (at most one per period per
+  sender) naming the newest number heard from it. A node told of a number it has not sent yet
+  in this life (it restarted without its saved epoch: a new disk, say) moves to the epoch after
+  it, so it is taken back within a period or two, and never by reusing numbers; a hint about a
+  number it did send (a replay of its own frame) changes nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +38,7 @@ from swarmfl.core.codecs import CODECS, DEFAULT_CODEC, CodecName
 from swarmfl.core.ledger import MergeLedger, PeerConduct
 from swarmfl.core.merge import Contribution, MergeRule, merge_into, staleness_weight
 from swarmfl.core.quant import Quantizer, make_quantizer
-from swarmfl.core.replay import ReplayWindow
+from swarmfl.core.replay import MAX_EPOCH, ReplayWindow, epoch_of, epoch_start_seq
 from swarmfl.core.robust import median_into, robust_merge_into
 from swarmfl.core.stream import StreamDecoder, StreamEncoder
 from swarmfl.core.verifier import FrameVerifier
@@ -40,6 +47,8 @@ from swarmfl.core.wire import (
     FrameKind,
     codec_id,
     encode_frame,
+    epoch_hint,
+    epoch_payload,
     nack_payload,
     nack_target,
     quantizer_for,
@@ -107,6 +116,8 @@ class NodeStats:
     diverged: int = 0  # local models that held NaN/inf and were replaced by neighbours' merge
     nacks_sent: int = 0
     keyframes_requested: int = 0
+    epoch_hints_sent: int = 0  # EPOCH frames telling a restarted peer its epoch is stale
+    epoch_restarts: int = 0  # times a peer's EPOCH frame moved this node to a newer epoch
     replicas_merged: int = 0  # fresh replicas merged (each heard frame counts once)
     merge_lag_s: float = 0.0  # their total wait between being heard and being merged
     robust_merges: int = 0  # merges by a robust rule (merge.rule other than mean)
@@ -120,12 +131,16 @@ class NodeState:
     """What a checkpoint keeps of a node so a restarted drone continues its streams.
 
     ``counter`` is the update counter; ``next_seq`` the sequence number of the next model
-    frame; ``control_seq`` the last sequence number used for control frames (NACKs).
+    frame (its high bits are the boot epoch); ``control_seq`` the last sequence number used
+    for control frames (NACK, EPOCH); ``replay`` the receive windows
+    (:meth:`~swarmfl.core.replay.ReplayWindow.export` rows), so a restarted drone refuses what
+    it refused before.
     """
 
     counter: int
     next_seq: int
     control_seq: int
+    replay: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -177,7 +192,12 @@ class GossipNode:
         )
         self._encoder = self._new_encoder()
         self._control_seq = 0
+        self._epoch = 0
         self._replay = ReplayWindow(64)
+        self._epoch_hinted_at: dict[int, float] = {}
+        self.epoch_listener: Callable[[int], None] | None = None
+        """Called with the new epoch before the first frame of an epoch a peer's EPOCH frame
+        moved this node to (a field drone persists it there)."""
         self._peers: dict[int, PeerReplica] = {}
         self._scratch: np.ndarray | None = None
         self._ledger = MergeLedger(config.merge.suspect_window, config.merge.suspect_fraction)
@@ -218,9 +238,13 @@ class GossipNode:
         return [data]
 
     def _nack(self, target: int) -> bytes:
+        self.stats.nacks_sent += 1
+        return self._control(FrameKind.NACK, nack_payload(target))
+
+    def _control(self, kind: FrameKind, payload: bytes) -> bytes:
         self._control_seq += 1
         frame = Frame(
-            kind=FrameKind.NACK,
+            kind=kind,
             swarm_id=self.config.swarm_id,
             sender=self.config.drone_id,
             signature=self.config.signature,
@@ -230,9 +254,8 @@ class GossipNode:
             samples=0,
             codec=0,
             block_size=self.config.block_size,
-            payload=nack_payload(target),
+            payload=payload,
         )
-        self.stats.nacks_sent += 1
         return encode_frame(frame, self.config.key)
 
     # -- what we hear -------------------------------------------------------------------------
@@ -250,18 +273,75 @@ class GossipNode:
             return []
         if frame.sender == self.config.drone_id:
             return []
-        channel = _CONTROL_CHANNEL if frame.kind == FrameKind.NACK else _MODEL_CHANNEL
+        control = frame.kind in (FrameKind.NACK, FrameKind.EPOCH)
+        window = frame.sender * 2 + (_CONTROL_CHANNEL if control else _MODEL_CHANNEL)
         try:
-            self._replay.check_and_update(frame.sender * 2 + channel, frame.seq)
+            self._replay.check_and_update(window, frame.seq)
         except FrameDecodeError as exc:
             self.stats.frames_replayed += 1
             log.debug("drone %d: %s from %d", self.config.drone_id, exc, frame.sender)
-            return []
+            return [] if control else self._stale_epoch(frame, window, now)
         if frame.kind == FrameKind.NACK:
             return self._on_nack(frame)
+        if frame.kind == FrameKind.EPOCH:
+            return self._on_epoch(frame)
         if frame.kind in (FrameKind.KEY, FrameKind.DELTA):
             return self._on_model(frame, now)
         return []
+
+    def _stale_epoch(self, frame: Frame, window: int, now: float) -> list[bytes]:
+        """An EPOCH frame telling the sender of a refused model frame the newest number heard
+        from it, at most once a period (only a sender that has not sent it yet acts on it)."""
+        highest = self._replay.highest(window)
+        if highest is None:
+            return []
+        if now - self._epoch_hinted_at.get(frame.sender, float("-inf")) < self.config.period_s:
+            return []
+        self._epoch_hinted_at[frame.sender] = now
+        self.stats.epoch_hints_sent += 1
+        return [self._control(FrameKind.EPOCH, epoch_payload(frame.sender, highest))]
+
+    def _on_epoch(self, frame: Frame) -> list[bytes]:
+        target, seen_seq = epoch_hint(frame)
+        seen_epoch = epoch_of(seen_seq)
+        # A number we have not sent in this life was heard: an earlier life used it.
+        if (
+            target == self.config.drone_id
+            and self._encoder.next_seq <= seen_seq
+            and (seen_epoch < MAX_EPOCH)
+        ):
+            log.info(
+                "drone %d: drone %d heard epoch %d of us: moving to epoch %d",
+                self.config.drone_id,
+                frame.sender,
+                seen_epoch,
+                seen_epoch + 1,
+            )
+            self.start_epoch(seen_epoch + 1)
+            self.stats.epoch_restarts += 1
+        return []
+
+    @property
+    def epoch(self) -> int:
+        """The boot epoch this node's frames carry (the high bits of their numbers)."""
+        return self._epoch
+
+    def start_epoch(self, epoch: int) -> None:
+        """Number the next frames from the start of boot epoch ``epoch`` (model stream and
+        control frames); the next model frame is a keyframe. Tells :attr:`epoch_listener` first.
+
+        Raises :class:`ConfigError` if ``epoch`` is not in [0, MAX_EPOCH] or is older than the
+        current one.
+        """
+        first = epoch_start_seq(epoch)
+        if epoch < self._epoch:
+            raise ConfigError(f"epoch {epoch} is older than {self._epoch}", key="epoch")
+        if self.epoch_listener is not None:
+            self.epoch_listener(epoch)
+        self._epoch = epoch
+        self._encoder = self._new_encoder(first_seq=first)
+        self._encoder.force_keyframe()
+        self._control_seq = first
 
     def _on_nack(self, frame: Frame) -> list[bytes]:
         if nack_target(frame) == self.config.drone_id:
@@ -455,23 +535,29 @@ class GossipNode:
     # -- checkpoints: state export / import ---------------------------------------------------
 
     def export_state(self) -> NodeState:
-        """The counters and sequence numbers a checkpoint must keep (see :meth:`import_state`)."""
-        return NodeState(self.counter, self._encoder.next_seq, self._control_seq)
+        """The counters, sequence numbers and replay windows a checkpoint must keep (see
+        :meth:`import_state`)."""
+        replay = tuple((row[0], row[1], row[2]) for row in self._replay.export())
+        return NodeState(self.counter, self._encoder.next_seq, self._control_seq, replay)
 
     def import_state(self, state: NodeState) -> None:
-        """Continue from ``state``: update counter, model-stream and control sequence numbers.
+        """Continue from ``state``: update counter, model-stream and control sequence numbers,
+        and the replay windows (merged into the ones held: each sender keeps the newer).
 
         The caller picks sequence numbers above any this drone used before (frames sent after
-        the checkpoint was taken carry higher ones, and neighbours refuse a replayed number).
-        The public replica is not restored: neighbours may hold a newer replica of us than the
-        checkpoint does, so the next model frame is a keyframe, which resynchronises them all.
-        Peers' replicas are kept. Raises :class:`ConfigError` for negative values.
+        the checkpoint was taken carry higher ones, and neighbours refuse a replayed number): a
+        field drone starts a new boot epoch. The public replica is not restored: neighbours may
+        hold a newer replica of us than the checkpoint does, so the next model frame is a
+        keyframe, which resynchronises them all. Peers' replicas are kept. Raises
+        :class:`ConfigError` for negative values or malformed windows.
         """
         for name in ("counter", "next_seq", "control_seq"):
             value = getattr(state, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"must be a non-negative int, got {value!r}", key=name)
+        self._replay.restore([list(row) for row in state.replay])
         self.counter = state.counter
         self._control_seq = state.control_seq
+        self._epoch = epoch_of(state.next_seq)
         self._encoder = self._new_encoder(first_seq=state.next_seq)
         self._encoder.force_keyframe()

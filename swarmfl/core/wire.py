@@ -5,14 +5,14 @@ Frame layout (little-endian, version 1)::
     offset size field
          0    4 magic b"SWFL"
          4    1 version (1)
-         5    1 kind (FrameKind: 1 KEY, 2 DELTA, 3 HELLO, 4 NACK)
+         5    1 kind (FrameKind: 1 KEY, 2 DELTA, 3 HELLO, 4 NACK, 5 EPOCH)
          6    1 flags (bit 0: payload is lz4-compressed; other bits must be 0)
          7    1 codec (0 fp32, 1 int8, 2 int4)
          8    2 block size (64..256 for int8/int4; any value for fp32)
         10    4 swarm id
         14    4 sender id
         18    8 model signature (hash of the architecture)
-        26    8 sequence number (per sender, +1 per frame)
+        26    8 sequence number (per sender, +1 per frame; high 32 bits: the boot epoch)
         34    8 update counter (sender's local updates, for staleness)
         42    4 sample count (sender's local samples)
         46    2 number of layers n (<= MAX_LAYERS)
@@ -68,6 +68,8 @@ __all__ = [
     "decode_frame",
     "derive_swarm_key",
     "encode_frame",
+    "epoch_hint",
+    "epoch_payload",
     "frame_overhead_bytes",
     "nack_payload",
     "nack_target",
@@ -111,6 +113,7 @@ _INT_FIELDS = (
 _HEAD = struct.Struct("<4sBBBBHII8sQQIH")
 _LENGTHS = struct.Struct("<II")
 _NACK = struct.Struct("<I")
+_EPOCH = struct.Struct("<IQ")
 _MIN_FRAME_BYTES = _HEAD.size + _LENGTHS.size + TAG_BYTES
 
 
@@ -121,6 +124,11 @@ class FrameKind(IntEnum):
     DELTA = 2  # a model stream delta
     HELLO = 3  # presence / capabilities
     NACK = 4  # asks the sender named in the payload for a keyframe
+    EPOCH = 5  # tells the sender named in the payload that its boot epoch is stale
+
+
+# Control frames whose payload has one fixed size, checked on encode and decode.
+_FIXED_PAYLOADS: dict[FrameKind, int] = {FrameKind.NACK: _NACK.size, FrameKind.EPOCH: _EPOCH.size}
 
 
 def _check_uint(value: object, limit: int, key: str) -> int:
@@ -263,6 +271,26 @@ def nack_target(frame: Frame) -> int:
     return int(target)
 
 
+def epoch_payload(target: int, seen_seq: int) -> bytes:
+    """The payload of an EPOCH frame: ``target``'s frames were refused, ``seen_seq`` is the
+    highest sequence number of ``target`` the sender of the EPOCH frame has accepted.
+
+    Raises :class:`ConfigError` if ``target`` is not a u32 or ``seen_seq`` not a u64.
+    """
+    return _EPOCH.pack(_check_uint(target, _U32, "target"), _check_uint(seen_seq, _U64, "seen_seq"))
+
+
+def epoch_hint(frame: Frame) -> tuple[int, int]:
+    """``(target, seen_seq)`` of an EPOCH frame (see :func:`epoch_payload`).
+
+    Raises :class:`FrameDecodeError` if ``frame`` is not an EPOCH frame.
+    """
+    if frame.kind != FrameKind.EPOCH or len(frame.payload) != _EPOCH.size:
+        raise FrameDecodeError("not an EPOCH frame")
+    target, seen_seq = _EPOCH.unpack(frame.payload)
+    return int(target), int(seen_seq)
+
+
 def _tag(key: bytes, message: bytes | memoryview) -> bytes:
     return hmac.digest(key, message, hashlib.sha256)[:TAG_BYTES]
 
@@ -277,11 +305,15 @@ def encode_frame(frame: Frame, key: bytes) -> bytes:
 
     The payload is lz4-compressed when that makes it smaller, stored raw otherwise. Raises
     :class:`ConfigError` for a key shorter than MIN_KEY_BYTES, a NACK whose payload is not 4
-    bytes, or a result larger than MAX_FRAME_BYTES.
+    bytes (an EPOCH frame's not 12), or a result larger than MAX_FRAME_BYTES.
     """
     _check_key(key)
-    if frame.kind == FrameKind.NACK and len(frame.payload) != _NACK.size:
-        raise ConfigError("a NACK payload is the 4-byte target sender id", key="payload")
+    fixed = _FIXED_PAYLOADS.get(frame.kind)
+    if fixed is not None and len(frame.payload) != fixed:
+        raise ConfigError(
+            f"a {frame.kind.name} payload is {fixed} bytes (see nack_payload, epoch_payload)",
+            key="payload",
+        )
     raw = frame.payload
     flags = 0
     stored = raw
@@ -409,8 +441,9 @@ def _decode(
         raise FrameDecodeError("bad layers: not sorted and unique")
     stored = view[payload_start : payload_start + stored_len]
     payload = _unpack_payload(stored, flags, raw_len)
-    if frame_kind == FrameKind.NACK and len(payload) != _NACK.size:
-        raise FrameDecodeError(f"bad NACK payload: {len(payload)} bytes")
+    fixed = _FIXED_PAYLOADS.get(frame_kind)
+    if fixed is not None and len(payload) != fixed:
+        raise FrameDecodeError(f"bad {frame_kind.name} payload: {len(payload)} bytes")
     return Frame(
         kind=frame_kind,
         swarm_id=frame_swarm,
