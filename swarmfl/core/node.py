@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 # gap in the model stream; the replay window keeps one slot per (sender, channel).
 _MODEL_CHANNEL = 0
 _CONTROL_CHANNEL = 1
+_CONTROL_KINDS = frozenset({FrameKind.NACK, FrameKind.EPOCH, FrameKind.HELLO})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class NodeStats:
     keyframes_requested: int = 0
     epoch_hints_sent: int = 0  # EPOCH frames telling a restarted peer its epoch is stale
     epoch_restarts: int = 0  # times a peer's EPOCH frame moved this node to a newer epoch
+    hellos_sent: int = 0  # HELLO frames built for a unicast radio's candidate addresses
     replicas_merged: int = 0  # fresh replicas merged (each heard frame counts once)
     merge_lag_s: float = 0.0  # their total wait between being heard and being merged
     robust_merges: int = 0  # merges by a robust rule (merge.rule other than mean)
@@ -260,34 +262,50 @@ class GossipNode:
 
     # -- what we hear -------------------------------------------------------------------------
 
+    def hello(self, target: int) -> bytes:
+        """A small authenticated HELLO frame for drone ``target``: what a unicast radio sends
+        to an address discovery reported for ``target``, so that drone can confirm where we
+        are. Naming the target keeps a HELLO sent to a forged address from confirming us
+        elsewhere: only ``target`` takes it as evidence."""
+        self.stats.hellos_sent += 1
+        return self._control(FrameKind.HELLO, nack_payload(target))
+
     def receive(self, data: bytes, now: float) -> list[bytes]:
         """Take one frame heard from the radio; return frames to send in reply (NACKs).
 
         Never raises for a bad frame: it is counted, logged at debug and dropped.
         """
+        return self.receive_from(data, now)[1]
+
+    def receive_from(self, data: bytes, now: float) -> tuple[int | None, list[bytes]]:
+        """As :meth:`receive`, and say who sent the frame: its sender's drone id if it
+        authenticated and was fresh (not a replay), else None. A unicast radio confirms the
+        frame's source address as that drone's only then."""
         try:
             frame = self._verifier.decode(data)
         except FrameDecodeError as exc:
             self.stats.frames_rejected += 1
             log.debug("drone %d: dropped a frame: %s", self.config.drone_id, exc)
-            return []
+            return None, []
         if frame.sender == self.config.drone_id:
-            return []
-        control = frame.kind in (FrameKind.NACK, FrameKind.EPOCH)
+            return None, []
+        control = frame.kind in _CONTROL_KINDS
         window = frame.sender * 2 + (_CONTROL_CHANNEL if control else _MODEL_CHANNEL)
         try:
             self._replay.check_and_update(window, frame.seq)
         except FrameDecodeError as exc:
             self.stats.frames_replayed += 1
             log.debug("drone %d: %s from %d", self.config.drone_id, exc, frame.sender)
-            return [] if control else self._stale_epoch(frame, window, now)
+            return None, [] if control else self._stale_epoch(frame, window, now)
         if frame.kind == FrameKind.NACK:
-            return self._on_nack(frame)
+            return frame.sender, self._on_nack(frame)
         if frame.kind == FrameKind.EPOCH:
-            return self._on_epoch(frame)
+            return frame.sender, self._on_epoch(frame)
         if frame.kind in (FrameKind.KEY, FrameKind.DELTA):
-            return self._on_model(frame, now)
-        return []
+            return frame.sender, self._on_model(frame, now)
+        if frame.kind == FrameKind.HELLO and frame.payload == nack_payload(self.config.drone_id):
+            return frame.sender, []
+        return None, []  # a HELLO for another drone (relayed by whoever it was sent to)
 
     def _stale_epoch(self, frame: Frame, window: int, now: float) -> list[bytes]:
         """An EPOCH frame telling the sender of a refused model frame the newest number heard

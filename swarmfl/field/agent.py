@@ -236,6 +236,7 @@ class FieldAgent:
         if isinstance(radio, UdpRadio):
             with contextlib.suppress(SwarmError):
                 record["port"] = radio.local_port
+            record.update(radio.peer_counters())
         if isinstance(radio, MqttRadio):
             record["broker"] = "connected" if radio.connected else "disconnected"
         if radio is not None:

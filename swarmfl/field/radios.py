@@ -15,6 +15,7 @@ from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.radio.discovery import Discovery, PeerInfo, StaticDiscovery, ZeroconfDiscovery
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.mqtt import MqttRadio, MqttSettings
+from swarmfl.radio.peers import PeerTable
 from swarmfl.radio.udp import UdpRadio
 from swarmfl.seeding import radio_seed
 
@@ -66,6 +67,12 @@ async def open_radio(
             loss=udp.loss,
             seed=radio_seed(config.run.seed, config.drone.id),
             status=status if config.status.answer_queries else None,
+            # A peer stops being a destination when its authenticated frames stop for as long
+            # as the merge keeps its replica (never less than 10 s: a slow trainer sends late).
+            peer_table=PeerTable(
+                silence_s=max(config.merge.cutoff * config.gossip.period_s, 10.0),
+                probe_interval_s=config.gossip.period_s,
+            ),
         )
         await udp_radio.start()
         return udp_radio
