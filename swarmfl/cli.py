@@ -16,6 +16,7 @@ from pathlib import Path
 
 from swarmfl.core.codecs import CODECS, DEFAULT_CODEC
 from swarmfl.errors import ConfigError
+from swarmfl.field.keys import add_keys_parser
 from swarmfl.learning.trainplan import OPTIMIZERS
 
 EXIT_USAGE = 2
@@ -57,6 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(handler=_cmd_sim)
     _add_field_commands(commands)
     _add_plan_command(commands)
+    add_keys_parser(commands)
     return parser
 
 
