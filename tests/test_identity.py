@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarmfl.core.identity import (
+    DroneIdentity,
     DroneSigner,
     Roster,
     RosterError,
@@ -20,7 +22,16 @@ from swarmfl.core.identity import (
     load_private_key,
     public_key_bytes,
 )
-from swarmfl.errors import ConfigError
+from swarmfl.core.node import GossipNode, NodeConfig
+from swarmfl.core.wire import (
+    Frame,
+    FrameKind,
+    decode_frame,
+    derive_swarm_key,
+    encode_frame,
+    nack_payload,
+)
+from swarmfl.errors import ConfigError, FrameDecodeError
 
 AUTHORITY = Ed25519PrivateKey.generate()
 
@@ -129,3 +140,126 @@ def test_the_keys_command_creates_issues_revokes_and_shows(tmp_path: Path) -> No
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "roster" in tampered.stderr
+
+
+# -- frames signed per drone, checked against the roster, rosters spreading (sans-IO) ----------
+
+SWARM = 5
+SECRET_KEY = derive_swarm_key("identity test swarm", SWARM)
+SIG = b"model-01"
+OFFSETS = (0, 40, 50)
+
+
+class Swarm:
+    """An authority, drone keys and the rosters it signed along the way."""
+
+    def __init__(self, drones: tuple[int, ...]) -> None:
+        self.keys = {d: Ed25519PrivateKey.generate() for d in drones}
+        self.roster = Roster(SWARM, 1)
+        for drone, key in self.keys.items():
+            self.roster = self.roster.with_drone(drone, public_key_bytes(key))
+
+    def signed(self) -> bytes:
+        return encode_roster(self.roster, AUTHORITY)
+
+    def node(self, drone: int, roster: bytes | None = None) -> GossipNode:
+        identity = DroneIdentity(
+            DroneSigner(drone, self.keys[drone]),
+            public_key_bytes(AUTHORITY),
+            roster or self.signed(),
+            swarm_id=SWARM,
+        )
+        return GossipNode(
+            NodeConfig(
+                drone_id=drone,
+                swarm_id=SWARM,
+                signature=SIG,
+                key=SECRET_KEY,
+                layer_offsets=OFFSETS,
+                trained_layers=(0, 1),
+                codec="int8",
+                keyframe_interval=3,
+                identity=identity,
+            )
+        )
+
+
+def frame_of(sender: int, seq: int = 1) -> Frame:
+    return Frame(FrameKind.HELLO, SWARM, sender, SIG, seq, 0, (), 0, 0, 128, nack_payload(2))
+
+
+class Impostor:
+    """Drone 2's key, claiming to be drone 1 (a captured drone speaking for another)."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.drone_id = 1
+        self._key = key
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def test_frames_are_signed_by_their_sender_and_checked_against_the_roster() -> None:
+    swarm = Swarm((1, 2))
+    senders = RosterVerifier(swarm.roster)
+    signed = encode_frame(frame_of(1), SECRET_KEY, DroneSigner(1, swarm.keys[1]))
+
+    def decode(data: bytes) -> Frame:
+        return decode_frame(data, SECRET_KEY, swarm_id=SWARM, signature=SIG, senders=senders)
+
+    assert decode(signed).sender == 1
+    # The swarm key alone no longer speaks for anyone; a captured drone 2 cannot be drone 1.
+    with pytest.raises(FrameDecodeError, match="unsigned"):
+        decode(encode_frame(frame_of(1), SECRET_KEY))
+    with pytest.raises(FrameDecodeError, match="bad signature"):
+        decode(encode_frame(frame_of(1), SECRET_KEY, Impostor(swarm.keys[2])))
+    with pytest.raises(ConfigError, match="cannot sign"):
+        encode_frame(frame_of(1), SECRET_KEY, DroneSigner(2, swarm.keys[2]))
+    # Without the swarm key, nothing is even checked against the roster.
+    with pytest.raises(FrameDecodeError, match="bad tag"):
+        decode_frame(
+            signed,
+            derive_swarm_key("x" * 16, SWARM),
+            swarm_id=SWARM,
+            signature=SIG,
+            senders=senders,
+        )
+    # Revoked: a newer roster without drone 1.
+    senders.update(swarm.roster.without_drone(1))
+    with pytest.raises(FrameDecodeError, match="bad signature"):
+        decode(encode_frame(frame_of(1, 2), SECRET_KEY, DroneSigner(1, swarm.keys[1])))
+
+
+def test_a_newer_roster_spreads_with_keyframes_and_a_revoked_drone_is_then_refused() -> None:
+    swarm = Swarm((1, 2, 3))
+    old_roster = swarm.signed()
+    informed, uninformed, captured = swarm.node(1), swarm.node(2, old_roster), swarm.node(3)
+    swarm.roster = swarm.roster.without_drone(3)
+    informed.config.identity.offer(swarm.signed())  # type: ignore[union-attr]
+    x = np.linspace(-1, 1, OFFSETS[-1]).astype(np.float32)
+
+    def deliver(frames: list[bytes], to: GossipNode, now: float) -> None:
+        for frame in frames:
+            to.receive(frame, now)
+
+    deliver(captured.publish(x, 5, 0.0), uninformed, 0.0)
+    assert uninformed.stats.frames_accepted == 1  # drone 2 still has the roster listing 3
+    deliver(captured.publish(x, 5, 1.0), informed, 1.0)
+    assert informed.stats.frames_accepted == 0 and informed.stats.frames_rejected == 1
+    # Drone 1's keyframe carries its roster: drone 2 adopts it and refuses drone 3 from then on.
+    deliver(informed.publish(x, 5, 2.0), uninformed, 2.0)
+    assert uninformed.stats.rosters_adopted == 1
+    assert uninformed.config.identity.version == swarm.roster.version  # type: ignore[union-attr]
+    rejected = uninformed.stats.frames_rejected
+    deliver(captured.publish(x, 5, 3.0), uninformed, 3.0)
+    assert uninformed.stats.frames_rejected == rejected + 1
+    # The captured drone cannot bring the old roster back (an older version is ignored), nor
+    # forge one (not signed by the authority).
+    deliver(captured.publish(x, 5, 4.0)[:1], uninformed, 4.0)
+    assert uninformed.config.identity.version == swarm.roster.version  # type: ignore[union-attr]
+    forged = Roster(SWARM, 99, {3: public_key_bytes(swarm.keys[3])})
+    bogus = encode_roster(forged, Ed25519PrivateKey.generate())
+    hello = Frame(FrameKind.ROSTER, SWARM, 3, SIG, 10**6, 0, (), 0, 0, 128, bogus)
+    uninformed.receive(encode_frame(hello, SECRET_KEY, DroneSigner(3, swarm.keys[3])), 5.0)
+    assert uninformed.stats.rosters_refused == 1
+    assert uninformed.config.identity.version == swarm.roster.version  # type: ignore[union-attr]

@@ -199,7 +199,7 @@ def test_wrong_key_foreign_swarm_and_foreign_model_are_rejected() -> None:
         (lambda b: b.__setitem__(4, 2), "unsupported version"),
         (lambda b: b.__setitem__(5, 9), "unknown kind"),
         (lambda b: b.__setitem__(5, 0), "unknown kind"),
-        (lambda b: b.__setitem__(6, 0x03), "unknown flags"),
+        (lambda b: b.__setitem__(6, 0x05), "unknown flags"),
         (lambda b: b.__setitem__(7, 3), "bad codec"),
         (lambda b: struct.pack_into("<H", b, 8, 32), "bad codec"),
         (lambda b: struct.pack_into("<H", b, 8, 300), "bad codec"),

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_ROSTER_BYTES",
     "PUBLIC_KEY_BYTES",
     "SIGNATURE_BYTES",
+    "DroneIdentity",
     "DroneSigner",
     "Roster",
     "RosterError",
@@ -245,4 +246,39 @@ class RosterVerifier:
             key.verify(signature, message)
         except InvalidSignature:
             return False
+        return True
+
+
+class DroneIdentity:
+    """What a drone needs to speak and listen with per-drone keys: its signer, the roster's keys
+    (:class:`RosterVerifier`), the authority's public key and the roster as signed bytes (what
+    it passes on, so newer rosters spread).
+
+    Raises :class:`RosterError` if ``roster_bytes`` is not a roster of ``swarm_id`` signed by
+    ``authority``.
+    """
+
+    def __init__(
+        self, signer: DroneSigner, authority: bytes, roster_bytes: bytes, *, swarm_id: int
+    ) -> None:
+        self.signer = signer
+        self.authority = authority
+        self.swarm_id = swarm_id
+        self.roster_bytes = roster_bytes
+        self.senders = RosterVerifier(decode_roster(roster_bytes, authority, swarm_id=swarm_id))
+
+    @property
+    def version(self) -> int:
+        """The version of the roster held."""
+        return self.senders.roster.version
+
+    def offer(self, roster_bytes: bytes) -> bool:
+        """Adopt the roster in ``roster_bytes`` if it is newer and the authority's; return
+        whether it was adopted. Raises :class:`RosterError` if it is not a valid roster."""
+        if roster_bytes == self.roster_bytes:
+            return False
+        roster = decode_roster(roster_bytes, self.authority, swarm_id=self.swarm_id)
+        if not self.senders.update(roster):
+            return False
+        self.roster_bytes = roster_bytes
         return True

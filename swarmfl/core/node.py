@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from swarmfl.core.codecs import CODECS, DEFAULT_CODEC, CodecName
+from swarmfl.core.identity import DroneIdentity, RosterError
 from swarmfl.core.ledger import MergeLedger, PeerConduct
 from swarmfl.core.merge import Contribution, MergeRule, merge_into, staleness_weight
 from swarmfl.core.quant import Quantizer, make_quantizer
@@ -80,6 +81,10 @@ class NodeConfig:
     keyframe_interval: int = 10
     delta_density: float = 0.5
     merge: MergeRule = field(default_factory=MergeRule)
+    identity: DroneIdentity | None = None
+    """Per-drone keys (the field's default): frames are signed with this drone's key, only
+    frames signed by their sender per the roster are accepted, and rosters spread. None: the
+    swarm key's HMAC alone (the simulator's default)."""
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -92,6 +97,8 @@ class NodeConfig:
             raise ConfigError(
                 f"must be >= 1, got {self.keyframe_interval!r}", key="gossip.keyframe_interval"
             )
+        if self.identity is not None and self.identity.signer.drone_id != self.drone_id:
+            raise ConfigError("the drone key is another drone's", key="identity")
         if len(self.key) < 16:
             raise ConfigError("the swarm key must be at least 16 bytes", key="swarm.key")
         layers = len(self.layer_offsets) - 1
@@ -120,6 +127,8 @@ class NodeStats:
     epoch_hints_sent: int = 0  # EPOCH frames telling a restarted peer its epoch is stale
     epoch_restarts: int = 0  # times a peer's EPOCH frame moved this node to a newer epoch
     hellos_sent: int = 0  # HELLO frames built for a unicast radio's candidate addresses
+    rosters_adopted: int = 0  # newer rosters heard from peers and adopted
+    rosters_refused: int = 0  # ROSTER frames whose roster was not the authority's
     replicas_merged: int = 0  # fresh replicas merged (each heard frame counts once)
     merge_lag_s: float = 0.0  # their total wait between being heard and being merged
     robust_merges: int = 0  # merges by a robust rule (merge.rule other than mean)
@@ -172,7 +181,14 @@ class GossipNode:
         self.config = config
         self.stats = NodeStats()
         self.counter = 0
-        self._verifier = verifier or FrameVerifier(config.key, config.swarm_id, config.signature)
+        identity = config.identity
+        self._signer = identity.signer if identity is not None else None
+        self._verifier = verifier or FrameVerifier(
+            config.key,
+            config.swarm_id,
+            config.signature,
+            senders=identity.senders if identity is not None else None,
+        )
         if verifier is not None and (
             verifier.key != config.key
             or verifier.swarm_id != config.swarm_id
@@ -228,7 +244,7 @@ class GossipNode:
             block_size=self.config.block_size,
             payload=packet.payload,
         )
-        data = encode_frame(frame, self.config.key)
+        data = encode_frame(frame, self.config.key, self._signer)
         self.stats.frames_published += 1
         self.stats.payload_bytes += len(packet.payload)
         self.stats.frame_bytes += len(data)
@@ -237,6 +253,9 @@ class GossipNode:
         self._verifier.remember(
             data, frame, self._encoder.replica if packet.kind == "key" else None
         )
+        if self.config.identity is not None and packet.kind == "key":
+            # With every keyframe, the roster we hold: newer rosters (revocations) spread.
+            return [data, self._control(FrameKind.ROSTER, self.config.identity.roster_bytes)]
         return [data]
 
     def _nack(self, target: int) -> bytes:
@@ -258,7 +277,7 @@ class GossipNode:
             block_size=self.config.block_size,
             payload=payload,
         )
-        return encode_frame(frame, self.config.key)
+        return encode_frame(frame, self.config.key, self._signer)
 
     # -- what we hear -------------------------------------------------------------------------
 
@@ -288,6 +307,12 @@ class GossipNode:
             log.debug("drone %d: dropped a frame: %s", self.config.drone_id, exc)
             return None, []
         if frame.sender == self.config.drone_id:
+            return None, []
+        if frame.kind == FrameKind.ROSTER:
+            # The authority signed the roster, its sender did not sign the frame: no evidence
+            # of who or where the sender is, and no move of its replay windows. An old roster
+            # replayed is refused by its version.
+            self._on_roster(frame)
             return None, []
         control = frame.kind in _CONTROL_KINDS
         window = frame.sender * 2 + (_CONTROL_CHANNEL if control else _MODEL_CHANNEL)
@@ -360,6 +385,20 @@ class GossipNode:
         self._encoder = self._new_encoder(first_seq=first)
         self._encoder.force_keyframe()
         self._control_seq = first
+
+    def _on_roster(self, frame: Frame) -> None:
+        identity = self.config.identity
+        if identity is None:
+            return
+        try:
+            adopted = identity.offer(frame.payload)
+        except RosterError as exc:
+            self.stats.rosters_refused += 1
+            log.debug("drone %d: roster from %d: %s", self.config.drone_id, frame.sender, exc)
+            return
+        if adopted:
+            self.stats.rosters_adopted += 1
+            log.info("drone %d: adopted roster version %d", self.config.drone_id, identity.version)
 
     def _on_nack(self, frame: Frame) -> list[bytes]:
         if nack_target(frame) == self.config.drone_id:

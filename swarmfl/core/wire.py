@@ -6,7 +6,8 @@ Frame layout (little-endian, version 1)::
          0    4 magic b"SWFL"
          4    1 version (1)
          5    1 kind (FrameKind: 1 KEY, 2 DELTA, 3 HELLO, 4 NACK, 5 EPOCH)
-         6    1 flags (bit 0: payload is lz4-compressed; other bits must be 0)
+         6    1 flags (bit 0: payload is lz4-compressed; bit 1: signed by the sender's own key;
+                   other bits must be 0)
          7    1 codec (0 fp32, 1 int8, 2 int4)
          8    2 block size (64..256 for int8/int4; any value for fp32)
         10    4 swarm id
@@ -20,7 +21,13 @@ Frame layout (little-endian, version 1)::
      48+2n    4 raw payload length (<= MAX_PAYLOAD_BYTES)
      52+2n    4 stored payload length (the bytes that follow)
      56+2n    m stored payload (lz4 block without size prefix, or raw)
-  56+2n+m   16 tag = HMAC-SHA256(swarm key, every byte before the tag)[:16]
+  56+2n+m   64 (signed frames only) Ed25519 signature of every byte before it, by the sender's
+                 own key (see :mod:`swarmfl.core.identity`)
+       end-16   16 tag = HMAC-SHA256(swarm key, every byte before the tag)[:16]
+
+A receiver given the roster's keys (``senders``) refuses unsigned frames and frames whose
+signature is not the roster's key of the claimed sender (a revoked drone has none). The swarm-key
+tag is checked first: outsiders cost an HMAC, never a signature verification.
 
 :func:`decode_frame` is total: anything but a well-formed, authentic frame of our swarm and model
 raises :class:`~swarmfl.errors.FrameDecodeError` with a short reason (``"reason"`` or
@@ -41,6 +48,7 @@ import operator
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 import lz4.block
 
@@ -54,16 +62,20 @@ __all__ = [
     "CODEC_INT8",
     "CODEC_NAMES",
     "FLAG_LZ4",
+    "FLAG_SIGNED",
     "MAGIC",
     "MAX_FRAME_BYTES",
     "MAX_LAYERS",
     "MAX_PAYLOAD_BYTES",
     "MIN_KEY_BYTES",
     "SIGNATURE_BYTES",
+    "SIGNED_BYTES",
     "TAG_BYTES",
     "VERSION",
     "Frame",
     "FrameKind",
+    "FrameSigner",
+    "SenderKeys",
     "codec_id",
     "decode_frame",
     "derive_swarm_key",
@@ -79,6 +91,8 @@ __all__ = [
 MAGIC = b"SWFL"
 VERSION = 1
 FLAG_LZ4 = 0x01
+FLAG_SIGNED = 0x02
+SIGNED_BYTES = 64
 TAG_BYTES = 16
 SIGNATURE_BYTES = 8
 MIN_KEY_BYTES = 16
@@ -125,6 +139,25 @@ class FrameKind(IntEnum):
     HELLO = 3  # presence / capabilities
     NACK = 4  # asks the sender named in the payload for a keyframe
     EPOCH = 5  # tells the sender named in the payload that its boot epoch is stale
+    ROSTER = 6  # carries the swarm's roster, signed by the authority (spreads newer rosters)
+
+
+class FrameSigner(Protocol):
+    """Signs frames with one drone's own key (:class:`swarmfl.core.identity.DroneSigner`)."""
+
+    drone_id: int
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte signature of ``message``."""
+        ...
+
+
+class SenderKeys(Protocol):
+    """Checks senders' signatures (:class:`swarmfl.core.identity.RosterVerifier`)."""
+
+    def verify(self, drone_id: int, message: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` over ``message`` is ``drone_id``'s."""
+        ...
 
 
 # Control frames whose payload has one fixed size, checked on encode and decode.
@@ -300,14 +333,17 @@ def frame_overhead_bytes(layers: int) -> int:
     return _HEAD.size + 2 * layers + _LENGTHS.size + TAG_BYTES
 
 
-def encode_frame(frame: Frame, key: bytes) -> bytes:
+def encode_frame(frame: Frame, key: bytes, signer: FrameSigner | None = None) -> bytes:
     """The authenticated wire bytes of ``frame`` (see the module docstring for the layout).
 
     The payload is lz4-compressed when that makes it smaller, stored raw otherwise. Raises
     :class:`ConfigError` for a key shorter than MIN_KEY_BYTES, a NACK whose payload is not 4
-    bytes (an EPOCH frame's not 12), or a result larger than MAX_FRAME_BYTES.
+    bytes (an EPOCH frame's not 12), a ``signer`` of another drone than ``frame.sender``, or a
+    result larger than MAX_FRAME_BYTES. With a ``signer`` the frame is signed (FLAG_SIGNED).
     """
     _check_key(key)
+    if signer is not None and signer.drone_id != frame.sender:
+        raise ConfigError(f"drone {signer.drone_id} cannot sign for {frame.sender}", key="signer")
     fixed = _FIXED_PAYLOADS.get(frame.kind)
     if fixed is not None and len(frame.payload) != fixed:
         raise ConfigError(
@@ -322,7 +358,10 @@ def encode_frame(frame: Frame, key: bytes) -> bytes:
         compressed = lz4.block.compress(raw, store_size=False)
         if len(compressed) < len(raw):
             stored, flags = compressed, FLAG_LZ4
+    if signer is not None:
+        flags |= FLAG_SIGNED
     size = frame_overhead_bytes(len(frame.layers)) + len(stored)
+    size += SIGNED_BYTES if signer is not None else 0
     if size > MAX_FRAME_BYTES:
         raise ConfigError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}", key="payload")
     head = b"".join(
@@ -349,15 +388,27 @@ def encode_frame(frame: Frame, key: bytes) -> bytes:
     # MAC the header and the payload in place, then copy the payload once into the frame.
     mac = hmac.new(key, head, hashlib.sha256)
     mac.update(stored)
-    return b"".join((head, stored, mac.digest()[:TAG_BYTES]))
+    if signer is None:
+        return b"".join((head, stored, mac.digest()[:TAG_BYTES]))
+    signature = signer.sign(head + stored)
+    if len(signature) != SIGNED_BYTES:
+        raise ConfigError(f"a signature is {SIGNED_BYTES} bytes", key="signer")
+    mac.update(signature)
+    return b"".join((head, stored, signature, mac.digest()[:TAG_BYTES]))
 
 
 def decode_frame(
-    data: bytes | bytearray | memoryview, key: bytes, *, swarm_id: int, signature: bytes | None
+    data: bytes | bytearray | memoryview,
+    key: bytes,
+    *,
+    swarm_id: int,
+    signature: bytes | None,
+    senders: SenderKeys | None = None,
 ) -> Frame:
     """Authenticate and decode one frame of swarm ``swarm_id`` (and model ``signature``).
 
-    ``signature=None`` accepts any model signature. Raises :class:`FrameDecodeError` (and
+    ``signature=None`` accepts any model signature. With ``senders`` (the roster's keys) only
+    frames signed by their sender's key are accepted. Raises :class:`FrameDecodeError` (and
     nothing else) for any malformed, truncated, oversized, forged, foreign-swarm or
     foreign-model frame; :class:`ConfigError` only for a bad ``key``, ``swarm_id`` or
     ``signature`` argument (the caller's bug).
@@ -367,7 +418,7 @@ def decode_frame(
     if signature is not None:
         _check_signature(signature, "signature")
     try:
-        return _decode(data, key, swarm_id, signature)
+        return _decode(data, key, swarm_id, signature, senders)
     except FrameDecodeError:
         raise
     except Exception as exc:  # the decoder is total: no other error may reach the receive path
@@ -375,7 +426,11 @@ def decode_frame(
 
 
 def _decode(
-    data: bytes | bytearray | memoryview, key: bytes, swarm_id: int, signature: bytes | None
+    data: bytes | bytearray | memoryview,
+    key: bytes,
+    swarm_id: int,
+    signature: bytes | None,
+    senders: SenderKeys | None,
 ) -> Frame:
     try:
         view = memoryview(data).cast("B")
@@ -414,7 +469,8 @@ def _decode(
     payload_start = offset + _LENGTHS.size
     if raw_len > MAX_PAYLOAD_BYTES:
         raise FrameDecodeError(f"payload too large: {raw_len} bytes declared")
-    expected = payload_start + stored_len + TAG_BYTES
+    signed = SIGNED_BYTES if flags & FLAG_SIGNED else 0
+    expected = payload_start + stored_len + signed + TAG_BYTES
     if size < expected:
         raise FrameDecodeError(f"truncated: {size} bytes, header says {expected}")
     if size > expected:
@@ -424,6 +480,16 @@ def _decode(
     body = view[: size - TAG_BYTES]
     if not hmac.compare_digest(_tag(key, body), view[size - TAG_BYTES :].tobytes()):
         raise FrameDecodeError("bad tag")
+    # A ROSTER frame's payload is signed by the authority itself: a drone the receiver's roster
+    # does not list yet (a newer drone) can still bring the roster that lists it.
+    if senders is not None and kind != FrameKind.ROSTER:
+        end = size - TAG_BYTES
+        if not signed:
+            raise FrameDecodeError("unsigned: the swarm needs per-drone signatures")
+        if not senders.verify(
+            sender, view[: end - signed].tobytes(), view[end - signed : end].tobytes()
+        ):
+            raise FrameDecodeError(f"bad signature: not drone {sender}'s per the roster")
     # Everything below is authenticated: a failure means a peer with the key is broken.
     if signature is not None and frame_signature != signature:
         raise FrameDecodeError("foreign model")
@@ -434,7 +500,7 @@ def _decode(
     problem = _block_problem(codec, block_size)
     if problem is not None:
         raise FrameDecodeError(f"bad codec: {problem}")
-    if flags & ~FLAG_LZ4:
+    if flags & ~(FLAG_LZ4 | FLAG_SIGNED):
         raise FrameDecodeError(f"unknown flags: {flags:#04x}")
     layers = struct.unpack_from(f"<{nlayers}H", view, _HEAD.size)
     if any(a >= b for a, b in itertools.pairwise(layers)):
