@@ -15,6 +15,7 @@ signature, and one plan per device profile.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from swarmfl.config.sections import (
     ModelSection,
     TrainingSection,
 )
+from swarmfl.core.identity import DroneIdentity
 from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.verifier import FrameVerifier
@@ -281,12 +283,15 @@ class DroneAssembly:
         device: DeviceProfile | None = None,
         *,
         verifier: FrameVerifier | None = None,
+        identity: DroneIdentity | None = None,
     ) -> AssembledDrone:
         """Assemble drone ``drone_id`` holding shard ``shard``, of ``device`` (default profile).
 
         ``verifier`` is a frame verifier shared with other drones on the same medium (the
-        simulator's broadcast). Raises :class:`ConfigError` for a shard out of range, a budget
-        no plan fits, or frames larger than the link's ``max_frame_bytes``.
+        simulator's broadcast). ``identity``: the drone's own key and the roster (the field's
+        per-drone signatures; none: the swarm key alone). Raises :class:`ConfigError` for a
+        shard out of range, a budget no plan fits, or frames larger than the link's
+        ``max_frame_bytes``.
         """
         if not 0 <= shard < len(self.shards):
             raise ConfigError(f"shard {shard} of {len(self.shards)}", key="data.shard")
@@ -307,6 +312,8 @@ class DroneAssembly:
             plan=plan,
         )
         node_config = self.node_config(drone_id, learner)
+        if identity is not None:
+            node_config = dataclasses.replace(node_config, identity=identity)
         link = self.settings.link.link_config(
             default_mtu=self.settings.default_mtu, rate_bps=device.rate_bps
         )

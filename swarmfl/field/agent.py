@@ -34,6 +34,7 @@ from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.drone import AssembledDrone, DeviceProfile, DroneAssembly, SwarmSettings
 from swarmfl.errors import ConfigError, SwarmError
 from swarmfl.field.checkpoint import CheckpointStore
+from swarmfl.field.identity import load_identity
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
 from swarmfl.field.telemetry import STATUS_VERSION, MergeLag, StatusLog, finite_or_none
@@ -118,8 +119,9 @@ class FieldAgent:
         if config.training.threads is not None:
             torch.set_num_threads(config.training.threads)
         self.assembly = DroneAssembly(drone_settings(loaded))
+        self.identity = load_identity(config, source=str(loaded.source))
         self.parts: AssembledDrone = self.assembly.build(
-            self.drone_id, config.data.shard, field_device(loaded)
+            self.drone_id, config.data.shard, field_device(loaded), identity=self.identity
         )
         self.description = _data_description(loaded)
         self.learner = self.parts.learner
@@ -227,6 +229,8 @@ class FieldAgent:
             "epoch": self.node.epoch,
             "epoch_hints_sent": stats.epoch_hints_sent,
             "epoch_restarts": stats.epoch_restarts,
+            "roster_version": self.identity.version if self.identity is not None else None,
+            "rosters_adopted": stats.rosters_adopted,
             "stream_gaps": stats.stream_gaps,
             "nacks_sent": stats.nacks_sent,
             "merge_lag_s": finite_or_none(self._merge_lag.take_mean_s(stats)),
