@@ -17,6 +17,7 @@ Prints JSON lines:
   per gossip period, so about half a period on average), and their sum, send to merge.
 
     python benchmarks/bench_agent.py --window-s 30
+    python benchmarks/bench_agent.py --window-s 30 --signatures   # HMAC, then per-drone Ed25519
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from typing import Any
 
 import numpy as np
 import psutil
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from swarmfl.core.identity import (
+    DroneIdentity,
+    DroneSigner,
+    Roster,
+    encode_roster,
+    private_key_bytes,
+    public_key_bytes,
+)
 from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.wire import derive_swarm_key
@@ -60,7 +70,7 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def agent_config(folder: Path, swarm_id: int) -> Path:
+def agent_config(folder: Path, swarm_id: int, identity: str = "") -> Path:
     text = f"""
 [drone]
 id = 0
@@ -94,7 +104,7 @@ dir = "ckpt"
 [status]
 log = "status.jsonl"
 interval_s = 1.0
-"""
+{identity}"""
     path = folder / "drone0.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -103,7 +113,7 @@ interval_s = 1.0
 class Peer:
     """A light drone: a gossip node and a UDP radio publishing a drifting model once a second."""
 
-    def __init__(self, drone_id: int, swarm_id: int) -> None:
+    def __init__(self, drone_id: int, swarm_id: int, identity: DroneIdentity | None) -> None:
         dataset = load_builtin("digits", seed=SEED)
         model = build_model("mlp", dataset.input_shape, 10, hidden=(HIDDEN,), seed=SEED)
         flat, offsets = flatten_parameters(model)
@@ -120,6 +130,7 @@ class Peer:
                 period_s=PERIOD_S,
                 codec="int8",
                 merge=MergeRule(),
+                identity=identity,
             )
         )
         self.drone_id = drone_id
@@ -155,8 +166,12 @@ class Peer:
                 self.radio.set_peer(event.peer.drone_id, event.peer.host, event.peer.port)
 
     async def _receive(self) -> None:
+        # As the agent does: authenticated frames say where a peer is (discovery only hints).
         async for heard in self.radio.frames():
-            for reply in self.node.receive(heard.data, heard.received_at):
+            sender, replies = self.node.receive_from(heard.data, heard.received_at)
+            if sender is not None:
+                self.radio.confirm_peer(sender, heard.link_sender, heard.received_at)
+            for reply in replies:
                 self.radio.send(reply)
 
     async def _publish(self) -> None:
@@ -169,6 +184,8 @@ class Peer:
             now = loop.time()
             for frame in self.node.publish(self.x, 100, now):
                 self.radio.send(frame)
+            if self.radio.probes_due(now):
+                self.radio.probe(self.node.hello, now)
             self.sent_at.append(now)
             next_at += PERIOD_S
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -222,11 +239,35 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-async def bench(window_s: float) -> None:
+def identities(folder: Path, swarm_id: int) -> tuple[str, dict[int, DroneIdentity]]:
+    """Per-drone keys for drones 0-3: the agent's [identity] table and the peers' identities."""
+    authority = Ed25519PrivateKey.generate()
+    keys = {d: Ed25519PrivateKey.generate() for d in range(4)}
+    roster = Roster(swarm_id, 1)
+    for drone, key in keys.items():
+        roster = roster.with_drone(drone, public_key_bytes(key))
+    signed = encode_roster(roster, authority)
+    (folder / "roster.json").write_bytes(signed)
+    (folder / "drone0.key").write_bytes(private_key_bytes(keys[0]))
+    table = (
+        f'[identity]\nkey_file = "drone0.key"\nroster_file = "roster.json"\n'
+        f'authority = "{public_key_bytes(authority).hex()}"\n'
+    )
+    peers = {
+        d: DroneIdentity(
+            DroneSigner(d, keys[d]), public_key_bytes(authority), signed, swarm_id=swarm_id
+        )
+        for d in (1, 2, 3)
+    }
+    return table, peers
+
+
+async def bench(window_s: float, signed: bool) -> None:
     swarm_id = secrets.randbelow(2**31)
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         folder = Path(tmp)
-        config = agent_config(folder, swarm_id)
+        table, peer_identities = identities(folder, swarm_id) if signed else ("", {})
+        config = agent_config(folder, swarm_id, table)
         status_path = folder / "status.jsonl"
         agent = subprocess.Popen(
             [sys.executable, "-m", "swarmfl.cli", "agent", "--config", str(config)],
@@ -235,7 +276,7 @@ async def bench(window_s: float) -> None:
             stdout=subprocess.DEVNULL,
             stderr=open(folder / "agent.err", "wb"),  # noqa: SIM115
         )
-        peers = [Peer(i, swarm_id) for i in (1, 2, 3)]
+        peers = [Peer(i, swarm_id, peer_identities.get(i)) for i in (1, 2, 3)]
         tasks = [asyncio.create_task(peer.run()) for peer in peers]
         try:
             process = psutil.Process(agent.pid)
@@ -271,6 +312,7 @@ async def bench(window_s: float) -> None:
     emit(
         {
             "bench": "cpu",
+            "frames": "ed25519 per drone" if signed else "swarm-key hmac",
             "window_s": round(elapsed, 2),
             "agent_cpu_s": round(cpu_s, 3),
             "percent_of_one_core": round(100 * cpu_s / elapsed, 2),
@@ -326,8 +368,15 @@ async def bench(window_s: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window-s", type=float, default=30.0, help="CPU measurement window")
+    parser.add_argument(
+        "--signatures",
+        action="store_true",
+        help="run twice: frames with the swarm-key HMAC only (the baseline), then signed with "
+        "per-drone Ed25519 keys (drone.toml [identity])",
+    )
     args = parser.parse_args()
-    asyncio.run(bench(args.window_s))
+    for signed in (False, True) if args.signatures else (False,):
+        asyncio.run(bench(args.window_s, signed))
 
 
 if __name__ == "__main__":
