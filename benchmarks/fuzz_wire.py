@@ -28,7 +28,15 @@ from collections.abc import Callable
 
 import lz4.block
 
-from swarmfl.core.wire import TAG_BYTES, Frame, FrameKind, decode_frame, encode_frame, nack_payload
+from swarmfl.core.wire import (
+    TAG_BYTES,
+    Frame,
+    FrameKind,
+    decode_frame,
+    encode_frame,
+    epoch_payload,
+    nack_payload,
+)
 from swarmfl.errors import FrameDecodeError
 
 KEY = bytes(range(32))
@@ -46,13 +54,15 @@ def corpus(rng: random.Random, count: int = 48) -> list[bytes]:
     """Valid frames of every kind and codec, compressible and not, small to a few kB."""
     frames = []
     for i in range(count):
-        kind = FrameKind(1 + i % 4)
+        kind = FrameKind(1 + i % len(FrameKind))
         codec = i % 3
         nlayers = rng.randrange(0, 12)
         layers = tuple(sorted(rng.sample(range(300), nlayers)))
         size = rng.choice([0, 1, 17, 200, 1500, 4000])
         if kind == FrameKind.NACK:
             payload = nack_payload(rng.randrange(2**32))
+        elif kind == FrameKind.EPOCH:
+            payload = epoch_payload(rng.randrange(2**32), rng.randrange(2**64))
         elif i % 2:
             payload = rng.randbytes(size)
         else:

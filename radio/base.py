@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -53,10 +53,12 @@ class Radio(Protocol):
 class UnicastRadio(Radio, Protocol):
     """A :class:`Radio` that sends each frame to explicit destinations rather than to the air.
 
-    Its ``send`` reaches only the drones set with :meth:`set_peer`, so whoever runs discovery
-    must route what it hears to the radio: :meth:`set_peer` on
-    :class:`~swarmfl.radio.discovery.PeerUp` (a peer's host and port), :meth:`remove_peer` on
-    :class:`~swarmfl.radio.discovery.PeerDown`. ``transport`` names the medium its destinations
+    Discovery is a hint: :meth:`set_peer` on :class:`~swarmfl.radio.discovery.PeerUp` (a peer's
+    host and port) and :meth:`remove_peer` on :class:`~swarmfl.radio.discovery.PeerDown` only
+    say where a drone may be. Its ``send`` reaches the drones whose authenticated frames came
+    from an address (:meth:`confirm_peer`, called by whoever authenticates frames), and the
+    hinted addresses get small HELLO frames (:meth:`probe`) so that drones confirm each other.
+    ``transport`` names the medium its destinations
     are on, as :class:`~swarmfl.radio.discovery.PeerInfo` does (``"udp"``): only peers announced
     on it are destinations. The UDP radio is one; the simulated and MQTT radios broadcast (to
     the drones in range, or through the broker) and are not. ``isinstance(radio, UnicastRadio)``
@@ -74,7 +76,25 @@ class UnicastRadio(Radio, Protocol):
         ...
 
     def remove_peer(self, drone_id: int) -> None:
-        """Stop sending to ``drone_id`` (nothing happens if it is not a destination)."""
+        """Discovery says ``drone_id`` left (a hint: what authenticated frames confirmed stays)."""
+        ...
+
+    def confirm_peer(self, drone_id: int, link_sender: object, now: float) -> None:
+        """A fresh authenticated frame of ``drone_id`` came from ``link_sender`` (as
+        :class:`ReceivedFrame` reported it): that is where the drone is."""
+        ...
+
+    def probes_due(self, now: float) -> bool:
+        """Whether an address discovery hinted at is due for a HELLO probe."""
+        ...
+
+    def probe(self, hello: Callable[[int], bytes], now: float) -> int:
+        """Send ``hello(drone_id)`` (a HELLO for that drone) to the hinted addresses due for
+        one; return how many."""
+        ...
+
+    def reply(self, frame: bytes, link_sender: object) -> None:
+        """Send ``frame`` straight back to ``link_sender`` (the source of a frame heard)."""
         ...
 
 

@@ -1,8 +1,10 @@
 """Who is around: neighbour discovery over mDNS/DNS-SD (zeroconf), or from a fixed list.
 
 Discovery is a *hint only*. An mDNS announcement is unauthenticated: anyone on the link can claim
-any drone id. The agent merges a peer's model only once that peer's frames authenticate with the
-swarm key; discovery just tells it where to listen and whom to expect.
+any drone id, at any address, or say goodbye for another drone. The agent merges a peer's model
+only once that peer's frames authenticate, and a unicast radio sends model frames only where
+authenticated frames came from (:mod:`swarmfl.radio.peers`); discovery just says where to probe.
+The table of announced peers is bounded (:data:`MAX_PEERS`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from swarmfl.errors import ConfigError, RadioError
 
 __all__ = [
+    "MAX_PEERS",
     "SERVICE_TYPE",
     "TXT_VERSION",
     "Discovery",
@@ -41,6 +44,9 @@ SIGNATURE_BYTES = 8
 TRANSPORTS = frozenset({"udp", "mqtt"})
 _MAX_TRAINS_CHARS = 64
 _MAX_ID = 2**32 - 1
+MAX_PEERS = 4096
+"""Announced peers a :class:`ZeroconfDiscovery` holds; announcements of more are counted and
+ignored (anyone on the link can announce, so the table must be bounded)."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,7 @@ class ZeroconfDiscovery:
         self._malformed = 0
         self._foreign = 0
         self._unresolved = 0
+        self._overflow = 0
 
     @classmethod
     def browser(cls, swarm_id: int, *, interfaces: list[str] | None = None) -> ZeroconfDiscovery:
@@ -257,6 +264,11 @@ class ZeroconfDiscovery:
     def foreign_count(self) -> int:
         """Services ignored because they belong to another swarm or model signature."""
         return self._foreign
+
+    @property
+    def overflow_count(self) -> int:
+        """Announcements ignored because :data:`MAX_PEERS` peers were held already."""
+        return self._overflow
 
     @property
     def unresolved_count(self) -> int:
@@ -398,6 +410,10 @@ class ZeroconfDiscovery:
             self._queue.put_nowait(PeerDown(drone_id))
 
     def _accept(self, name: str, peer: PeerInfo) -> None:
+        if peer.drone_id not in self._peers and len(self._peers) >= MAX_PEERS:
+            self._overflow += 1
+            logger.debug("ignoring %s: %d peers announced already", name, MAX_PEERS)
+            return
         self._name_to_id[name] = peer.drone_id
         if self._peers.get(peer.drone_id) != peer:
             self._peers[peer.drone_id] = peer

@@ -4,7 +4,7 @@
 
 Queueing, fragmentation, the token bucket at ``rate_bps`` and reassembly are the
 :class:`~swarmfl.radio.datagram.DatagramRadio` pump every real radio shares. :class:`UdpRadio`
-adds the socket: unicast to every peer discovery reports (each extra copy is charged to the
+adds the socket: unicast to every confirmed peer (each extra copy is charged to the
 bucket, as airtime is on a unicast mesh), an optional in-process loss injector for tests (this
 kernel has no netem), and answers to authenticated ``swarmfl status`` queries
 (:mod:`swarmfl.radio.status_port`).
@@ -12,6 +12,11 @@ kernel has no netem), and answers to authenticated ``swarmfl status`` queries
 A datagram that is not ours (garbage, truncated, a foreign protocol) is counted, logged at debug
 level and dropped; nothing a peer sends can stop the radio. Whole frames are authenticated later,
 by the gossip node.
+
+Discovery only *hints* where a peer may be (:class:`~swarmfl.radio.peers.PeerTable`): model
+frames go to a drone's address once an authenticated frame of that drone came from it
+(:meth:`UdpRadio.confirm_peer`); hinted addresses get a small HELLO now and then
+(:meth:`UdpRadio.probe`), outside the token bucket, which is spent on confirmed peers alone.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import ipaddress
 import logging
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from swarmfl.errors import ConfigError, RadioError
@@ -30,6 +35,7 @@ from swarmfl.radio.datagram import DatagramRadio
 from swarmfl.radio.fragment import MAGIC as _FRAGMENT_MAGIC
 from swarmfl.radio.fragment import VERSION as _FRAGMENT_VERSION
 from swarmfl.radio.link import LinkConfig
+from swarmfl.radio.peers import PeerTable
 from swarmfl.radio.status_port import STATUS_REQUEST, StatusResponder
 
 __all__ = ["MulticastUdpRadio", "UdpRadio"]
@@ -61,6 +67,7 @@ class UdpRadio(DatagramRadio):
     heard, on purpose, seeded by ``seed`` (for tests). ``status`` answers ``swarmfl status``
     queries when given (its counters join :meth:`counters`). ``inbox_frames`` bounds the
     frames heard but not yet read.
+    ``peer_table`` holds where it sends (default: a :class:`PeerTable` with its defaults).
 
     Raises :class:`ConfigError` for a bad ``loss`` or ``drone_id``; :meth:`start` raises
     :class:`ConfigError` if the port is in use or the address cannot be bound, and
@@ -80,6 +87,7 @@ class UdpRadio(DatagramRadio):
         loss: float = 0.0,
         seed: int = 0,
         status: StatusResponder | None = None,
+        peer_table: PeerTable | None = None,
     ) -> None:
         if not 0.0 <= loss < 1.0:
             raise ConfigError(f"must be in [0, 1), got {loss!r}", key="loss")
@@ -89,7 +97,7 @@ class UdpRadio(DatagramRadio):
         self._loss = loss
         self._rng = random.Random(seed)
         self._status = status
-        self._peers: dict[int, tuple[str, int]] = {}
+        self.peer_table = peer_table if peer_table is not None else PeerTable()
         self._transport: asyncio.DatagramTransport | None = None
         self._pump_task: asyncio.Task[None] | None = None
         # Each datagram once, however many copies went out: ``bytes_sent`` (every copy: the
@@ -142,18 +150,74 @@ class UdpRadio(DatagramRadio):
     # -- destinations -------------------------------------------------------------------------
 
     def set_peer(self, drone_id: int, host: str, port: int) -> None:
-        """Send to ``host:port`` as drone ``drone_id`` (replaces its previous address)."""
+        """Discovery says drone ``drone_id`` may be at ``host:port``: a candidate, probed with
+        HELLOs, sent model frames only once confirmed (see :meth:`confirm_peer`)."""
         if drone_id != self.drone_id:
-            self._peers[drone_id] = (host, port)
+            self.peer_table.hint(drone_id, (host, port), asyncio.get_running_loop().time())
 
     def remove_peer(self, drone_id: int) -> None:
-        """Stop sending to ``drone_id``."""
-        self._peers.pop(drone_id, None)
+        """Discovery says ``drone_id`` left: drop its candidates. A confirmed peer stays until
+        its authenticated frames stop (a goodbye is unauthenticated)."""
+        self.peer_table.withdraw(drone_id)
+
+    def confirm_peer(self, drone_id: int, link_sender: object, now: float) -> None:
+        """A fresh authenticated frame of ``drone_id`` came from ``link_sender`` (the source
+        address :meth:`frames` reported): send model frames to it there."""
+        if drone_id != self.drone_id and isinstance(link_sender, tuple) and len(link_sender) >= 2:
+            self.peer_table.confirm(drone_id, (str(link_sender[0]), int(link_sender[1])), now)
+
+    def probe(self, hello: Callable[[int], bytes], now: float) -> int:
+        """Send ``hello(drone_id)`` (a small HELLO for that drone) to each candidate due for a
+        probe; return how many. Probes bypass the queue and the token bucket (those are for
+        confirmed peers); the peer table bounds how many go out per call and how often one
+        address is tried."""
+        due = self.peer_table.due_probes(now)
+        for drone_id, address in due:
+            self._send_direct(hello(drone_id), address)
+        return len(due)
+
+    def reply(self, frame: bytes, link_sender: object) -> None:
+        """Send ``frame`` (a small control frame) straight back to ``link_sender``, the source
+        of a frame heard, outside the queue and the bucket: an EPOCH frame for a drone that
+        restarted without its epoch, which is no destination until its frames are taken."""
+        if isinstance(link_sender, tuple) and len(link_sender) >= 2:
+            self._send_direct(frame, (str(link_sender[0]), int(link_sender[1])))
+
+    def _send_direct(self, frame: bytes, address: tuple[str, int]) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        for datagram in self._link.fragmenter.split(frame):
+            try:
+                transport.sendto(datagram, address)
+            except OSError as exc:
+                self.stats.send_errors += 1
+                log.debug("udp send to %s failed: %r", address, exc)
+                return
+            self.stats.datagrams_sent += 1
+            self.stats.bytes_sent += len(datagram)
+
+    def probes_due(self, now: float) -> bool:
+        """Whether a candidate is due for a probe (so that a HELLO is worth building)."""
+        return self.peer_table.has_due_probes(now)
 
     @property
     def peers(self) -> Mapping[int, tuple[str, int]]:
-        """Current destinations by drone id."""
-        return dict(self._peers)
+        """Current destinations (confirmed peers) by drone id."""
+        now = asyncio.get_running_loop().time()
+        return self.peer_table.confirmed(now)
+
+    def peer_counters(self) -> dict[str, int]:
+        """The peer table's counters: ``peers_confirmed``, ``peer_candidates``,
+        ``probes_sent``, ``peer_address_changes``, ``peers_silent_expired``."""
+        table = self.peer_table
+        return {
+            "peers_confirmed": len(table),
+            "peer_candidates": table.candidate_count,
+            "probes_sent": table.stats.probes_sent,
+            "peer_address_changes": table.stats.address_changes,
+            "peers_silent_expired": table.stats.silent_expired,
+        }
 
     async def _close_medium(self) -> None:
         task, self._pump_task = self._pump_task, None
@@ -169,7 +233,7 @@ class UdpRadio(DatagramRadio):
         transport = self._transport
         if transport is None or transport.is_closing():
             return None
-        destinations = list(self._peers.values())
+        destinations = self.peer_table.destinations(now)
         if destinations:
             self.unique_datagrams_sent += 1
             self.unique_bytes_sent += len(datagram)
@@ -261,6 +325,7 @@ class MulticastUdpRadio(UdpRadio):
         loss: float = 0.0,
         seed: int = 0,
         status: StatusResponder | None = None,
+        peer_table: PeerTable | None = None,
     ) -> None:
         try:
             address = ipaddress.ip_address(group)
@@ -289,6 +354,7 @@ class MulticastUdpRadio(UdpRadio):
             loss=loss,
             seed=seed,
             status=status,
+            peer_table=peer_table,
         )
         self.group = group
         self.group_port = group_port

@@ -84,6 +84,8 @@ class Agent:
         self.rounds = 0
         self.last_step: StepResult | None = None
         self._task: asyncio.Task[None] | None = None
+        # Decided once: the simulator's radio is not unicast, and its receive path stays lean.
+        self._unicast: UnicastRadio | None = radio if isinstance(radio, UnicastRadio) else None
 
     async def run(self) -> None:
         """Train, gossip and receive until cancelled."""
@@ -130,6 +132,9 @@ class Agent:
                 frames = []
             for frame in frames:
                 self.radio.send(frame)
+            unicast = self._unicast
+            if unicast is not None and unicast.probes_due(now):
+                unicast.probe(self.node.hello, now)
             self.rounds += 1
             self.last_step = step
             if self.on_round is not None:
@@ -141,8 +146,9 @@ class Agent:
         radio = self.radio
         async for event in self.discovery.events():
             # Discovery is a hint: it says where a peer may be heard, never whom to merge (the
-            # node merges only frames that authenticate), and a peer that vanished is aged out
-            # by the merge cut-off rather than forgotten on an unauthenticated goodbye.
+            # node merges only frames that authenticate) nor where model frames go (a unicast
+            # radio sends those where authenticated frames came from), and a peer that vanished
+            # is aged out by silence rather than forgotten on an unauthenticated goodbye.
             if not isinstance(radio, UnicastRadio):
                 continue
             if isinstance(event, PeerUp):
@@ -153,10 +159,26 @@ class Agent:
                 radio.remove_peer(event.drone_id)
 
     async def _receive_loop(self) -> None:
-        async for heard in self.radio.frames():
-            for reply in self.node.receive(heard.data, heard.received_at):
-                if self.transmits:
-                    self.radio.send(reply)
+        unicast = self._unicast
+        if unicast is None:
+            async for heard in self.radio.frames():
+                for reply in self.node.receive(heard.data, heard.received_at):
+                    if self.transmits:
+                        self.radio.send(reply)
+            return
+        async for heard in unicast.frames():
+            sender, replies = self.node.receive_from(heard.data, heard.received_at)
+            if sender is not None:
+                unicast.confirm_peer(sender, heard.link_sender, heard.received_at)
+                for reply in replies:
+                    if self.transmits:
+                        unicast.send(reply)
+            else:
+                # A refused frame's answer (an EPOCH frame, at most one a period per sender)
+                # goes back where it came from: its sender may be no destination of ours yet.
+                for reply in replies:
+                    if self.transmits:
+                        unicast.reply(reply, heard.link_sender)
 
     async def __aenter__(self) -> Agent:
         self._task = asyncio.create_task(self.run(), name=f"drone-{self.drone_id}")

@@ -20,6 +20,7 @@ from swarmfl import __version__
 from swarmfl.core.codecs import CODECS, DEFAULT_CODEC
 from swarmfl.errors import ConfigError
 from swarmfl.field.journal import configure_logging
+from swarmfl.field.keys import add_keys_parser
 from swarmfl.learning.trainplan import OPTIMIZERS
 
 EXIT_USAGE = 2
@@ -94,6 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_experiment_commands(commands)
     _add_field_commands(commands)
     _add_plan_command(commands)
+    add_keys_parser(commands)
     return parser
 
 

@@ -17,6 +17,7 @@ plan or a pretrained checkpoint, so a lean drone's process never loads it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from swarmfl.config.sections import (
     ModelSection,
     TrainingSection,
 )
+from swarmfl.core.identity import DroneIdentity
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.verifier import FrameVerifier
 from swarmfl.core.wire import frame_overhead_bytes
@@ -321,13 +323,16 @@ class DroneAssembly:
         device: DeviceProfile | None = None,
         *,
         verifier: FrameVerifier | None = None,
+        identity: DroneIdentity | None = None,
     ) -> AssembledDrone:
         """Assemble drone ``drone_id`` holding shard ``shard``, of ``device`` (default profile:
         the training section's backend, budget and replicas).
 
         ``verifier`` is a frame verifier shared with other drones on the same medium (the
-        simulator's broadcast). Raises :class:`ConfigError` for a shard out of range, a budget
-        no plan fits, or frames larger than the link's ``max_frame_bytes``.
+        simulator's broadcast). ``identity``: the drone's own key and the roster (the field's
+        per-drone signatures; none: the swarm key alone). Raises :class:`ConfigError` for a
+        shard out of range, a budget no plan fits, or frames larger than the link's
+        ``max_frame_bytes``.
         """
         if not 0 <= shard < len(self.shards):
             raise ConfigError(f"shard {shard} of {len(self.shards)}", key="data.shard")
@@ -361,6 +366,8 @@ class DroneAssembly:
             dp=self.dp_config(),
         )
         node_config = self.node_config(drone_id, learner)
+        if identity is not None:
+            node_config = dataclasses.replace(node_config, identity=identity)
         link = self.settings.link.link_config(
             default_mtu=self.settings.default_mtu, rate_bps=device.rate_bps
         )

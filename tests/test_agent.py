@@ -4,7 +4,7 @@ receive and reply; discovery routed to the radio; relays; diverged models; clean
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from swarmfl.agent import Agent
 from swarmfl.clock import ChargedCompute, LoopClock
 from swarmfl.core.merge import MergeRule, staleness_weight
 from swarmfl.core.node import GossipNode, NodeConfig
-from swarmfl.core.wire import decode_frame, derive_swarm_key
+from swarmfl.core.wire import FrameKind, decode_frame, derive_swarm_key
 from swarmfl.learning.learner import StepResult
 from swarmfl.radio.base import ReceivedFrame, UnicastRadio
 from swarmfl.radio.discovery import PeerDown, PeerInfo, PeerUp
@@ -87,13 +87,29 @@ class AddressedRadio(RecordingRadio):
 
     def __init__(self) -> None:
         super().__init__()
-        self.peers: dict[int, tuple[str, int]] = {}
+        self.hints: dict[int, tuple[str, int]] = {}
+        self.confirmed: dict[int, object] = {}
+        self.probes: list[bytes] = []
+        self.replies: list[tuple[bytes, object]] = []
 
     def set_peer(self, drone_id: int, host: str, port: int) -> None:
-        self.peers[drone_id] = (host, port)
+        self.hints[drone_id] = (host, port)
 
     def remove_peer(self, drone_id: int) -> None:
-        self.peers.pop(drone_id, None)
+        self.hints.pop(drone_id, None)
+
+    def confirm_peer(self, drone_id: int, link_sender: object, now: float) -> None:
+        self.confirmed[drone_id] = link_sender
+
+    def probes_due(self, now: float) -> bool:
+        return bool(self.hints) and not self.probes
+
+    def probe(self, hello: Callable[[int], bytes], now: float) -> int:
+        self.probes += [hello(drone_id) for drone_id in self.hints]
+        return len(self.hints)
+
+    def reply(self, frame: bytes, link_sender: object) -> None:
+        self.replies.append((frame, link_sender))
 
 
 class ScriptedDiscovery:
@@ -198,7 +214,7 @@ def test_a_diverged_model_is_never_sent_and_adopts_its_neighbours() -> None:
     np.testing.assert_allclose(x, np.full(OFFSETS[-1], 3.0, np.float32), rtol=1e-6)
 
 
-def test_discovery_tells_a_unicast_radio_where_peers_are_and_forgets_nothing_it_heard() -> None:
+def test_discovery_hints_a_unicast_radio_and_authenticated_frames_confirm_peers() -> None:
     mate = PeerInfo(2, 7, SIG, "127.0.0.1", 47102, "full", "udp")
     broker_peer = PeerInfo(3, 7, SIG, "broker", 0, "full", "mqtt")
     script: list[tuple[float, PeerUp | PeerDown]] = [
@@ -207,23 +223,34 @@ def test_discovery_tells_a_unicast_radio_where_peers_are_and_forgets_nothing_it_
         (8.0, PeerDown(2)),
     ]
 
+    radio = AddressedRadio()
+
     async def main() -> tuple[dict[int, tuple[str, int]], dict[int, tuple[str, int]], set[int]]:
-        learner, radio = StepLearner(), AddressedRadio()
+        learner = StepLearner()
         assert isinstance(radio, UnicastRadio)
         peer = node(2)
         drone = agent(learner, radio, discovery=ScriptedDiscovery(script))
         async with drone:
             await asyncio.sleep(2.0)
+            assert radio.confirmed == {}  # a hint is not a destination
             (frame,) = peer.publish(np.ones(OFFSETS[-1], np.float32), 4, 2.0)
-            await radio.inbox.put(ReceivedFrame(frame, ("127.0.0.1", 47102), 2.0))
+            await radio.inbox.put(ReceivedFrame(frame, ("127.0.0.1", 47999), 2.0))
+            # A replay of it from elsewhere confirms nothing.
+            await radio.inbox.put(ReceivedFrame(frame, ("10.6.6.6", 666), 2.1))
             await asyncio.sleep(3.0)
-            during = dict(radio.peers)
+            during = dict(radio.hints)
             await asyncio.sleep(5.0)
-        return during, dict(radio.peers), set(drone.node.known_peers())
+        return during, dict(radio.hints), set(drone.node.known_peers())
 
     during, after, heard = run_virtual(main)
     assert during == {2: ("127.0.0.1", 47102)}  # the MQTT peer is not a UDP destination
     assert after == {}
+    # The authenticated frame's source address is where the drone is, whatever was announced;
+    # the goodbye (unauthenticated) removed only the hint.
+    assert radio.confirmed == {2: ("127.0.0.1", 47999)}
+    # The hinted address was sent a HELLO of ours, so the drone there can confirm us.
+    (hello,) = radio.probes
+    assert decode_frame(hello, KEY, swarm_id=7, signature=SIG).kind == FrameKind.HELLO
     # A goodbye is unauthenticated: the replica stays until the merge cut-off ages it out.
     assert heard == {2}
 

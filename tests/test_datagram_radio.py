@@ -274,7 +274,9 @@ async def radio_pair(
             UdpRadio(drone_id=1, host=LOOPBACK, link=link) as udp_sender,
             UdpRadio(drone_id=2, host=LOOPBACK, link=link) as udp_receiver,
         ):
-            udp_sender.set_peer(2, LOOPBACK, udp_receiver.local_port)
+            udp_sender.confirm_peer(
+                2, (LOOPBACK, udp_receiver.local_port), asyncio.get_running_loop().time()
+            )
             yield udp_sender, udp_receiver
         return
     port = request.getfixturevalue("broker").port

@@ -35,11 +35,11 @@ from _field_helpers import (
 )
 
 from swarmfl.config.drone_file import load_drone_config
+from swarmfl.core.replay import epoch_of
 from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
 from swarmfl.errors import ConfigError
 from swarmfl.field.agent import FieldAgent
 from swarmfl.field.checkpoint import CheckpointStore
-from swarmfl.field.resume import RESTART_SEQ_GAP
 from swarmfl.radio.fragment import Fragmenter
 
 pytestmark = [pytest.mark.network]
@@ -204,14 +204,19 @@ async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
     assert again.node.counter == saved.counter
     np.testing.assert_array_equal(again.learner.flat_parameters(), params)
     restarted = again.node.export_state()
-    assert restarted.next_seq >= saved.next_seq + RESTART_SEQ_GAP
-    assert restarted.control_seq >= restarted.next_seq
+    # Each life is a new boot epoch: its numbers are above the previous life's, clock or not.
+    assert again.node.epoch == epoch_of(saved.next_seq) + 1
+    assert restarted.next_seq > saved.next_seq and restarted.control_seq > saved.control_seq
+    # What the previous life heard is still refused: its receive windows came back.
+    assert dict((r[0], r[1]) for r in restarted.replay) == dict((r[0], r[1]) for r in saved.replay)
+    assert saved.replay
 
     fresh = FieldAgent(load_drone_config(paths[0]), resume=False)
     assert fresh.resumed_from is None and fresh.node.counter == 0
     assert not np.array_equal(fresh.learner.flat_parameters(), params)
-    # Even without a checkpoint, a new start numbers its frames above the earlier run's.
-    assert fresh.node.export_state().next_seq > saved.next_seq
+    # Even without a checkpoint, a new start numbers its frames above the earlier runs'.
+    assert fresh.node.epoch == again.node.epoch + 1
+    assert fresh.node.export_state().next_seq > restarted.next_seq
 
     # A torn newest checkpoint (power lost mid-write on a disk without atomic rename, or bit rot)
     # is detected by its checksum: the drone resumes from the previous good one.

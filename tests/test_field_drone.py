@@ -10,9 +10,10 @@ import pytest
 from _field_helpers import SECRET, agent_tables, unique_swarm_id, write_config
 
 from swarmfl.config.drone_file import load_drone_config
+from swarmfl.core.replay import MAX_EPOCH, epoch_start_seq
 from swarmfl.errors import ConfigError
 from swarmfl.field.agent import FieldAgent
-from swarmfl.field.resume import RESTART_SEQ_GAP, stream_start_seq
+from swarmfl.field.resume import next_boot_epoch
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -25,12 +26,15 @@ def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWARMFL_SECRET", SECRET)
 
 
-def test_stream_start_numbers_grow_with_time_and_past_checkpoints() -> None:
-    assert stream_start_seq(None, 1000.0) == 1_000_000 << 20
-    assert stream_start_seq(None, 1000.001) > stream_start_seq(None, 1000.0)
-    # A clock that went back (no RTC) still starts above the checkpoint.
-    assert stream_start_seq(2**60, 0.0) == 2**60 + RESTART_SEQ_GAP
-    assert stream_start_seq(2**63, 1e9) == 2**63
+def test_each_life_starts_a_boot_epoch_past_the_saved_one_and_the_checkpoints() -> None:
+    assert next_boot_epoch(0) == 1
+    assert next_boot_epoch(7) == 8
+    # The checkpoint's numbers (an epoch file lost, or older than the checkpoint) count too.
+    assert next_boot_epoch(0, (epoch_start_seq(41) + 12, 3)) == 42
+    assert next_boot_epoch(50, (epoch_start_seq(41) + 12,)) == 51
+    assert epoch_start_seq(2) > epoch_start_seq(1) + 10**9  # a billion frames per life, at least
+    with pytest.raises(ConfigError):
+        next_boot_epoch(MAX_EPOCH)
 
 
 @pytest.mark.parametrize("source", ["npz", "idx"])

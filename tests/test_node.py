@@ -9,7 +9,7 @@ from swarmfl.core.merge import MergeRule, merge_into
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.quant import NonFiniteError
 from swarmfl.core.verifier import FrameVerifier
-from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
+from swarmfl.core.wire import Frame, FrameKind, decode_frame, derive_swarm_key, encode_frame
 from swarmfl.errors import ConfigError
 
 KEY = derive_swarm_key("test swarm", 7)
@@ -104,9 +104,13 @@ def test_bad_frames_are_counted_and_dropped_never_raised():
         assert receiver.receive(junk, 1.0) == []
     assert receiver.stats.frames_rejected == 6
     assert receiver.receive(good, 1.0) == []
-    assert receiver.receive(good, 2.0) == []  # the same frame again: a replay
+    # The same frame again: a replay. The sender is told the newest number heard from it (a
+    # sender that restarted without its epoch would move past it; this one sent it, and ignores it).
+    (hint,) = receiver.receive(good, 2.0)
+    assert decode_frame(hint, KEY, swarm_id=7, signature=SIG).kind == FrameKind.EPOCH
+    assert receiver.receive(good, 2.5) == []  # at most one hint per period per sender
     assert receiver.stats.frames_accepted == 1
-    assert receiver.stats.frames_replayed == 1
+    assert receiver.stats.frames_replayed == 2
 
 
 def test_frames_naming_unknown_layers_are_rejected():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from swarmfl.core.node import GossipNode, NodeConfig, NodeState
-from swarmfl.core.wire import FrameKind, decode_frame
+from swarmfl.core.replay import epoch_start_seq
+from swarmfl.core.wire import FrameKind, decode_frame, epoch_payload
 from swarmfl.errors import ConfigError
 
 KEY = bytes(range(32))
@@ -68,3 +69,94 @@ def test_negative_state_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         node(1).import_state(NodeState(0, -1, 0))
     assert info.value.key == "next_seq"
+
+
+def deliver(frames: list[bytes], to: GossipNode, now: float) -> list[bytes]:
+    replies = []
+    for frame in frames:
+        replies += to.receive(frame, now)
+    return replies
+
+
+def test_a_receiver_restored_from_its_state_refuses_what_it_heard_before() -> None:
+    x = np.random.default_rng(1).normal(size=310).astype(np.float32)
+    sender, receiver = node(1), node(2)
+    sender.start_epoch(3)
+    heard = [sender.publish(x, 10, float(t)) for t in range(6)]
+    for t, frames in enumerate(heard):
+        deliver(frames, receiver, float(t))
+    assert receiver.stats.frames_accepted == 6
+    saved = receiver.export_state()
+
+    restarted = node(2)  # a new process: no windows in memory
+    restarted.import_state(
+        NodeState(saved.counter, epoch_start_seq(1), epoch_start_seq(1), saved.replay)
+    )
+    for frames in heard:
+        deliver(frames, restarted, 10.0)
+    assert restarted.stats.frames_accepted == 0
+    assert restarted.stats.frames_replayed == 6
+    # Without the saved windows the same replays get in: this is what the state is for.
+    amnesiac = node(2)
+    for frames in heard:
+        deliver(frames, amnesiac, 10.0)
+    assert amnesiac.stats.frames_accepted == 6
+
+
+def test_a_sender_restarted_in_an_older_epoch_is_told_and_taken_back_within_a_period() -> None:
+    x = np.random.default_rng(2).normal(size=310).astype(np.float32)
+    sender, receiver = node(1), node(2)
+    sender.start_epoch(5)
+    for t in range(4):
+        deliver(sender.publish(x, 10, float(t)), receiver, float(t))
+    assert receiver.stats.frames_accepted == 4
+
+    persisted: list[int] = []
+    reborn = node(1)  # lost its epoch file: starts at epoch 1, below what the receiver heard
+    reborn.epoch_listener = persisted.append
+    reborn.start_epoch(1)
+    replies = deliver(reborn.publish(x, 10, 10.0), receiver, 10.0)
+    assert receiver.stats.frames_replayed == 1 and receiver.stats.epoch_hints_sent == 1
+    assert [kind(r) for r in replies] == [FrameKind.EPOCH]
+    # A second refused frame in the same period does not earn a second hint.
+    assert deliver(reborn.publish(x, 10, 10.5), receiver, 10.5) == []
+    deliver(replies, reborn, 10.6)
+    assert reborn.epoch == 6 and persisted == [1, 6] and reborn.stats.epoch_restarts == 1
+    deliver(reborn.publish(x, 10, 11.0), receiver, 11.0)
+    assert receiver.stats.frames_accepted == 5
+    # The old life's frames stay refused, and the hint, replayed, moves nobody.
+    deliver(replies, reborn, 12.0)
+    assert reborn.epoch == 6
+
+
+def test_an_epoch_hint_for_another_drone_or_an_older_epoch_is_ignored() -> None:
+    hinter, target = node(3), node(1)
+    target.start_epoch(9)
+    frames = [
+        hinter._control(FrameKind.EPOCH, epoch_payload(2, epoch_start_seq(20))),
+        hinter._control(FrameKind.EPOCH, epoch_payload(1, epoch_start_seq(4))),
+    ]
+    deliver(frames, target, 0.0)
+    assert target.epoch == 9 and target.stats.epoch_restarts == 0
+
+
+def test_a_sender_restarted_in_the_same_epoch_moves_on_but_a_replay_of_its_frame_does_not() -> None:
+    x = np.random.default_rng(3).normal(size=310).astype(np.float32)
+    sender, receiver = node(1), node(2)
+    sender.start_epoch(1)
+    old = [sender.publish(x, 10, float(t)) for t in range(5)]
+    for t, frames in enumerate(old):
+        deliver(frames, receiver, float(t))
+    # A replay of the live sender's own frame earns a hint that the sender ignores.
+    hint = deliver(old[0], receiver, 5.0)
+    assert [kind(h) for h in hint] == [FrameKind.EPOCH]
+    deliver(hint, sender, 5.1)
+    assert sender.epoch == 1 and sender.stats.epoch_restarts == 0
+    # The same drone, restarted with a fresh disk, starts epoch 1 again below what was heard.
+    reborn = node(1)
+    reborn.start_epoch(1)
+    hint = deliver(reborn.publish(x, 10, 7.0), receiver, 7.0)
+    deliver(hint, reborn, 7.1)
+    assert reborn.epoch == 2
+    deliver(reborn.publish(x, 10, 8.0), receiver, 8.0)
+    assert receiver.stats.frames_accepted == 6

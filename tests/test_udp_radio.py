@@ -34,8 +34,8 @@ async def pair(**kw: object) -> AsyncIterator[tuple[UdpRadio, UdpRadio]]:
     a = UdpRadio(drone_id=1, host=LOOPBACK, **kw)  # type: ignore[arg-type]
     b = UdpRadio(drone_id=2, host=LOOPBACK)
     async with a, b:
-        a.set_peer(2, LOOPBACK, b.local_port)
-        b.set_peer(1, LOOPBACK, a.local_port)
+        a.confirm_peer(2, (LOOPBACK, b.local_port), asyncio.get_running_loop().time())
+        b.confirm_peer(1, (LOOPBACK, a.local_port), asyncio.get_running_loop().time())
         yield a, b
 
 
@@ -64,12 +64,16 @@ async def test_the_token_bucket_paces_what_leaves_and_charges_every_copy() -> No
             await r.start()
         try:
             loop = asyncio.get_running_loop()
-            sender.set_peer(2, LOOPBACK, receivers[0].local_port)
+            sender.confirm_peer(
+                2, (LOOPBACK, receivers[0].local_port), asyncio.get_running_loop().time()
+            )
             started = loop.time()
             sender.send(b"x" * 40_000)
             await take(receivers[0], 1)
             one_copy_s = loop.time() - started
-            sender.set_peer(3, LOOPBACK, receivers[1].local_port)
+            sender.confirm_peer(
+                3, (LOOPBACK, receivers[1].local_port), asyncio.get_running_loop().time()
+            )
             started = loop.time()
             sender.send(b"y" * 40_000)
             await asyncio.gather(take(receivers[0], 1), take(receivers[1], 1))
@@ -90,7 +94,7 @@ async def test_the_loss_injector_drops_datagrams_and_counts_them() -> None:
         UdpRadio(drone_id=1, host=LOOPBACK, link=LinkConfig(queue_frames=100)) as a,
         UdpRadio(drone_id=2, host=LOOPBACK, loss=0.5, seed=4) as b,
     ):
-        a.set_peer(2, LOOPBACK, b.local_port)
+        a.confirm_peer(2, (LOOPBACK, b.local_port), asyncio.get_running_loop().time())
         for i in range(60):
             a.send(i.to_bytes(4, "little"))
         got: list[bytes] = []

@@ -42,6 +42,7 @@ from swarmfl.core.wire import (
     decode_frame,
     derive_swarm_key,
     encode_frame,
+    epoch_payload,
     nack_payload,
     nack_target,
     quantizer_for,
@@ -104,7 +105,15 @@ frames = st.builds(
     codec=st.sampled_from([1, 2]),
     block_size=st.integers(64, 256),
     payload=st.binary(max_size=600) | st.binary(max_size=8).map(lambda b: b * 70),
-).map(lambda f: replace(f, payload=nack_payload(f.sender)) if f.kind == FrameKind.NACK else f)
+).map(
+    lambda f: (
+        replace(f, payload=nack_payload(f.sender))
+        if f.kind == FrameKind.NACK
+        else replace(f, payload=epoch_payload(f.sender, f.seq))
+        if f.kind == FrameKind.EPOCH
+        else f
+    )
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -190,7 +199,7 @@ def test_wrong_key_foreign_swarm_and_foreign_model_are_rejected() -> None:
         (lambda b: b.__setitem__(4, 2), "unsupported version"),
         (lambda b: b.__setitem__(5, 9), "unknown kind"),
         (lambda b: b.__setitem__(5, 0), "unknown kind"),
-        (lambda b: b.__setitem__(6, 0x03), "unknown flags"),
+        (lambda b: b.__setitem__(6, 0x05), "unknown flags"),
         (lambda b: b.__setitem__(7, 3), "bad codec"),
         (lambda b: struct.pack_into("<H", b, 8, 32), "bad codec"),
         (lambda b: struct.pack_into("<H", b, 8, 300), "bad codec"),

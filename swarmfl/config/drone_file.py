@@ -312,6 +312,23 @@ class VehicleSection(Section):
     quiet_in_failsafe: bool = True
 
 
+class IdentitySection(Section):
+    """Per-drone keys (``swarmfl keys``): this drone's private key, the roster, and the swarm
+    authority's public key (64 hex digits). All three, or none (the swarm key alone)."""
+
+    key_file: str | None = None
+    roster_file: str | None = None
+    authority: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> IdentitySection:
+        given = [k for k in ("key_file", "roster_file", "authority") if getattr(self, k)]
+        if given and len(given) != 3:
+            missing = sorted({"key_file", "roster_file", "authority"} - set(given))
+            raise KeyedValueError(("identity", missing[0]), "needed with the other identity keys")
+        return self
+
+
 class DroneConfig(Section):
     """A whole ``drone.toml``."""
 
@@ -328,6 +345,7 @@ class DroneConfig(Section):
     checkpoint: CheckpointSection = CheckpointSection()
     status: StatusSection = StatusSection()
     vehicle: VehicleSection | None = None  # no [vehicle]: no autopilot, always train and send
+    identity: IdentitySection = IdentitySection()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DroneConfig:
@@ -386,6 +404,8 @@ DRONE_PATH_KEYS: list[tuple[str, ...]] = [
     ("radio", "mqtt", "key_file"),
     ("checkpoint", "dir"),
     ("status", "log"),
+    ("identity", "key_file"),
+    ("identity", "roster_file"),
 ]
 """Keys holding paths: relative ones written in drone.toml are taken from its folder."""
 

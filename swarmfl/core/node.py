@@ -17,21 +17,29 @@ Stream rules (CHOCO-style model streams, one per sender):
   briefly, never correctness.
 * Every frame is authenticated (HMAC with the swarm key) and checked against a per-sender replay
   window before it touches any state. A bad frame is counted, logged at debug and dropped.
+* Sequence numbers carry the sender's boot epoch in their high bits (:mod:`swarmfl.core.replay`).
+  A model frame refused as a replay earns its sender an EPOCH frame (at most one per period per
+  sender) naming the newest number heard from it. A node told of a number it has not sent yet
+  in this life (it restarted without its saved epoch: a new disk, say) moves to the epoch after
+  it, so it is taken back within a period or two, and never by reusing numbers; a hint about a
+  number it did send (a replay of its own frame) changes nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from swarmfl.core.codecs import CODECS, DEFAULT_CODEC, CodecName
+from swarmfl.core.identity import DroneIdentity, RosterError
 from swarmfl.core.ledger import MergeLedger, PeerConduct
 from swarmfl.core.merge import Contribution, MergeRule, merge_into, staleness_weight
 from swarmfl.core.quant import Quantizer, make_quantizer
-from swarmfl.core.replay import ReplayWindow
+from swarmfl.core.replay import MAX_EPOCH, ReplayWindow, epoch_of, epoch_start_seq
 from swarmfl.core.robust import median_into, robust_merge_into
 from swarmfl.core.stream import StreamDecoder, StreamEncoder
 from swarmfl.core.verifier import FrameVerifier
@@ -40,6 +48,8 @@ from swarmfl.core.wire import (
     FrameKind,
     codec_id,
     encode_frame,
+    epoch_hint,
+    epoch_payload,
     nack_payload,
     nack_target,
     quantizer_for,
@@ -52,6 +62,7 @@ log = logging.getLogger(__name__)
 # gap in the model stream; the replay window keeps one slot per (sender, channel).
 _MODEL_CHANNEL = 0
 _CONTROL_CHANNEL = 1
+_CONTROL_KINDS = frozenset({FrameKind.NACK, FrameKind.EPOCH, FrameKind.HELLO})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,10 @@ class NodeConfig:
     keyframe_interval: int = 10
     delta_density: float = 0.5
     merge: MergeRule = field(default_factory=MergeRule)
+    identity: DroneIdentity | None = None
+    """Per-drone keys (the field's default): frames are signed with this drone's key, only
+    frames signed by their sender per the roster are accepted, and rosters spread. None: the
+    swarm key's HMAC alone (the simulator's default)."""
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -82,6 +97,8 @@ class NodeConfig:
             raise ConfigError(
                 f"must be >= 1, got {self.keyframe_interval!r}", key="gossip.keyframe_interval"
             )
+        if self.identity is not None and self.identity.signer.drone_id != self.drone_id:
+            raise ConfigError("the drone key is another drone's", key="identity")
         if len(self.key) < 16:
             raise ConfigError("the swarm key must be at least 16 bytes", key="swarm.key")
         layers = len(self.layer_offsets) - 1
@@ -107,6 +124,11 @@ class NodeStats:
     diverged: int = 0  # local models that held NaN/inf and were replaced by neighbours' merge
     nacks_sent: int = 0
     keyframes_requested: int = 0
+    epoch_hints_sent: int = 0  # EPOCH frames telling a restarted peer its epoch is stale
+    epoch_restarts: int = 0  # times a peer's EPOCH frame moved this node to a newer epoch
+    hellos_sent: int = 0  # HELLO frames built for a unicast radio's candidate addresses
+    rosters_adopted: int = 0  # newer rosters heard from peers and adopted
+    rosters_refused: int = 0  # ROSTER frames whose roster was not the authority's
     replicas_merged: int = 0  # fresh replicas merged (each heard frame counts once)
     merge_lag_s: float = 0.0  # their total wait between being heard and being merged
     robust_merges: int = 0  # merges by a robust rule (merge.rule other than mean)
@@ -120,12 +142,16 @@ class NodeState:
     """What a checkpoint keeps of a node so a restarted drone continues its streams.
 
     ``counter`` is the update counter; ``next_seq`` the sequence number of the next model
-    frame; ``control_seq`` the last sequence number used for control frames (NACKs).
+    frame (its high bits are the boot epoch); ``control_seq`` the last sequence number used
+    for control frames (NACK, EPOCH); ``replay`` the receive windows
+    (:meth:`~swarmfl.core.replay.ReplayWindow.export` rows), so a restarted drone refuses what
+    it refused before.
     """
 
     counter: int
     next_seq: int
     control_seq: int
+    replay: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -155,7 +181,14 @@ class GossipNode:
         self.config = config
         self.stats = NodeStats()
         self.counter = 0
-        self._verifier = verifier or FrameVerifier(config.key, config.swarm_id, config.signature)
+        identity = config.identity
+        self._signer = identity.signer if identity is not None else None
+        self._verifier = verifier or FrameVerifier(
+            config.key,
+            config.swarm_id,
+            config.signature,
+            senders=identity.senders if identity is not None else None,
+        )
         if verifier is not None and (
             verifier.key != config.key
             or verifier.swarm_id != config.swarm_id
@@ -177,7 +210,12 @@ class GossipNode:
         )
         self._encoder = self._new_encoder()
         self._control_seq = 0
+        self._epoch = 0
         self._replay = ReplayWindow(64)
+        self._epoch_hinted_at: dict[int, float] = {}
+        self.epoch_listener: Callable[[int], None] | None = None
+        """Called with the new epoch before the first frame of an epoch a peer's EPOCH frame
+        moved this node to (a field drone persists it there)."""
         self._peers: dict[int, PeerReplica] = {}
         self._scratch: np.ndarray | None = None
         self._ledger = MergeLedger(config.merge.suspect_window, config.merge.suspect_fraction)
@@ -207,7 +245,7 @@ class GossipNode:
             block_size=self.config.block_size,
             payload=packet.payload,
         )
-        data = encode_frame(frame, self.config.key)
+        data = encode_frame(frame, self.config.key, self._signer)
         self.stats.frames_published += 1
         self.stats.payload_bytes += len(packet.payload)
         self.stats.frame_bytes += len(data)
@@ -217,12 +255,19 @@ class GossipNode:
         self._verifier.remember(
             data, frame, self._encoder.replica, previous if packet.kind == "delta" else None
         )
+        if self.config.identity is not None and packet.kind == "key":
+            # With every keyframe, the roster we hold: newer rosters (revocations) spread.
+            return [data, self._control(FrameKind.ROSTER, self.config.identity.roster_bytes)]
         return [data]
 
     def _nack(self, target: int) -> bytes:
+        self.stats.nacks_sent += 1
+        return self._control(FrameKind.NACK, nack_payload(target))
+
+    def _control(self, kind: FrameKind, payload: bytes) -> bytes:
         self._control_seq += 1
         frame = Frame(
-            kind=FrameKind.NACK,
+            kind=kind,
             swarm_id=self.config.swarm_id,
             sender=self.config.drone_id,
             signature=self.config.signature,
@@ -232,38 +277,130 @@ class GossipNode:
             samples=0,
             codec=0,
             block_size=self.config.block_size,
-            payload=nack_payload(target),
+            payload=payload,
         )
-        self.stats.nacks_sent += 1
-        return encode_frame(frame, self.config.key)
+        return encode_frame(frame, self.config.key, self._signer)
 
     # -- what we hear -------------------------------------------------------------------------
+
+    def hello(self, target: int) -> bytes:
+        """A small authenticated HELLO frame for drone ``target``: what a unicast radio sends
+        to an address discovery reported for ``target``, so that drone can confirm where we
+        are. Naming the target keeps a HELLO sent to a forged address from confirming us
+        elsewhere: only ``target`` takes it as evidence."""
+        self.stats.hellos_sent += 1
+        return self._control(FrameKind.HELLO, nack_payload(target))
 
     def receive(self, data: bytes, now: float) -> list[bytes]:
         """Take one frame heard from the radio; return frames to send in reply (NACKs).
 
         Never raises for a bad frame: it is counted, logged at debug and dropped.
         """
+        return self.receive_from(data, now)[1]
+
+    def receive_from(self, data: bytes, now: float) -> tuple[int | None, list[bytes]]:
+        """As :meth:`receive`, and say who sent the frame: its sender's drone id if it
+        authenticated and was fresh (not a replay), else None. A unicast radio confirms the
+        frame's source address as that drone's only then."""
         try:
             frame = self._verifier.decode(data)
         except FrameDecodeError as exc:
             self.stats.frames_rejected += 1
             log.debug("drone %d: dropped a frame: %s", self.config.drone_id, exc)
-            return []
+            return None, []
         if frame.sender == self.config.drone_id:
-            return []
-        channel = _CONTROL_CHANNEL if frame.kind == FrameKind.NACK else _MODEL_CHANNEL
+            return None, []
+        if frame.kind == FrameKind.ROSTER:
+            # The authority signed the roster, its sender did not sign the frame: no evidence
+            # of who or where the sender is, and no move of its replay windows. An old roster
+            # replayed is refused by its version.
+            self._on_roster(frame)
+            return None, []
+        control = frame.kind in _CONTROL_KINDS
+        window = frame.sender * 2 + (_CONTROL_CHANNEL if control else _MODEL_CHANNEL)
         try:
-            self._replay.check_and_update(frame.sender * 2 + channel, frame.seq)
+            self._replay.check_and_update(window, frame.seq)
         except FrameDecodeError as exc:
             self.stats.frames_replayed += 1
             log.debug("drone %d: %s from %d", self.config.drone_id, exc, frame.sender)
-            return []
+            return None, [] if control else self._stale_epoch(frame, window, now)
         if frame.kind == FrameKind.NACK:
-            return self._on_nack(frame)
+            return frame.sender, self._on_nack(frame)
+        if frame.kind == FrameKind.EPOCH:
+            return frame.sender, self._on_epoch(frame)
         if frame.kind in (FrameKind.KEY, FrameKind.DELTA):
-            return self._on_model(frame, now)
+            return frame.sender, self._on_model(frame, now)
+        if frame.kind == FrameKind.HELLO and frame.payload == nack_payload(self.config.drone_id):
+            return frame.sender, []
+        return None, []  # a HELLO for another drone (relayed by whoever it was sent to)
+
+    def _stale_epoch(self, frame: Frame, window: int, now: float) -> list[bytes]:
+        """An EPOCH frame telling the sender of a refused model frame the newest number heard
+        from it, at most once a period (only a sender that has not sent it yet acts on it)."""
+        highest = self._replay.highest(window)
+        if highest is None:
+            return []
+        if now - self._epoch_hinted_at.get(frame.sender, float("-inf")) < self.config.period_s:
+            return []
+        self._epoch_hinted_at[frame.sender] = now
+        self.stats.epoch_hints_sent += 1
+        return [self._control(FrameKind.EPOCH, epoch_payload(frame.sender, highest))]
+
+    def _on_epoch(self, frame: Frame) -> list[bytes]:
+        target, seen_seq = epoch_hint(frame)
+        seen_epoch = epoch_of(seen_seq)
+        # A number we have not sent in this life was heard: an earlier life used it.
+        if (
+            target == self.config.drone_id
+            and self._encoder.next_seq <= seen_seq
+            and (seen_epoch < MAX_EPOCH)
+        ):
+            log.info(
+                "drone %d: drone %d heard epoch %d of us: moving to epoch %d",
+                self.config.drone_id,
+                frame.sender,
+                seen_epoch,
+                seen_epoch + 1,
+            )
+            self.start_epoch(seen_epoch + 1)
+            self.stats.epoch_restarts += 1
         return []
+
+    @property
+    def epoch(self) -> int:
+        """The boot epoch this node's frames carry (the high bits of their numbers)."""
+        return self._epoch
+
+    def start_epoch(self, epoch: int) -> None:
+        """Number the next frames from the start of boot epoch ``epoch`` (model stream and
+        control frames); the next model frame is a keyframe. Tells :attr:`epoch_listener` first.
+
+        Raises :class:`ConfigError` if ``epoch`` is not in [0, MAX_EPOCH] or is older than the
+        current one.
+        """
+        first = epoch_start_seq(epoch)
+        if epoch < self._epoch:
+            raise ConfigError(f"epoch {epoch} is older than {self._epoch}", key="epoch")
+        if self.epoch_listener is not None:
+            self.epoch_listener(epoch)
+        self._epoch = epoch
+        self._encoder = self._new_encoder(first_seq=first)
+        self._encoder.force_keyframe()
+        self._control_seq = first
+
+    def _on_roster(self, frame: Frame) -> None:
+        identity = self.config.identity
+        if identity is None:
+            return
+        try:
+            adopted = identity.offer(frame.payload)
+        except RosterError as exc:
+            self.stats.rosters_refused += 1
+            log.debug("drone %d: roster from %d: %s", self.config.drone_id, frame.sender, exc)
+            return
+        if adopted:
+            self.stats.rosters_adopted += 1
+            log.info("drone %d: adopted roster version %d", self.config.drone_id, identity.version)
 
     def _on_nack(self, frame: Frame) -> list[bytes]:
         if nack_target(frame) == self.config.drone_id:
@@ -468,23 +605,29 @@ class GossipNode:
     # -- checkpoints: state export / import ---------------------------------------------------
 
     def export_state(self) -> NodeState:
-        """The counters and sequence numbers a checkpoint must keep (see :meth:`import_state`)."""
-        return NodeState(self.counter, self._encoder.next_seq, self._control_seq)
+        """The counters, sequence numbers and replay windows a checkpoint must keep (see
+        :meth:`import_state`)."""
+        replay = tuple((row[0], row[1], row[2]) for row in self._replay.export())
+        return NodeState(self.counter, self._encoder.next_seq, self._control_seq, replay)
 
     def import_state(self, state: NodeState) -> None:
-        """Continue from ``state``: update counter, model-stream and control sequence numbers.
+        """Continue from ``state``: update counter, model-stream and control sequence numbers,
+        and the replay windows (merged into the ones held: each sender keeps the newer).
 
         The caller picks sequence numbers above any this drone used before (frames sent after
-        the checkpoint was taken carry higher ones, and neighbours refuse a replayed number).
-        The public replica is not restored: neighbours may hold a newer replica of us than the
-        checkpoint does, so the next model frame is a keyframe, which resynchronises them all.
-        Peers' replicas are kept. Raises :class:`ConfigError` for negative values.
+        the checkpoint was taken carry higher ones, and neighbours refuse a replayed number): a
+        field drone starts a new boot epoch. The public replica is not restored: neighbours may
+        hold a newer replica of us than the checkpoint does, so the next model frame is a
+        keyframe, which resynchronises them all. Peers' replicas are kept. Raises
+        :class:`ConfigError` for negative values or malformed windows.
         """
         for name in ("counter", "next_seq", "control_seq"):
             value = getattr(state, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"must be a non-negative int, got {value!r}", key=name)
+        self._replay.restore([list(row) for row in state.replay])
         self.counter = state.counter
         self._control_seq = state.control_seq
+        self._epoch = epoch_of(state.next_seq)
         self._encoder = self._new_encoder(first_seq=state.next_seq)
         self._encoder.force_keyframe()

@@ -2,16 +2,43 @@
 
 A sliding bitmap per sender, as in IPsec and DTLS. Only authenticated frames are checked, so a
 forged frame can never move a sender's window.
+
+Sequence numbers carry the sender's *boot epoch* in their high 32 bits (:func:`epoch_of`,
+:func:`epoch_start_seq`): a field drone increments a persisted counter before the first frame of
+each life, so a restarted sender's numbers are above anything its earlier lives sent, whatever
+its clock says, and its first frame slides every receiver's window into the new epoch. A
+receiver keeps its windows across restarts (:meth:`ReplayWindow.export` into the checkpoint,
+:meth:`ReplayWindow.restore` from it), so what it refused before it refuses after.
 """
 
 from __future__ import annotations
 
 from swarmfl.errors import ConfigError, FrameDecodeError
 
-__all__ = ["ReplayWindow"]
+__all__ = ["EPOCH_SHIFT", "MAX_EPOCH", "ReplayWindow", "epoch_of", "epoch_start_seq"]
 
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _MAX_WINDOW = 4096
+_MAX_SENDERS_RESTORED = 1 << 20
+
+EPOCH_SHIFT = 32
+"""A sequence number is ``epoch << EPOCH_SHIFT | frame number within that life``."""
+MAX_EPOCH = (1 << (64 - EPOCH_SHIFT)) - 1
+
+
+def epoch_of(seq: int) -> int:
+    """The boot epoch a sequence number belongs to (its high 32 bits)."""
+    return seq >> EPOCH_SHIFT
+
+
+def epoch_start_seq(epoch: int) -> int:
+    """The first sequence number of boot epoch ``epoch``.
+
+    Raises :class:`ConfigError` if ``epoch`` is not an int in [0, MAX_EPOCH].
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+        raise ConfigError(f"must be an int in [0, {MAX_EPOCH}], got {epoch!r}", key="epoch")
+    return epoch << EPOCH_SHIFT
 
 
 class ReplayWindow:
@@ -61,8 +88,42 @@ class ReplayWindow:
             raise FrameDecodeError(f"replayed: seq {seq} already seen")
         self._senders[sender] = (highest, bitmap | bit)
 
+    def highest(self, sender: int) -> int | None:
+        """The highest sequence number accepted from ``sender`` (None: none yet)."""
+        state = self._senders.get(sender)
+        return None if state is None else state[0]
+
+    def export(self) -> list[list[int]]:
+        """Every sender's window as ``[sender, highest, bitmap]`` rows (JSON-friendly)."""
+        return [[sender, highest, bitmap] for sender, (highest, bitmap) in self._senders.items()]
+
+    def restore(self, rows: object) -> None:
+        """Merge windows saved by :meth:`export` (a checkpoint): each sender keeps the newer.
+
+        Raises :class:`ConfigError` (key ``replay``) if ``rows`` is not what :meth:`export`
+        writes.
+        """
+        if not isinstance(rows, list) or len(rows) > _MAX_SENDERS_RESTORED:
+            raise ConfigError("must be a list of [sender, highest, bitmap]", key="replay")
+        for row in rows:
+            if (
+                not isinstance(row, list)
+                or len(row) != 3
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in row)
+                or not (0 <= row[0] <= _U64 and 0 <= row[1] <= _U64 and 0 <= row[2] <= self._mask)
+            ):
+                raise ConfigError(f"bad window {row!r}", key="replay")
+            sender, highest, bitmap = row
+            held = self._senders.get(sender)
+            if held is None or held[0] < highest:
+                self._senders[sender] = (highest, bitmap | 1)
+
     def forget(self, sender: int) -> None:
-        """Drop ``sender``'s window (a departed peer); its next frame starts a new window."""
+        """Drop ``sender``'s window; its next frame, whatever its number, starts a new one.
+
+        The node never calls this for a departed peer (that would let its old frames be replayed);
+        a restarted sender moves to a newer epoch instead.
+        """
         self._senders.pop(sender, None)
 
     def __len__(self) -> int:

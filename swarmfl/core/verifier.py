@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from swarmfl.core.quant import Quantizer
-from swarmfl.core.wire import Frame, decode_frame
+from swarmfl.core.wire import Frame, SenderKeys, decode_frame
 from swarmfl.errors import ConfigError
 
 __all__ = ["FrameVerifier"]
@@ -29,12 +29,21 @@ class FrameVerifier:
     On a broadcast medium the same frame reaches many receivers; in the simulator they all share
     one verifier, so the HMAC and decompression run once per transmitted frame. A cache hit still
     compares the whole frame byte for byte, so a forged frame can never borrow a valid tag.
+    ``senders`` (the roster's keys) makes it accept only frames signed by their sender.
     ``cache_frames`` need only cover the frames in flight at once: a larger cache keeps many
     large frames alive and makes every new frame land in cold memory.
     """
 
-    def __init__(self, key: bytes, swarm_id: int, signature: bytes, cache_frames: int = 64):
+    def __init__(
+        self,
+        key: bytes,
+        swarm_id: int,
+        signature: bytes,
+        cache_frames: int = 64,
+        senders: SenderKeys | None = None,
+    ):
         self.key = key
+        self.senders = senders
         self.swarm_id = swarm_id
         self.signature = signature
         self._cache: OrderedDict[bytes, tuple[bytes, Frame]] = OrderedDict()
@@ -48,7 +57,9 @@ class FrameVerifier:
         hit = self._cache.get(tag)
         if hit is not None and (hit[0] is data or hit[0] == data):
             return hit[1]
-        frame = decode_frame(data, self.key, swarm_id=self.swarm_id, signature=self.signature)
+        frame = decode_frame(
+            data, self.key, swarm_id=self.swarm_id, signature=self.signature, senders=self.senders
+        )
         self.remember(data, frame)
         return frame
 

@@ -5,14 +5,15 @@ Frame layout (little-endian, version 1)::
     offset size field
          0    4 magic b"SWFL"
          4    1 version (1)
-         5    1 kind (FrameKind: 1 KEY, 2 DELTA, 3 HELLO, 4 NACK)
-         6    1 flags (bit 0: payload is lz4-compressed; other bits must be 0)
+         5    1 kind (FrameKind: 1 KEY, 2 DELTA, 3 HELLO, 4 NACK, 5 EPOCH)
+         6    1 flags (bit 0: payload is lz4-compressed; bit 1: signed by the sender's own key;
+                   other bits must be 0)
          7    1 codec (0 fp32, 1 int8, 2 int4)
          8    2 block size (64..256 for int8/int4; any value for fp32)
         10    4 swarm id
         14    4 sender id
         18    8 model signature (hash of the architecture)
-        26    8 sequence number (per sender, +1 per frame)
+        26    8 sequence number (per sender, +1 per frame; high 32 bits: the boot epoch)
         34    8 update counter (sender's local updates, for staleness)
         42    4 sample count (sender's local samples)
         46    2 number of layers n (<= MAX_LAYERS)
@@ -20,7 +21,13 @@ Frame layout (little-endian, version 1)::
      48+2n    4 raw payload length (<= MAX_PAYLOAD_BYTES)
      52+2n    4 stored payload length (the bytes that follow)
      56+2n    m stored payload (lz4 block without size prefix, or raw)
-  56+2n+m   16 tag = HMAC-SHA256(swarm key, every byte before the tag)[:16]
+  56+2n+m   64 (signed frames only) Ed25519 signature of every byte before it, by the sender's
+                 own key (see :mod:`swarmfl.core.identity`)
+       end-16   16 tag = HMAC-SHA256(swarm key, every byte before the tag)[:16]
+
+A receiver given the roster's keys (``senders``) refuses unsigned frames and frames whose
+signature is not the roster's key of the claimed sender (a revoked drone has none). The swarm-key
+tag is checked first: outsiders cost an HMAC, never a signature verification.
 
 :func:`decode_frame` is total: anything but a well-formed, authentic frame of our swarm and model
 raises :class:`~swarmfl.errors.FrameDecodeError` with a short reason (``"reason"`` or
@@ -41,6 +48,7 @@ import operator
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 import lz4.block
 
@@ -54,20 +62,26 @@ __all__ = [
     "CODEC_INT8",
     "CODEC_NAMES",
     "FLAG_LZ4",
+    "FLAG_SIGNED",
     "MAGIC",
     "MAX_FRAME_BYTES",
     "MAX_LAYERS",
     "MAX_PAYLOAD_BYTES",
     "MIN_KEY_BYTES",
     "SIGNATURE_BYTES",
+    "SIGNED_BYTES",
     "TAG_BYTES",
     "VERSION",
     "Frame",
     "FrameKind",
+    "FrameSigner",
+    "SenderKeys",
     "codec_id",
     "decode_frame",
     "derive_swarm_key",
     "encode_frame",
+    "epoch_hint",
+    "epoch_payload",
     "frame_overhead_bytes",
     "nack_payload",
     "nack_target",
@@ -77,6 +91,8 @@ __all__ = [
 MAGIC = b"SWFL"
 VERSION = 1
 FLAG_LZ4 = 0x01
+FLAG_SIGNED = 0x02
+SIGNED_BYTES = 64
 TAG_BYTES = 16
 SIGNATURE_BYTES = 8
 MIN_KEY_BYTES = 16
@@ -111,6 +127,7 @@ _INT_FIELDS = (
 _HEAD = struct.Struct("<4sBBBBHII8sQQIH")
 _LENGTHS = struct.Struct("<II")
 _NACK = struct.Struct("<I")
+_EPOCH = struct.Struct("<IQ")
 _MIN_FRAME_BYTES = _HEAD.size + _LENGTHS.size + TAG_BYTES
 
 
@@ -121,6 +138,30 @@ class FrameKind(IntEnum):
     DELTA = 2  # a model stream delta
     HELLO = 3  # presence / capabilities
     NACK = 4  # asks the sender named in the payload for a keyframe
+    EPOCH = 5  # tells the sender named in the payload that its boot epoch is stale
+    ROSTER = 6  # carries the swarm's roster, signed by the authority (spreads newer rosters)
+
+
+class FrameSigner(Protocol):
+    """Signs frames with one drone's own key (:class:`swarmfl.core.identity.DroneSigner`)."""
+
+    drone_id: int
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte signature of ``message``."""
+        ...
+
+
+class SenderKeys(Protocol):
+    """Checks senders' signatures (:class:`swarmfl.core.identity.RosterVerifier`)."""
+
+    def verify(self, drone_id: int, message: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` over ``message`` is ``drone_id``'s."""
+        ...
+
+
+# Control frames whose payload has one fixed size, checked on encode and decode.
+_FIXED_PAYLOADS: dict[FrameKind, int] = {FrameKind.NACK: _NACK.size, FrameKind.EPOCH: _EPOCH.size}
 
 
 def _check_uint(value: object, limit: int, key: str) -> int:
@@ -263,6 +304,26 @@ def nack_target(frame: Frame) -> int:
     return int(target)
 
 
+def epoch_payload(target: int, seen_seq: int) -> bytes:
+    """The payload of an EPOCH frame: ``target``'s frames were refused, ``seen_seq`` is the
+    highest sequence number of ``target`` the sender of the EPOCH frame has accepted.
+
+    Raises :class:`ConfigError` if ``target`` is not a u32 or ``seen_seq`` not a u64.
+    """
+    return _EPOCH.pack(_check_uint(target, _U32, "target"), _check_uint(seen_seq, _U64, "seen_seq"))
+
+
+def epoch_hint(frame: Frame) -> tuple[int, int]:
+    """``(target, seen_seq)`` of an EPOCH frame (see :func:`epoch_payload`).
+
+    Raises :class:`FrameDecodeError` if ``frame`` is not an EPOCH frame.
+    """
+    if frame.kind != FrameKind.EPOCH or len(frame.payload) != _EPOCH.size:
+        raise FrameDecodeError("not an EPOCH frame")
+    target, seen_seq = _EPOCH.unpack(frame.payload)
+    return int(target), int(seen_seq)
+
+
 def _tag(key: bytes, message: bytes | memoryview) -> bytes:
     return hmac.digest(key, message, hashlib.sha256)[:TAG_BYTES]
 
@@ -272,16 +333,23 @@ def frame_overhead_bytes(layers: int) -> int:
     return _HEAD.size + 2 * layers + _LENGTHS.size + TAG_BYTES
 
 
-def encode_frame(frame: Frame, key: bytes) -> bytes:
+def encode_frame(frame: Frame, key: bytes, signer: FrameSigner | None = None) -> bytes:
     """The authenticated wire bytes of ``frame`` (see the module docstring for the layout).
 
     The payload is lz4-compressed when that makes it smaller, stored raw otherwise. Raises
     :class:`ConfigError` for a key shorter than MIN_KEY_BYTES, a NACK whose payload is not 4
-    bytes, or a result larger than MAX_FRAME_BYTES.
+    bytes (an EPOCH frame's not 12), a ``signer`` of another drone than ``frame.sender``, or a
+    result larger than MAX_FRAME_BYTES. With a ``signer`` the frame is signed (FLAG_SIGNED).
     """
     _check_key(key)
-    if frame.kind == FrameKind.NACK and len(frame.payload) != _NACK.size:
-        raise ConfigError("a NACK payload is the 4-byte target sender id", key="payload")
+    if signer is not None and signer.drone_id != frame.sender:
+        raise ConfigError(f"drone {signer.drone_id} cannot sign for {frame.sender}", key="signer")
+    fixed = _FIXED_PAYLOADS.get(frame.kind)
+    if fixed is not None and len(frame.payload) != fixed:
+        raise ConfigError(
+            f"a {frame.kind.name} payload is {fixed} bytes (see nack_payload, epoch_payload)",
+            key="payload",
+        )
     raw = frame.payload
     flags = 0
     stored = raw
@@ -290,7 +358,10 @@ def encode_frame(frame: Frame, key: bytes) -> bytes:
         compressed = lz4.block.compress(raw, store_size=False)
         if len(compressed) < len(raw):
             stored, flags = compressed, FLAG_LZ4
+    if signer is not None:
+        flags |= FLAG_SIGNED
     size = frame_overhead_bytes(len(frame.layers)) + len(stored)
+    size += SIGNED_BYTES if signer is not None else 0
     if size > MAX_FRAME_BYTES:
         raise ConfigError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}", key="payload")
     head = b"".join(
@@ -317,15 +388,27 @@ def encode_frame(frame: Frame, key: bytes) -> bytes:
     # MAC the header and the payload in place, then copy the payload once into the frame.
     mac = hmac.new(key, head, hashlib.sha256)
     mac.update(stored)
-    return b"".join((head, stored, mac.digest()[:TAG_BYTES]))
+    if signer is None:
+        return b"".join((head, stored, mac.digest()[:TAG_BYTES]))
+    signature = signer.sign(head + stored)
+    if len(signature) != SIGNED_BYTES:
+        raise ConfigError(f"a signature is {SIGNED_BYTES} bytes", key="signer")
+    mac.update(signature)
+    return b"".join((head, stored, signature, mac.digest()[:TAG_BYTES]))
 
 
 def decode_frame(
-    data: bytes | bytearray | memoryview, key: bytes, *, swarm_id: int, signature: bytes | None
+    data: bytes | bytearray | memoryview,
+    key: bytes,
+    *,
+    swarm_id: int,
+    signature: bytes | None,
+    senders: SenderKeys | None = None,
 ) -> Frame:
     """Authenticate and decode one frame of swarm ``swarm_id`` (and model ``signature``).
 
-    ``signature=None`` accepts any model signature. Raises :class:`FrameDecodeError` (and
+    ``signature=None`` accepts any model signature. With ``senders`` (the roster's keys) only
+    frames signed by their sender's key are accepted. Raises :class:`FrameDecodeError` (and
     nothing else) for any malformed, truncated, oversized, forged, foreign-swarm or
     foreign-model frame; :class:`ConfigError` only for a bad ``key``, ``swarm_id`` or
     ``signature`` argument (the caller's bug).
@@ -335,7 +418,7 @@ def decode_frame(
     if signature is not None:
         _check_signature(signature, "signature")
     try:
-        return _decode(data, key, swarm_id, signature)
+        return _decode(data, key, swarm_id, signature, senders)
     except FrameDecodeError:
         raise
     except Exception as exc:  # the decoder is total: no other error may reach the receive path
@@ -343,7 +426,11 @@ def decode_frame(
 
 
 def _decode(
-    data: bytes | bytearray | memoryview, key: bytes, swarm_id: int, signature: bytes | None
+    data: bytes | bytearray | memoryview,
+    key: bytes,
+    swarm_id: int,
+    signature: bytes | None,
+    senders: SenderKeys | None,
 ) -> Frame:
     try:
         view = memoryview(data).cast("B")
@@ -382,7 +469,8 @@ def _decode(
     payload_start = offset + _LENGTHS.size
     if raw_len > MAX_PAYLOAD_BYTES:
         raise FrameDecodeError(f"payload too large: {raw_len} bytes declared")
-    expected = payload_start + stored_len + TAG_BYTES
+    signed = SIGNED_BYTES if flags & FLAG_SIGNED else 0
+    expected = payload_start + stored_len + signed + TAG_BYTES
     if size < expected:
         raise FrameDecodeError(f"truncated: {size} bytes, header says {expected}")
     if size > expected:
@@ -392,6 +480,16 @@ def _decode(
     body = view[: size - TAG_BYTES]
     if not hmac.compare_digest(_tag(key, body), view[size - TAG_BYTES :].tobytes()):
         raise FrameDecodeError("bad tag")
+    # A ROSTER frame's payload is signed by the authority itself: a drone the receiver's roster
+    # does not list yet (a newer drone) can still bring the roster that lists it.
+    if senders is not None and kind != FrameKind.ROSTER:
+        end = size - TAG_BYTES
+        if not signed:
+            raise FrameDecodeError("unsigned: the swarm needs per-drone signatures")
+        if not senders.verify(
+            sender, view[: end - signed].tobytes(), view[end - signed : end].tobytes()
+        ):
+            raise FrameDecodeError(f"bad signature: not drone {sender}'s per the roster")
     # Everything below is authenticated: a failure means a peer with the key is broken.
     if signature is not None and frame_signature != signature:
         raise FrameDecodeError("foreign model")
@@ -402,15 +500,16 @@ def _decode(
     problem = _block_problem(codec, block_size)
     if problem is not None:
         raise FrameDecodeError(f"bad codec: {problem}")
-    if flags & ~FLAG_LZ4:
+    if flags & ~(FLAG_LZ4 | FLAG_SIGNED):
         raise FrameDecodeError(f"unknown flags: {flags:#04x}")
     layers = struct.unpack_from(f"<{nlayers}H", view, _HEAD.size)
     if any(a >= b for a, b in itertools.pairwise(layers)):
         raise FrameDecodeError("bad layers: not sorted and unique")
     stored = view[payload_start : payload_start + stored_len]
     payload = _unpack_payload(stored, flags, raw_len)
-    if frame_kind == FrameKind.NACK and len(payload) != _NACK.size:
-        raise FrameDecodeError(f"bad NACK payload: {len(payload)} bytes")
+    fixed = _FIXED_PAYLOADS.get(frame_kind)
+    if fixed is not None and len(payload) != fixed:
+        raise FrameDecodeError(f"bad {frame_kind.name} payload: {len(payload)} bytes")
     return Frame(
         kind=frame_kind,
         swarm_id=frame_swarm,

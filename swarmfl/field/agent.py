@@ -34,6 +34,7 @@ from swarmfl.errors import ConfigError, RadioError, SwarmError
 from swarmfl.field.autopilot import AutopilotFeed
 from swarmfl.field.checkpoint import CheckpointStore
 from swarmfl.field.footprint import check_process_budget, process_plan
+from swarmfl.field.identity import load_identity
 from swarmfl.field.journal import PeerPresence
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
@@ -129,8 +130,9 @@ class FieldAgent:
 
             torch.set_num_threads(config.training.threads)
         self.assembly = DroneAssembly(drone_settings(loaded))
+        self.identity = load_identity(config, source=str(loaded.source))
         self.parts: AssembledDrone = self.assembly.build(
-            self.drone_id, config.data.shard, field_device(loaded)
+            self.drone_id, config.data.shard, field_device(loaded), identity=self.identity
         )
         self.description = _data_description(loaded)
         self.process_plan = process_plan(
@@ -273,6 +275,11 @@ class FieldAgent:
             "frames_accepted": stats.frames_accepted,
             "frames_rejected": stats.frames_rejected,
             "frames_replayed": stats.frames_replayed,
+            "epoch": self.node.epoch,
+            "epoch_hints_sent": stats.epoch_hints_sent,
+            "epoch_restarts": stats.epoch_restarts,
+            "roster_version": self.identity.version if self.identity is not None else None,
+            "rosters_adopted": stats.rosters_adopted,
             "stream_gaps": stats.stream_gaps,
             "nacks_sent": stats.nacks_sent,
             "merge_lag_s": finite_or_none(self._merge_lag.take_mean_s(stats)),
@@ -286,6 +293,7 @@ class FieldAgent:
             record["unique_bytes_sent"] = radio.unique_bytes_sent  # bytes_sent: all copies
             if isinstance(radio, MulticastUdpRadio):
                 record["multicast"] = f"{radio.group}:{radio.group_port}"
+            record.update(radio.peer_counters())
         if isinstance(radio, MqttRadio):
             record["broker"] = "connected" if radio.connected else "disconnected"
         if radio is not None:

@@ -16,6 +16,7 @@ from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.radio.discovery import Discovery, PeerInfo, StaticDiscovery, ZeroconfDiscovery
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.mqtt import MqttRadio, MqttSettings
+from swarmfl.radio.peers import PeerTable
 from swarmfl.radio.status_port import StatusResponder, status_key
 from swarmfl.radio.udp import MulticastUdpRadio, UdpRadio
 from swarmfl.seeding import radio_seed
@@ -92,6 +93,12 @@ async def open_radio(
             "loss": udp.loss,
             "seed": radio_seed(config.run.seed, config.drone.id),
             "status": responder,
+            # A peer stops being a destination when its authenticated frames stop for as long
+            # as the merge keeps its replica (never less than 10 s: a slow trainer sends late).
+            "peer_table": PeerTable(
+                silence_s=max(config.merge.cutoff * config.gossip.period_s, 10.0),
+                probe_interval_s=config.gossip.period_s,
+            ),
         }
         udp_radio: UdpRadio
         if udp.multicast is not None:

@@ -1,10 +1,12 @@
 """What a restarted field drone continues from: its checkpoint and its stream numbers.
 
 :class:`DroneCheckpoints` turns a drone's live state (model, SGD momentum, update counter,
-stream sequence numbers, rounds) into a :class:`~swarmfl.core.checkpoint.Checkpoint` and back.
-On restore the sequence numbers jump past anything the previous life could have sent (see
-:func:`stream_start_seq`), so neighbours take the drone's frames as a continuation, not a
-replay.
+stream sequence numbers, replay windows, rounds) into a
+:class:`~swarmfl.core.checkpoint.Checkpoint` and back. Each start begins a new boot epoch
+(:class:`~swarmfl.field.epoch.BootEpochFile`), persisted before the first frame, so the drone's
+numbers are above anything an earlier life sent whatever its clock says, and neighbours take its
+frames as a continuation, not a replay. The receive windows come back too: a frame the previous
+life refused (or accepted) is refused after the restart.
 """
 
 from __future__ import annotations
@@ -19,38 +21,27 @@ import numpy as np
 
 from swarmfl.core.checkpoint import Checkpoint
 from swarmfl.core.node import GossipNode, NodeState
-from swarmfl.errors import ConfigError
+from swarmfl.core.replay import MAX_EPOCH, epoch_of, epoch_start_seq
+from swarmfl.errors import CheckpointError, ConfigError
 from swarmfl.field.checkpoint import CheckpointStore
+from swarmfl.field.epoch import BootEpochFile
 from swarmfl.learning.flatlearner import FlatLearner
 
-__all__ = ["RESTART_SEQ_GAP", "DroneCheckpoints", "Restored", "stream_start_seq"]
+__all__ = ["DroneCheckpoints", "Restored", "next_boot_epoch"]
 
 log = logging.getLogger(__name__)
 
-RESTART_SEQ_GAP = 2**32
-"""How far a restarted drone's sequence numbers jump past the checkpointed ones, at least.
 
-A drone keeps sending after its last checkpoint; after a crash the checkpoint's numbers are
-behind what neighbours already saw. No drone sends 2**32 frames between two checkpoints.
-"""
+def next_boot_epoch(saved_epoch: int, checkpoint_seqs: tuple[int, ...] = ()) -> int:
+    """The boot epoch of a new life: one past the saved epoch and past the epochs of the
+    sequence numbers a checkpoint holds (its file may be older or newer than the epoch file).
 
-# A start's sequence numbers are also at least (Unix ms) << 20: above anything an earlier run
-# could have sent (it would need 2**20 frames per millisecond), even without a checkpoint
-# (--no-resume, a lost checkpoint folder), as long as the clock does not go back.
-_TIME_BASE_SHIFT = 20
-_MAX_START_SEQ = 2**63
-
-
-def stream_start_seq(saved_next_seq: int | None, wall_s: float) -> int:
-    """The first sequence number of a (re)started drone's streams.
-
-    The larger of ``saved_next_seq + RESTART_SEQ_GAP`` (if a checkpoint was restored) and the
-    wall-clock base ``int(wall_s * 1000) << 20``, capped at 2**63.
+    Raises :class:`ConfigError` once the epochs are exhausted (2**32 - 1 lives).
     """
-    start = max(0, int(wall_s * 1000)) << _TIME_BASE_SHIFT
-    if saved_next_seq is not None:
-        start = max(start, saved_next_seq + RESTART_SEQ_GAP)
-    return min(start, _MAX_START_SEQ)
+    epoch = max([saved_epoch, *(epoch_of(seq) for seq in checkpoint_seqs)]) + 1
+    if epoch > MAX_EPOCH:
+        raise ConfigError("the boot epochs are exhausted", key="checkpoint.dir")
+    return epoch
 
 
 @dataclass(frozen=True)
@@ -85,30 +76,59 @@ class DroneCheckpoints:
         self.signature = signature
         self.learner = learner
         self.node = node
+        self.epoch_file = BootEpochFile(store.directory)
+        node.epoch_listener = self._persist_epoch
+
+    def _persist_epoch(self, epoch: int) -> None:
+        # A peer's EPOCH frame moved us on: save it before the new epoch's first frame. If the
+        # disk fails, the next checkpoint still carries the numbers (and a restart moves past).
+        try:
+            self.epoch_file.write(epoch)
+        except CheckpointError as exc:
+            log.warning("drone %d: %s", self.drone_id, exc)
 
     def restore(self, *, resume: bool) -> Restored:
         """Load the newest good checkpoint (if ``resume``) into the learner and node, and start
-        the node's streams above any sequence number an earlier life used.
+        a new boot epoch, saved to disk before anything is sent.
 
-        Raises :class:`ConfigError` for a checkpoint of another drone, swarm or model.
+        The receive windows of the newest checkpoint are restored even with ``resume=False``
+        (a fresh model must not make the drone accept frames it refused). Raises
+        :class:`ConfigError` for a checkpoint of another drone, swarm or model, or if the boot
+        epoch cannot be saved in ``checkpoint.dir``.
         """
-        checkpoint = self.store.load_latest() if resume else None
-        saved_seq: int | None = None
-        control_seq = 0
+        latest = self.store.load_latest()
+        checkpoint = latest if resume else None
         counter = 0
         restored = Restored(None, 0)
         if checkpoint is not None:
-            control_seq = self._load(checkpoint)
-            counter, saved_seq = checkpoint.counter, checkpoint.seq
+            self._load(checkpoint)
+            counter = checkpoint.counter
             restored = Restored(checkpoint.counter, int(checkpoint.meta.get("rounds", 0)))
             log.debug("drone %d: resumed from checkpoint %d", self.drone_id, checkpoint.counter)
-        start = stream_start_seq(saved_seq, time.time())
+        seqs: tuple[int, ...] = ()
+        replay: tuple[tuple[int, int, int], ...] = ()
+        if latest is not None and self._ours(latest):
+            seqs = (latest.seq, _int_or_zero(latest.meta.get("control_seq")))
+            replay = _windows(latest.meta.get("replay"), str(self.store.directory))
+        epoch = next_boot_epoch(self.epoch_file.read(), seqs)
+        try:
+            self.epoch_file.write(epoch)
+        except CheckpointError as exc:
+            raise ConfigError(str(exc), key="checkpoint.dir") from None
+        start = epoch_start_seq(epoch)
         self.node.import_state(
-            NodeState(counter=counter, next_seq=start, control_seq=max(start, control_seq))
+            NodeState(counter=counter, next_seq=start, control_seq=start, replay=replay)
         )
+        log.info("drone %d: boot epoch %d", self.drone_id, epoch)
         return restored
 
-    def _load(self, checkpoint: Checkpoint) -> int:
+    def _ours(self, checkpoint: Checkpoint) -> bool:
+        return (
+            checkpoint.drone_id == self.drone_id
+            and checkpoint.meta.get("swarm_id") == self.swarm_id
+        )
+
+    def _load(self, checkpoint: Checkpoint) -> None:
         meta = checkpoint.meta
         source = str(self.store.directory)
         if checkpoint.drone_id != self.drone_id or meta.get("swarm_id") != self.swarm_id:
@@ -138,7 +158,6 @@ class DroneCheckpoints:
             # Momentum now off, or another plan: start it afresh, as a new optimizer would.
             with contextlib.suppress(ConfigError):
                 self.learner.load_momentum_state(momentum)
-        return int(meta.get("control_seq", 0))
 
     def snapshot(self, *, rounds: int, accuracy: float | None) -> Checkpoint:
         """The drone's state now, as a checkpoint (copied: training may go on meanwhile)."""
@@ -156,8 +175,29 @@ class DroneCheckpoints:
                 "swarm_id": self.swarm_id,
                 "signature": self.signature.hex(),
                 "control_seq": state.control_seq,
+                "epoch": self.node.epoch,
+                "replay": [list(row) for row in state.replay],
                 "rounds": rounds,
                 "accuracy": accuracy if accuracy is not None and math.isfinite(accuracy) else None,
             },
             created_at=time.time(),
         )
+
+
+def _int_or_zero(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _windows(rows: object, source: str) -> tuple[tuple[int, int, int], ...]:
+    """The replay windows a checkpoint holds (none in a checkpoint written before they were)."""
+    if rows is None:
+        return ()
+    if not isinstance(rows, list) or not all(
+        isinstance(row, list) and len(row) == 3 and all(type(v) is int for v in row) for row in rows
+    ):
+        raise ConfigError(
+            "holds malformed replay windows (use --no-resume with another checkpoint.dir)",
+            source=source,
+            key="checkpoint.dir",
+        )
+    return tuple((row[0], row[1], row[2]) for row in rows)

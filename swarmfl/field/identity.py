@@ -1,0 +1,77 @@
+"""A field drone's identity from its drone.toml ``[identity]``: its key file and the roster.
+
+:func:`load_identity` reads the drone's Ed25519 private key (PEM, from ``swarmfl keys issue``),
+the roster file (``roster.json``, signed by the authority) and the authority's public key, and
+checks that they fit together: the roster is the authority's and of this swarm, and lists this
+drone with this key. Any problem is a :class:`~swarmfl.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from swarmfl.config.drone_file import DroneConfig
+from swarmfl.core.identity import (
+    MAX_ROSTER_BYTES,
+    DroneIdentity,
+    DroneSigner,
+    RosterError,
+    load_private_key,
+)
+from swarmfl.errors import ConfigError
+
+__all__ = ["load_identity"]
+
+log = logging.getLogger(__name__)
+
+_MAX_KEY_FILE_BYTES = 64 * 1024
+
+
+def _read(path: Path, limit: int, *, source: str, key: str) -> bytes:
+    try:
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing or not a regular file", source=source, key=key)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", source=source, key=key) from None
+    if len(data) > limit:
+        raise ConfigError(f"{path} is larger than {limit} bytes", source=source, key=key)
+    return data
+
+
+def load_identity(config: DroneConfig, *, source: str) -> DroneIdentity | None:
+    """The drone's identity, or None if ``[identity]`` is not set. Raises ConfigError."""
+    section = config.identity
+    if section.key_file is None or section.roster_file is None or section.authority is None:
+        return None
+    key_path = Path(section.key_file)
+    key = load_private_key(
+        _read(key_path, _MAX_KEY_FILE_BYTES, source=source, key="identity.key_file"),
+        source=str(key_path),
+    )
+    if key_path.stat().st_mode & 0o077:
+        log.warning("%s is readable by other users (chmod 600 it)", key_path)
+    drone_id = config.drone.id
+    signer = DroneSigner(drone_id, key)
+    roster_bytes = _read(
+        Path(section.roster_file), MAX_ROSTER_BYTES, source=source, key="identity.roster_file"
+    )
+    try:
+        identity = DroneIdentity(
+            signer,
+            bytes.fromhex(section.authority),
+            roster_bytes,
+            swarm_id=config.swarm.swarm_id,
+        )
+    except RosterError as exc:
+        raise ConfigError(str(exc), source=source, key="identity.roster_file") from None
+    if identity.senders.roster.drones.get(drone_id) != signer.public_key:
+        raise ConfigError(
+            f"the roster does not list drone {drone_id} with this key (revoked, or another "
+            "drone's key file?)",
+            source=source,
+            key="identity.key_file",
+        )
+    return identity
