@@ -264,7 +264,7 @@ def _add_field_commands(commands: argparse._SubParsersAction[_OneLineParser]) ->
     )
     status.add_argument(
         "--wait-s",
-        type=_seconds,
+        type=float,
         default=5.0,
         help="the longest to listen for drones and answers (it stops sooner once every drone "
         "named by anyone has answered)",
