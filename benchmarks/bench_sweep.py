@@ -34,6 +34,16 @@ def _metrics(folder: Path) -> dict[str, bytes]:
     }
 
 
+def _run_walls(folder: Path) -> float:
+    """The summed wall seconds the runs themselves report (without pool or Ray overhead)."""
+    total = sum(json.loads(p.read_text())["wall_seconds"] for p in folder.rglob("summary.json"))
+    return round(total, 2)
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=120.0, help="virtual seconds per run")
@@ -54,7 +64,17 @@ def main() -> None:
         sequential = time.perf_counter() - start
         common = {"bench": "sweep", "runs": len(plan.runs), "virtual_s": args.duration}
         cores = os.cpu_count()
-        print(json.dumps({**common, "mode": "sequential", "wall_s": round(sequential, 2)}))
+        print(
+            json.dumps(
+                {
+                    **common,
+                    "mode": "sequential",
+                    "wall_s": round(sequential, 2),
+                    "runs_wall_s_sum": _run_walls(root / "sequential"),
+                    "load_avg_1min": _load(),
+                }
+            )
+        )
 
         start = time.perf_counter()
         local = run_sweep(SCENARIO, out=root / "local", **base)  # type: ignore[arg-type]
@@ -69,6 +89,8 @@ def main() -> None:
                     "wall_s": round(pooled, 2),
                     "ratio_vs_sequential": round(pooled / sequential, 3),
                     "target_ratio": TARGET_RATIO,
+                    "runs_wall_s_sum": _run_walls(root / "local"),
+                    "load_avg_1min": _load(),
                     "failed": len(local.failed),
                     "metrics_identical_to_sequential": identical,
                 }
@@ -101,6 +123,8 @@ def main() -> None:
                     "wall_s": round(on_ray, 2),
                     "ratio_vs_local": round(on_ray / pooled, 3),
                     "ratio_vs_sequential": round(on_ray / sequential, 3),
+                    "runs_wall_s_sum": _run_walls(root / "ray"),
+                    "load_avg_1min": _load(),
                     "failed": len(remote.failed),
                     "metrics_identical_to_local": _metrics(root / "ray")
                     == _metrics(root / "local"),
