@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from threadpoolctl import threadpool_limits
+
 from swarmfl.config.scenario_file import Scenario
 from swarmfl.errors import ConfigError
 
@@ -67,7 +69,9 @@ def execute(task: RunTask) -> RunOutcome:
     """Run ``task`` into its folder; any exception becomes the outcome's ``error``.
 
     A failed run leaves ``error.txt`` (the traceback) in its folder and no ``summary.json``, so a
-    resumed sweep runs it again.
+    resumed sweep runs it again. BLAS and OpenMP use one thread in the run, as torch does in the
+    simulator: runs are the parallelism, and idle BLAS threads spinning in every worker would
+    take the cores the other runs need.
     """
     from swarmfl.sim.runner import run_scenario  # imported in the worker
 
@@ -75,7 +79,8 @@ def execute(task: RunTask) -> RunOutcome:
     folder = Path(task.folder)
     try:
         (folder / ERROR_FILE).unlink(missing_ok=True)
-        run_scenario(task.scenario, folder, title_note=task.title_note)
+        with threadpool_limits(limits=1):
+            run_scenario(task.scenario, folder, title_note=task.title_note)
     except Exception as exc:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ERROR_FILE).write_text(traceback.format_exc(), encoding="utf-8")

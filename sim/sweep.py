@@ -247,6 +247,13 @@ def plan_sweep(
     else:
         seed_list = list(dict.fromkeys(seed_spec))
     variants = _variants(merged_grid)
+    names = [v.folder_name for v in variants]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ConfigError(
+                f"two variants share the folder name {name!r}: {variants[index].name!r}",
+                source="--grid",
+            )
     if len(variants) * len(seed_list) > _MAX_RUNS:
         raise ConfigError(f"{len(variants) * len(seed_list)} runs; at most {_MAX_RUNS}")
     folder = Path(out or raw_sweep.out or Path("runs") / f"{base.run.name}-sweep")

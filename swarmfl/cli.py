@@ -141,7 +141,9 @@ def _add_experiment_commands(commands: argparse._SubParsersAction[_OneLineParser
         "the overlay plots, written to --out.",
     )
     compare.add_argument("folders", type=Path, nargs="+", metavar="RUN_OR_EXPERIMENT")
-    compare.add_argument("--out", type=Path, help="where to write (default runs/compare)")
+    compare.add_argument(
+        "--out", type=Path, help="where to write (default runs/compare, or a fresh -2, -3, ...)"
+    )
     compare.set_defaults(handler=_cmd_compare)
 
 
@@ -185,12 +187,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from swarmfl.sim.results import collect_folders
+    from swarmfl.sim.runfolder import fresh_folder
     from swarmfl.sim.sweep_progress import print_variants
 
     for folder in args.folders:
         if not folder.is_dir():
             raise ConfigError(f"{folder}: no such folder", source="compare")
-    experiment = collect_folders(args.folders, args.out or Path("runs") / "compare")
+    out = args.out or fresh_folder(Path("runs") / "compare")  # never an earlier comparison
+    experiment = collect_folders(args.folders, out)
     if not experiment.runs:
         raise ConfigError(
             "no finished run (no summary.json) in the folders given", source="compare"

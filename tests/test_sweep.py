@@ -149,3 +149,8 @@ def test_the_readme_sweep_example_runs_as_written(tmp_path, monkeypatch, capsys)
     assert [line.split(":")[0] for line in printed] == ["gossip.codec=fp32", "gossip.codec=int8"]
     with (tmp_path / "runs" / "codec-sweep" / "runs.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
+
+
+def test_variants_that_would_share_a_folder_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="share the folder name"):
+        plan_sweep(QUICKSTART, grid={"run.name": ["a/b", "a_b"]}, out=tmp_path)

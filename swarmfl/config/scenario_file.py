@@ -484,13 +484,14 @@ SCENARIO_PATH_KEYS: list[tuple[str, ...]] = [
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Read, override and validate a scenario file.
+    """Read, override and validate a scenario file (its ``[sweep]`` table, if any, is ignored).
 
     Raises :class:`ConfigError` (one line: file, key, problem) for a missing, unreadable,
     oversized or non-UTF-8 file, invalid TOML, or any invalid key.
     """
     path = Path(path)
     raw = read_toml(path)
+    raw.pop("sweep", None)  # a sweep's table (swarmfl.sim.sweep); one run ignores it
     # before the overrides: a path written in the file is relative to the file's folder, one
     # given with --set to the current directory
     resolve_paths(raw, SCENARIO_PATH_KEYS, path.parent)
