@@ -43,9 +43,10 @@ RUNTIME_BASELINE_BYTES: dict[str, int] = {
 """Peak RSS of a field agent beyond what :func:`process_plan` counts, per backend.
 
 Measured (``benchmarks/bench_lean_agent.py --calibrate``, x86-64 Linux, CPython 3.11, numpy 2,
-torch 2 CPU build) as the peak RSS (``ru_maxrss`` of the process) of a real ``swarmfl agent``
-on the smallest model (a 64-8-10 MLP on one digits shard of 8, UDP radio, zeroconf on
-loopback) trained for 20 rounds, minus that drone's own :class:`ProcessPlan` components: the
+torch 2 CPU build) as the peak RSS (``VmHWM``) of four real ``swarmfl agent`` processes on the
+smallest model (a 64-8-10 MLP, a quarter of digits each, UDP radio, zeroconf on loopback)
+trained for 20 rounds, minus each drone's own :class:`ProcessPlan` components; two runs gave
+325,279 and 326,206 KiB (torch), 81,628 and 81,491 KiB (lean). What it holds: the
 interpreter, the imported libraries (numpy, scipy's BLAS, pydantic, zeroconf, aiomqtt,
 cryptography; plus torch for ``"torch"``), the event loop, the worker thread and allocator
 slack. Re-measure on the target board: another libc or wheel moves it by megabytes.
