@@ -107,14 +107,16 @@ def test_a_lean_drone_refuses_a_memory_budget_naming_the_key(
 
 
 def test_a_lean_drone_refuses_a_torch_checkpoint(tmp_path) -> None:
-    settings = swarm_settings(scenario("quickstart", {"swarm.drones": 2}))
-    assembly = DroneAssembly(settings)
-    lean_with_checkpoint = settings.model.model_copy(update={"checkpoint": "backbone.pt"})
-    assembly.settings = type(settings)(**{**settings.__dict__, "model": lean_with_checkpoint})
+    from swarmfl.learning.models import build_model
+    from swarmfl.learning.pretrained import save_pretrained
+
+    path = tmp_path / "backbone.pt"
+    save_pretrained(build_model("mlp", (1, 8, 8), 10, hidden=(128,), seed=1), path)
+    overrides = {**two_classes(8, 8), "model.checkpoint": str(path)}
     with pytest.raises(ConfigError) as caught:
-        assembly.build(0, 0, LEAN)
+        Swarm(scenario("quickstart", overrides))
     assert caught.value.key == "model.checkpoint"
-    assert "torch file" in caught.value.problem
+    assert 'needs swarm.devices.1.backend = "torch"' in caught.value.problem
 
 
 def test_drone_toml_refuses_torch_threads_on_the_lean_backend() -> None:
