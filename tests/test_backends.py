@@ -155,3 +155,16 @@ def test_drone_toml_refuses_torch_threads_on_the_lean_backend() -> None:
         validate_drone_config(base, source="drone.toml")
     assert caught.value.key == "training.threads"
     assert 'needs training.backend = "torch"' in caught.value.problem
+
+
+def test_backend_keys_round_trip_through_a_resolved_scenario(tmp_path) -> None:
+    from swarmfl.config.scenario_file import load_scenario, scenario_to_toml
+
+    loaded = scenario("quickstart", {**two_classes(8, 8), "training.backend": "lean"})
+    assert [d.backend for d in loaded.swarm.devices] == ["torch", "lean"]
+    path = tmp_path / "resolved.toml"
+    path.write_text(scenario_to_toml(loaded))
+    assert load_scenario(path) == loaded
+    with pytest.raises(ConfigError) as caught:
+        scenario("quickstart", {"training.backend": "jax"})
+    assert caught.value.key == "training.backend"
