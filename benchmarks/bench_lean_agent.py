@@ -16,7 +16,10 @@ JSON lines:
   swarm's final mean accuracy. Every process runs one BLAS thread (``OMP_NUM_THREADS=1``,
   ``OPENBLAS_NUM_THREADS=1``) and torch one thread (``training.threads = 1``);
 * ``ratio``: lean / torch seconds per round and peak RSS, per model (baseline: torch, measured in
-  the same run).
+  the same run);
+* ``copies``: first, in this process, the peak allocation (tracemalloc) of each step a model
+  takes from one lean drone to another (encode, fragment, reassemble, decode) on a 64-1024-1024-10
+  MLP, in copies of the model, for fp32 and int8 frames (``--copies``: only these).
 
 ``--calibrate`` measures :data:`~swarmfl.field.footprint.RUNTIME_BASELINE_BYTES` instead: the
 same swarm on a 64-8-10 MLP, the measured peak minus everything but the runtime.
@@ -234,12 +237,78 @@ def run_swarm(model: str, backend: str, rounds: int, repeats: int) -> dict[str, 
     }
 
 
+def copy_peaks(hidden: list[int], codec: str) -> dict[str, Any]:
+    """Peak bytes Python and numpy allocate (tracemalloc) in each step a model takes from one
+    lean drone to another: encode (``GossipNode.publish``: the codec and the frame), fragment
+    (``Fragmenter.split`` into 1,472-byte datagrams), reassemble (``Reassembler.push``) and
+    decode (``GossipNode.receive``: authenticate, decode, keep the replica). Each as a multiple
+    of the model's fp32 bytes: 1.0 is one copy of the model."""
+    import tracemalloc
+
+    from swarmfl.drone import DeviceProfile, DroneAssembly
+    from swarmfl.radio.fragment import Fragmenter, Reassembler
+    from swarmfl.sim.swarm import swarm_settings
+    from swarmfl.testing import scenario
+
+    overrides = {
+        "swarm.drones": 2,
+        "model.hidden": hidden,
+        "gossip.codec": codec,
+        "radio.max_frame_bytes": 64 * 2**20,
+    }
+    assembly = DroneAssembly(swarm_settings(scenario("quickstart", overrides)))
+    lean = DeviceProfile(backend="lean")
+    sender, receiver = assembly.build(0, 0, lean), assembly.build(1, 1, lean)
+    model_bytes = sender.learner.flat_parameters().nbytes
+    # the stream's first frame is a keyframe: the receiver holds the sender's replica after it
+    for first in sender.node.publish(sender.learner.flat_parameters(), 1, 0.0):
+        receiver.node.receive(first, 0.0)
+    x = sender.learner.flat_parameters()
+    x += 0.01  # a change to send
+    peaks: dict[str, float] = {}
+
+    def measured(step: str, call: Any) -> Any:
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        result = call()
+        peak = tracemalloc.get_traced_memory()[1] - before
+        tracemalloc.stop()
+        peaks[step] = round(peak / model_bytes, 2)
+        return result
+
+    frames = measured("encode", lambda: sender.node.publish(x, 1, 1.0))
+    fragmenter = Fragmenter(0, 1472, max_frame_bytes=64 * 2**20)
+    datagrams = measured("fragment", lambda: fragmenter.split(frames[0]))
+    reassembler = Reassembler(5.0, 128 * 2**20, 64 * 2**20)
+
+    def reassemble() -> bytes:
+        whole = None
+        for datagram in datagrams:
+            whole = reassembler.push(datagram, 0, 1.0) or whole
+        assert whole is not None
+        return whole
+
+    frame = measured("reassemble", reassemble)
+    measured("decode", lambda: receiver.node.receive(frame, 1.0))
+    assert receiver.node.stats.frames_accepted == 2
+    return {
+        "kind": "copies",
+        "model": f"mlp 64-{'-'.join(map(str, hidden))}-10",
+        "codec": codec,
+        "model_bytes": model_bytes,
+        "frame_bytes": len(frame),
+        "peak_over_model_bytes": peaks,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="local rounds every drone trains")
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds per backend")
     parser.add_argument("--models", nargs="*", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     parser.add_argument("--calibrate", action="store_true", help="measure the runtime baselines")
+    parser.add_argument("--copies", action="store_true", help="only the encode/decode peaks")
     args = parser.parse_args()
     os.environ["SWARMFL_SECRET"] = SECRET
     # One BLAS thread here and in the agents, before numpy loads: on tiny matrices OpenBLAS's
@@ -248,6 +317,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    if not args.calibrate:
+        for codec in ("fp32", "int8"):
+            emit(copy_peaks([1024, 1024], codec))
+    if args.copies:
+        return
     models = ["tiny"] if args.calibrate else args.models
     for model in models:
         by_backend = {}

@@ -324,14 +324,18 @@ def _add_plan_command(commands: argparse._SubParsersAction[_OneLineParser]) -> N
         help="show what a device trains within a memory budget",
         description="Plan partial training within a memory budget: print every candidate "
         "(full model, suffixes of blocks, biases only; micro-batches) with its predicted "
-        "working set, and the plan chosen.",
+        "working set, and the plan chosen. With --config: the predicted peak RSS of that "
+        "drone's whole field agent, by component.",
+    )
+    plan.add_argument(
+        "--config",
+        type=Path,
+        help="a drone's TOML config: plan its whole agent process (the other options are unused)",
     )
     plan.add_argument("--model", choices=["mlp", "cnn"], default="cnn", help="model kind")
-    plan.add_argument(
-        "--input", required=True, help="one sample's shape, e.g. 3x32x32 (image) or 64"
-    )
-    plan.add_argument("--batch", type=int, required=True, help="training batch size")
-    plan.add_argument("--budget", required=True, help="memory budget, e.g. 64MiB, 1.5GiB")
+    plan.add_argument("--input", help="one sample's shape, e.g. 3x32x32 (image) or 64")
+    plan.add_argument("--batch", type=int, help="training batch size")
+    plan.add_argument("--budget", help="memory budget, e.g. 64MiB, 1.5GiB")
     plan.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
@@ -366,7 +370,33 @@ def _add_plan_command(commands: argparse._SubParsersAction[_OneLineParser]) -> N
     plan.set_defaults(handler=_cmd_plan)
 
 
+def _cmd_process_plan(config: Path) -> int:
+    from swarmfl.config.drone_file import load_drone_config
+    from swarmfl.field.footprint import drone_process_plan
+
+    plan, budget = drone_process_plan(load_drone_config(config))
+    print(f"{config}: {plan.describe()}")
+    for name, value in plan.as_dict().items():
+        print(f"  {name:<9} {value:>12,} bytes")
+    if budget is not None:
+        verdict = "fits" if plan.total <= budget else "does NOT fit"
+        print(f"  training.process_budget_bytes {budget:,}: {verdict}")
+    return 0
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        return _cmd_process_plan(args.config)
+    for flag, value in (
+        ("--input", args.input),
+        ("--batch", args.batch),
+        ("--budget", args.budget),
+    ):
+        if value is None:
+            raise ConfigError(
+                "is required (or give --config for a drone's whole process)", key=flag
+            )
+
     from rich.console import Console
 
     from swarmfl.plan_table import PlanRequest, parse_shape, parse_widths, print_plan

@@ -11,8 +11,9 @@ the same shard, weights, plan and node config either way.
 What the drones of a swarm share is built once per assembly: the dataset and its split into
 shards, the evaluation subset, the model's description, initial weights (seeded, optionally
 pretrained) and signature, and one plan per device profile. Each drone's learner is built by its
-backend (:mod:`swarmfl.learning.backends`): torch is imported only for a torch drone, a memory
-plan or a pretrained checkpoint, so a lean drone's process never loads it.
+backend (:mod:`swarmfl.learning.backends`), and its plan by that backend's planner: torch is
+imported only for a torch drone or a pretrained checkpoint, so a lean drone's process never
+loads it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from swarmfl.seeding import eval_rng, learner_seed, partition_rng
 if TYPE_CHECKING:
     from torch import nn
 
+    from swarmfl.learning.plan import PlanSettings
     from swarmfl.learning.privacy import DPConfig
 
 __all__ = [
@@ -176,8 +178,8 @@ class DroneAssembly:
     (:func:`~swarmfl.learning.spec.initial_parameters`), so that torch and lean drones start
     alike; with ``model.checkpoint`` the pretrained values are loaded into it (torch).
     :meth:`build` then assembles one drone with the backend its device profile (or
-    ``training.backend``) names. Torch is imported only when a torch drone, a memory plan or a
-    checkpoint needs it.
+    ``training.backend``) names. Torch is imported only when a torch drone (or its memory plan)
+    or a checkpoint needs it.
 
     Raises :class:`ConfigError` (naming the key) for data or a model that cannot be built, and
     :meth:`build` for a setting its backend cannot honour, a budget no plan fits or a model
@@ -258,22 +260,27 @@ class DroneAssembly:
             return None
         if device in self._plans:
             return self._plans[device]
-        from swarmfl.learning.plan import MemoryPlan
-
         settings = self.settings
+        settings_kw: PlanSettings = {
+            "optimizer": planner_optimizer(settings.training.momentum),
+            "neighbour_replicas": device.neighbour_replicas,
+            "codec": settings.gossip.codec,
+            "block_size": settings.gossip.block_size,
+            "replica_scope": device.replica_scope,
+            "dp": settings.training.dp.enabled,
+        }
+        batch_size = settings.training.batch_size
         try:
-            plan = MemoryPlan.choose(
-                self.template,
-                self.input_shape,
-                settings.training.batch_size,
-                device.budget_bytes,
-                optimizer=planner_optimizer(settings.training.momentum),
-                neighbour_replicas=device.neighbour_replicas,
-                codec=settings.gossip.codec,
-                block_size=settings.gossip.block_size,
-                replica_scope=device.replica_scope,
-                dp=settings.training.dp.enabled,
-            )
+            if self.backend(device) == "lean":  # planned on what the lean learner keeps
+                from swarmfl.learning.lean_plan import choose_lean_plan
+
+                plan = choose_lean_plan(self.spec, batch_size, device.budget_bytes, **settings_kw)
+            else:
+                from swarmfl.learning.plan import MemoryPlan
+
+                plan = MemoryPlan.choose(
+                    self.template, self.input_shape, batch_size, device.budget_bytes, **settings_kw
+                )
         except PlanError as exc:
             what = "" if device.name == "default" else f"device class {device.name!r}: "
             raise PlanError(what + exc.problem, key=device.budget_key) from None
@@ -290,12 +297,13 @@ class DroneAssembly:
         return DPConfig(dp.clip_norm, dp.noise_multiplier, dp.delta)
 
     def flops_per_sample(self, plan: TrainPlan | None) -> float:
-        """FLOPs to train on one sample under ``plan`` (what the simulator charges)."""
+        """FLOPs to train on one sample under ``plan`` (what the simulator charges; the same
+        count for both backends, from the model's description)."""
         if plan is None:
             return self._full_flops
-        from swarmfl.learning.plan import plan_flops_per_sample
+        from swarmfl.learning.lean_plan import lean_plan_flops_per_sample
 
-        return plan_flops_per_sample(self.template, self.input_shape, plan)
+        return lean_plan_flops_per_sample(self.spec, plan)
 
     def node_config(self, drone_id: int, learner: FlatLearner) -> NodeConfig:
         """The gossip node's config for ``drone_id`` training what ``learner`` trains."""
@@ -344,9 +352,7 @@ class DroneAssembly:
         backend = self.backend(device)
         refuse_unsupported(
             backend,
-            budget_bytes=device.budget_bytes,
             checkpoint=self.settings.model.checkpoint,
-            budget_key=device.budget_key,
             backend_key=device.backend_key,
             dp=self.settings.training.dp.enabled,
         )

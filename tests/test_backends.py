@@ -11,6 +11,7 @@ from swarmfl.drone import DeviceProfile, DroneAssembly
 from swarmfl.errors import ConfigError
 from swarmfl.learning.lean import LeanLearner
 from swarmfl.learning.learner import TorchLearner
+from swarmfl.learning.spec import model_spec
 from swarmfl.sim.swarm import Swarm, swarm_settings
 from swarmfl.sim.vtime import run_virtual
 from swarmfl.testing import scenario
@@ -82,39 +83,66 @@ def test_a_fleet_mixing_torch_and_lean_drones_learns_in_the_simulator() -> None:
     assert min(by_backend.values()) >= 0.8, by_backend
 
 
-@pytest.mark.parametrize(
-    ("overrides", "key", "problem"),
-    [
-        (
-            {"training.backend": "lean", "training.budget_bytes": "4MiB"},
-            "training.budget_bytes",
-            'a memory plan needs training.backend = "torch"',
-        ),
-        (
-            two_classes(8, 8, budget_bytes="4MiB"),
-            "swarm.devices.1.budget_bytes",
-            'a memory plan needs swarm.devices.1.backend = "torch"',
-        ),
-    ],
-)
-def test_a_lean_drone_refuses_a_memory_budget_naming_the_key(
-    overrides: dict[str, object], key: str, problem: str
-) -> None:
-    with pytest.raises(ConfigError) as caught:
-        Swarm(scenario("quickstart", overrides))
-    assert caught.value.key == key
-    assert problem in caught.value.problem
+def test_the_lean_planner_weighs_the_torch_planners_candidates_with_its_own_activations() -> None:
+    from swarmfl.learning.lean_plan import lean_candidates, lean_plan_flops_per_sample
+    from swarmfl.learning.models import build_model
+    from swarmfl.learning.plan import MemoryPlan, plan_flops_per_sample
+
+    args = ("cnn", (1, 8, 8), 10)
+    spec = model_spec(*args, channels=(16, 32), seed=0)
+    model = build_model(*args, channels=(16, 32), seed=0)
+    kw = {"neighbour_replicas": 4, "codec": "int8", "optimizer": "sgd_momentum"}
+    lean = lean_candidates(spec, 16, 1 << 20, **kw)  # type: ignore[arg-type]
+    torch_ = MemoryPlan.candidates(model, (1, 8, 8), 16, 1 << 20, **kw)  # type: ignore[arg-type]
+    assert [(p.mode, p.trained_parameters, p.micro_batch) for p in lean] == [
+        (p.mode, p.trained_parameters, p.micro_batch) for p in torch_
+    ]
+    for a, b in zip(lean, torch_, strict=True):
+        assert a.predicted.total - a.predicted.activations == (
+            b.predicted.total - b.predicted.activations
+        )
+        assert lean_plan_flops_per_sample(spec, a) == plan_flops_per_sample(model, (1, 8, 8), b)
+    # numpy keeps less for backward than autograd on the first blocks, never more
+    assert all(
+        a.predicted.activations <= b.predicted.activations
+        for a, b in zip(lean, torch_, strict=True)
+    )
+    assert lean[0].predicted.activations > 0
+
+
+def test_a_lean_drone_with_a_memory_budget_trains_its_plan_and_only_its_plan() -> None:
+    assembly = DroneAssembly(swarm_settings(scenario("quickstart", {"swarm.drones": 2})))
+    small = DeviceProfile(name="small", backend="lean", budget_bytes=100_000)
+    drone = assembly.build(1, 1, small)
+    assert drone.plan is not None and drone.plan.mode != "full"
+    assert drone.plan.predicted.total <= 100_000
+    learner = drone.learner
+    assert isinstance(learner, LeanLearner) and learner.plan is drone.plan
+    before = learner.flat_parameters().copy()
+    learner.train_round()
+    offsets = learner.layer_offsets
+    for index in range(len(offsets) - 1):
+        moved = not np.array_equal(
+            learner.flat_parameters()[offsets[index] : offsets[index + 1]],
+            before[offsets[index] : offsets[index + 1]],
+        )
+        assert moved == (index in learner.trained_layers)
+    # what it measured keeping for backward is what its plan predicted for that micro-batch
+    assert learner.peak_saved_activation_bytes == drone.plan.predicted.activations
+    assert drone.trains.startswith("layers:")
 
 
 def test_a_lean_drone_refuses_a_torch_checkpoint(tmp_path) -> None:
-    settings = swarm_settings(scenario("quickstart", {"swarm.drones": 2}))
-    assembly = DroneAssembly(settings)
-    lean_with_checkpoint = settings.model.model_copy(update={"checkpoint": "backbone.pt"})
-    assembly.settings = type(settings)(**{**settings.__dict__, "model": lean_with_checkpoint})
+    from swarmfl.learning.models import build_model
+    from swarmfl.learning.pretrained import save_pretrained
+
+    path = tmp_path / "backbone.pt"
+    save_pretrained(build_model("mlp", (1, 8, 8), 10, hidden=(128,), seed=1), path)
+    overrides = {**two_classes(8, 8), "model.checkpoint": str(path)}
     with pytest.raises(ConfigError) as caught:
-        assembly.build(0, 0, LEAN)
+        Swarm(scenario("quickstart", overrides))
     assert caught.value.key == "model.checkpoint"
-    assert "torch file" in caught.value.problem
+    assert 'needs swarm.devices.1.backend = "torch"' in caught.value.problem
 
 
 def test_drone_toml_refuses_torch_threads_on_the_lean_backend() -> None:
@@ -127,3 +155,16 @@ def test_drone_toml_refuses_torch_threads_on_the_lean_backend() -> None:
         validate_drone_config(base, source="drone.toml")
     assert caught.value.key == "training.threads"
     assert 'needs training.backend = "torch"' in caught.value.problem
+
+
+def test_backend_keys_round_trip_through_a_resolved_scenario(tmp_path) -> None:
+    from swarmfl.config.scenario_file import load_scenario, scenario_to_toml
+
+    loaded = scenario("quickstart", {**two_classes(8, 8), "training.backend": "lean"})
+    assert [d.backend for d in loaded.swarm.devices] == ["torch", "lean"]
+    path = tmp_path / "resolved.toml"
+    path.write_text(scenario_to_toml(loaded))
+    assert load_scenario(path) == loaded
+    with pytest.raises(ConfigError) as caught:
+        scenario("quickstart", {"training.backend": "jax"})
+    assert caught.value.key == "training.backend"

@@ -75,3 +75,26 @@ def test_swarmfl_agent_refuses_a_small_process_budget_in_one_line(tmp_path: Path
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert str(path) in lines[0] and "training.process_budget_bytes" in lines[0]
     assert "smallest budget that fits is" in lines[0] and "torch:" in lines[0]
+
+
+def test_swarmfl_plan_prints_a_drones_whole_process_plan(
+    tmp_path: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from swarmfl.cli import main
+
+    path = config(tmp_path, "lean", process_budget_bytes="64MiB")
+    assert main(["plan", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    agent_plan = FieldAgent(load_drone_config(config(tmp_path, "lean"))).process_plan
+    assert f"  total     {agent_plan.total:>12,} bytes" in out  # what the agent itself predicts
+    assert "peak RSS (lean: runtime" in out
+    assert "training.process_budget_bytes 67,108,864: does NOT fit" in out
+
+
+def test_swarmfl_plan_without_config_still_needs_the_model_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from swarmfl.cli import main
+
+    assert main(["plan", "--batch", "16", "--budget", "1MiB"]) == 2
+    assert "'--input': is required (or give --config" in capsys.readouterr().err

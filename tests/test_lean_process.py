@@ -58,7 +58,9 @@ def test_the_shipped_digits_are_scikit_learns() -> None:
 def test_a_lean_agent_trains_and_stops_without_importing_torch_matplotlib_or_sklearn(
     tmp_path: Path,
 ) -> None:
-    config = write_config(tmp_path, 0, lean_tables(tmp_path, 0, unique_swarm_id(), shards=2))
+    tables = lean_tables(tmp_path, 0, unique_swarm_id(), shards=2)
+    tables["training"]["budget_bytes"] = "1MiB"  # the lean planner runs (and the whole model fits)
+    config = write_config(tmp_path, 0, tables)
     env = dict(os.environ, SWARMFL_SECRET=SECRET, OMP_NUM_THREADS="1")
     process = subprocess.Popen(
         [sys.executable, "-c", RUN_AND_REPORT, "agent", "--config", str(config)],
@@ -87,7 +89,7 @@ def test_a_lean_agent_trains_and_stops_without_importing_torch_matplotlib_or_skl
     assert "swarmfl" in report["modules"] and "numpy" in report["modules"]
     assert not set(HEAVY) & set(report["modules"]), err
     last = read_status(status)[-1]
-    assert last["state"] == "stopped" and last["accuracy"] > 0.5
+    assert last["state"] == "stopped" and last["accuracy"] > 0.5 and last["trains"] == "full"
 
 
 def run_swarm(folder: Path, lean_drones: set[int], rounds: int) -> list[dict]:

@@ -17,13 +17,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.drone import AssembledDrone, DroneAssembly
 from swarmfl.errors import ConfigError
+from swarmfl.learning.lean import EVALUATION_CHUNK
 from swarmfl.learning.trainplan import codec_buffer_bytes
 from swarmfl.radio.link import LinkConfig
 from swarmfl.sizes import format_bytes
 
-__all__ = ["RUNTIME_BASELINE_BYTES", "ProcessPlan", "check_process_budget", "process_plan"]
+__all__ = [
+    "RUNTIME_BASELINE_BYTES",
+    "ProcessPlan",
+    "check_process_budget",
+    "drone_process_plan",
+    "process_plan",
+]
 
 _F32 = 4
 _I64 = 8
@@ -35,9 +43,10 @@ RUNTIME_BASELINE_BYTES: dict[str, int] = {
 """Peak RSS of a field agent beyond what :func:`process_plan` counts, per backend.
 
 Measured (``benchmarks/bench_lean_agent.py --calibrate``, x86-64 Linux, CPython 3.11, numpy 2,
-torch 2 CPU build) as the peak RSS (``ru_maxrss`` of the process) of a real ``swarmfl agent``
-on the smallest model (a 64-8-10 MLP on one digits shard of 8, UDP radio, zeroconf on
-loopback) trained for 20 rounds, minus that drone's own :class:`ProcessPlan` components: the
+torch 2 CPU build) as the peak RSS (``VmHWM``) of four real ``swarmfl agent`` processes on the
+smallest model (a 64-8-10 MLP, a quarter of digits each, UDP radio, zeroconf on loopback)
+trained for 20 rounds, minus each drone's own :class:`ProcessPlan` components; two runs gave
+325,279 and 326,206 KiB (torch), 81,628 and 81,491 KiB (lean). What it holds: the
 interpreter, the imported libraries (numpy, scipy's BLAS, pydantic, zeroconf, aiomqtt,
 cryptography; plus torch for ``"torch"``), the event loop, the worker thread and allocator
 slack. Re-measure on the target board: another libc or wheel moves it by megabytes.
@@ -128,7 +137,12 @@ def process_plan(
     else:
         # what backward keeps, the gradient flowing back, and the batch's gathered inputs
         activations = batch * (2 * _activation_elements(assembly) + sample_values) * _F32
-    training = trained_bytes + momentum + activations
+    # evaluation runs between rounds, never during one: the larger of the two forward passes
+    evaluated = len(assembly.y_eval)
+    if drone.backend == "lean":
+        evaluated = min(evaluated, EVALUATION_CHUNK)
+    evaluation = evaluated * _activation_elements(assembly) * _F32
+    training = trained_bytes + momentum + max(activations, evaluation)
     gossip = settings.gossip
     replicas = neighbour_replicas * numel * _F32 + codec_buffer_bytes(
         trained, gossip.codec, gossip.block_size
@@ -166,3 +180,23 @@ def check_process_budget(
         f"{plan.describe()}; the smallest budget that fits is {plan.total} bytes",
         key=key,
     )
+
+
+def drone_process_plan(loaded: LoadedDroneConfig) -> tuple[ProcessPlan, int | None]:
+    """The process plan of the drone a ``drone.toml`` describes (assembled as the agent would,
+    without opening a radio), and its ``training.process_budget_bytes``.
+
+    Raises :class:`ConfigError` naming the config file for what the agent would refuse.
+    """
+    from swarmfl.field.agent import drone_settings, field_device
+
+    config = loaded.config
+    try:
+        assembly = DroneAssembly(drone_settings(loaded))
+        drone = assembly.build(config.drone.id, config.data.shard, field_device(loaded))
+    except ConfigError as exc:
+        if exc.source is not None:
+            raise
+        raise ConfigError(exc.problem, source=str(loaded.source), key=exc.key) from None
+    plan = process_plan(assembly, drone, neighbour_replicas=config.training.neighbour_replicas)
+    return plan, config.training.process_budget_bytes

@@ -7,8 +7,8 @@ backends gossip in one swarm. :func:`build_learner` builds either from a
 imports torch, so a lean drone's process never loads it.
 
 What exists on one backend only is refused on the other by :func:`refuse_unsupported`, with one
-line naming the key: the lean backend has no memory planner (``training.budget_bytes``) and
-cannot read torch checkpoints (``model.checkpoint``).
+line naming the key: the lean backend cannot read torch checkpoints (``model.checkpoint``). Its
+memory plans come from its own planner (:mod:`swarmfl.learning.lean_plan`).
 """
 
 from __future__ import annotations
@@ -38,36 +38,25 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 def refuse_unsupported(
     backend: str,
     *,
-    budget_bytes: int | None,
     checkpoint: str | None,
-    budget_key: str = "training.budget_bytes",
     backend_key: str = "training.backend",
     dp: bool = False,
 ) -> None:
     """Refuse a setting ``backend`` cannot honour, naming its key in one line.
 
     Raises:
-        ConfigError: an unknown backend (key ``backend_key``); with the lean backend, a memory
-            budget (``budget_key``: the planner probes torch's autograd) or a pretrained
-            checkpoint (``model.checkpoint``: a torch file), or DP-SGD (``training.dp``: it
-            needs torch's per-sample gradients).
+        ConfigError: an unknown backend (key ``backend_key``); with the lean backend, a
+            pretrained checkpoint (``model.checkpoint``: a torch file) or DP-SGD
+            (``training.dp``: it needs torch's per-sample gradients).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"must be one of {BACKENDS}, got {backend!r}", key=backend_key)
-    if backend != "lean":
-        return
-    if budget_bytes is not None:
-        raise ConfigError(
-            f'a memory plan needs {backend_key} = "torch" (the lean backend trains the whole '
-            "model); remove the budget or change the backend",
-            key=budget_key,
-        )
-    if checkpoint is not None:
+    if backend == "lean" and checkpoint is not None:
         raise ConfigError(
             f'a pretrained checkpoint is a torch file: it needs {backend_key} = "torch"',
             key="model.checkpoint",
         )
-    if dp:
+    if backend == "lean" and dp:
         raise ConfigError(
             f'DP-SGD needs per-sample gradients, which only {backend_key} = "torch" has',
             key="training.dp.enabled",
@@ -114,8 +103,8 @@ def build_learner(
     """A learner of ``backend`` for ``spec``, starting from (a copy of) ``parameters``.
 
     ``x``/``y`` are the local shard, ``seed`` seeds the shuffling, ``plan`` is what to train
-    (None: everything; torch backend only). Raises :class:`ConfigError` for an unknown backend
-    (key ``training.backend``), a plan on the lean backend, and what the learners raise.
+    (None: everything). Raises :class:`ConfigError` for an unknown backend (key
+    ``training.backend``) and what the learners raise.
     """
     if backend == "torch":
         from swarmfl.learning.learner import TorchLearner
@@ -138,8 +127,6 @@ def build_learner(
     if backend == "lean":
         from swarmfl.learning.lean import LeanLearner
 
-        if plan is not None:
-            refuse_unsupported(backend, budget_bytes=plan.budget_bytes, checkpoint=None)
         return LeanLearner(
             spec,
             x,
@@ -147,6 +134,7 @@ def build_learner(
             config,
             flops_per_sample=flops_per_sample,
             seed=seed,
+            plan=plan,
             parameters=np.array(parameters, dtype=np.float32),  # its own, writable copy
         )
     raise ConfigError(f"must be one of {BACKENDS}, got {backend!r}", key="training.backend")

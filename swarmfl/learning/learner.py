@@ -286,7 +286,8 @@ class TorchLearner(FlatLearner):
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Evaluation:
         """Accuracy and mean loss of the current model on ``(x, y)``."""
         self.model.eval()
-        logits = self.model(torch.as_tensor(x))
+        with torch.no_grad():  # keep nothing for a backward that never comes
+            logits = self.model(torch.as_tensor(x))
         target = torch.as_tensor(y)
         accuracy = float((logits.argmax(dim=1) == target).float().mean())
         return Evaluation(accuracy, float(self._loss(logits, target)))
