@@ -237,8 +237,17 @@ async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
 
 
 def start_swarm(
-    folder: Path, n: int, *, radio: str = "udp", broker_port: int | None = None, **extra: Any
+    folder: Path,
+    n: int,
+    *,
+    radio: str = "udp",
+    broker_port: int | None = None,
+    fixed_ports: bool = False,
+    **extra: Any,
 ) -> tuple[int, list[AgentProcess]]:
+    """``n`` agent processes of a new swarm; each takes any free UDP port (it announces the one
+    it got), or with ``fixed_ports`` one chosen now, which it keeps across restarts, as a
+    configured field drone does."""
     swarm_id = unique_swarm_id()
     processes = []
     for drone in range(n):
@@ -248,7 +257,7 @@ def start_swarm(
             swarm_id,
             shards=n,
             radio=radio,
-            port=free_port(),
+            port=free_port() if fixed_ports else 0,
             broker_port=broker_port,
             # Non-IID: alone, a drone reaches ~0.4 on digits; only gossip gets the swarm to 0.85.
             extra={"data": {"partition": "dirichlet", "alpha": 0.1}, **extra},
@@ -351,7 +360,7 @@ def test_four_agent_processes_find_each_other_by_zeroconf_and_learn_over_udp(
 def test_an_agent_killed_with_sigkill_resumes_from_its_checkpoint_and_rejoins(
     tmp_path: Path,
 ) -> None:
-    _, processes = start_swarm(tmp_path, 3)
+    _, processes = start_swarm(tmp_path, 3, fixed_ports=True)
     victim = processes[2]
     checkpoints = tmp_path / "ckpt-2"
     with agents(processes):

@@ -21,7 +21,6 @@ from _field_helpers import (
     AgentProcess,
     agent_tables,
     agents,
-    free_port,
     unique_swarm_id,
     wait_until,
     write_config,
@@ -188,14 +187,17 @@ def poll(condition: Any, what: str) -> Any:
 def test_attacks_on_an_agent_status_port_get_nothing_and_are_counted(tmp_path: Path) -> None:
     swarm_id = unique_swarm_id()
     key = status_key(derive_swarm_key(SECRET, swarm_id))
-    port = free_port()
-    tables = agent_tables(tmp_path, 0, swarm_id, shards=1, port=port)
+    tables = agent_tables(tmp_path, 0, swarm_id, shards=1, port=0)
     tables["discovery"] = {"kind": "static", "peers": [{"id": 1, "host": LOOPBACK, "port": 9}]}
     agent = AgentProcess(tmp_path, 0, write_config(tmp_path, 0, tables))
-    address = (LOOPBACK, port)
     with agents([agent]):
         agent.start()
-        wait_until(lambda: (agent.last() or {}).get("state") == "running", 60, "the agent to run")
+        line = wait_until(
+            lambda: (last := agent.last()) and last.get("state") == "running" and last,
+            120,
+            "the agent to run",
+        )
+        address = (LOOPBACK, line["port"])
         first = poll(lambda: ask(key, address), "an answer to a good query")
         assert first["drone"] == 0 and first["swarm"] == swarm_id
 

@@ -125,18 +125,12 @@ def _peer_hints(
     return heard_at, left_at
 
 
-def _reported_gone(answers: Mapping[int, Mapping[str, Any]], drone: int) -> bool:
-    """Whether some answering agent reports ``drone`` gone and none hears it."""
-    key = str(drone)
-    gone = False
-    for record in answers.values():
-        heard = record.get("peers_heard")
-        if isinstance(heard, dict) and key in heard:
-            return False
-        for table in ("peers_lost", "peers_left"):
-            listed = record.get(table)
-            gone = gone or (isinstance(listed, dict) and key in listed)
-    return gone
+def _peer_ids(record: Mapping[str, Any], key: str) -> set[int]:
+    table = record.get(key)
+    if not isinstance(table, dict):
+        return set()
+    ids = (_drone_id(value) for value in list(table)[:_MAX_PEER_IDS])
+    return {drone for drone in ids if drone is not None}
 
 
 def view_of(
@@ -222,6 +216,8 @@ async def collect_udp(
     done: set[tuple[str, int]] = set()
     heard_from: set[tuple[str, int]] = set()
     answers: dict[int, dict[str, Any]] = {}
+    heard_live: set[int] = set()  # drones some answering agent holds a live replica of
+    reported_gone: set[int] = set()  # ... or reports lost or gone
     last_change = loop.time()
     async with contextlib.AsyncExitStack() as stack:
         asker = await stack.enter_async_context(StatusAsker(key))
@@ -251,17 +247,19 @@ async def collect_udp(
                     )
             # A drone its answering peers report gone (a goodbye, or no live replica of it),
             # asked a few times if we know where, is not worth waiting for.
-            gone = {d for d in named_by if d not in answers and _reported_gone(answers, d)}
+            gone = reported_gone - heard_live - set(answers)
             settled = {
                 a for a, d in drone_at.items() if d in gone and asks.get(a, 0) >= _GIVE_UP_ASKS
             }
+            unsettled = {d for a, d in drone_at.items() if a not in settled}
             waiting = [
-                d
-                for d in named_by
-                if d not in answers
-                and not (d in gone and all(a in settled for a, e in drone_at.items() if e == d))
+                d for d in named_by if d not in answers and (d not in gone or d in unsettled)
             ]
-            pending = [a for a in addresses if a not in done and a not in settled]
+            pending = [
+                a
+                for a in addresses
+                if a not in done and a not in settled and drone_at.get(a) not in answers
+            ]
             if answers and not waiting and not pending and now - last_change >= settle_s:
                 break
             if now >= deadline:
@@ -282,6 +280,11 @@ async def collect_udp(
                     if drone not in answers:
                         last_change = loop.time()
                     answers[drone] = record
+                    drone_at[address] = drone
+                    heard_live |= _peer_ids(record, "peers_heard")
+                    reported_gone |= _peer_ids(record, "peers_lost") | _peer_ids(
+                        record, "peers_left"
+                    )
                     named_by.setdefault(drone, set()).add(f"{addresses[address]} answer")
                     for mate in named_peers(record) - {drone}:
                         if mate not in named_by:
