@@ -7,7 +7,10 @@ bucket, as airtime is on a unicast mesh), an optional in-process loss injector f
 kernel has no netem), and answers to ``swarmfl status`` queries (:func:`query_status` asks them).
 
 A datagram that is not ours (garbage, truncated, a foreign protocol) is counted, logged at debug
-level and dropped; nothing a peer sends can stop the radio. Whole frames are authenticated later,
+level and dropped; nothing a peer sends can stop the radio. The socket is drained in batches
+(:data:`DATAGRAMS_PER_READ` per wake-up) rather than through asyncio's one-callback-per-datagram
+transport: under a flood, how cheaply each datagram is read decides how much of the peers'
+traffic the kernel drops for a full receive buffer. Whole frames are authenticated later,
 by the gossip node.
 """
 
@@ -72,17 +75,12 @@ def parse_status_reply(datagram: bytes, nonce: bytes) -> dict[str, Any] | None:
 StatusProvider = Callable[[], Mapping[str, Any]]
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, radio: UdpRadio) -> None:
-        self._radio = radio
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._radio._on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors reported on the socket (a peer's port closed): the medium's business.
-        self._radio.stats.send_errors += 1
-        log.debug("udp socket error: %r", exc)
+#: Datagrams read per wake-up of the socket reader before yielding to the event loop. Draining
+#: the socket in a loop costs a fraction of asyncio's one-callback-per-datagram transport, which
+#: is what decides how much of a flood an agent can read (and so how little of its peers'
+#: traffic the kernel drops for it); the cap keeps other tasks running during a flood.
+DATAGRAMS_PER_READ = 256
+_MAX_DATAGRAM_BYTES = 65_535
 
 
 class UdpRadio(DatagramRadio):
@@ -124,19 +122,19 @@ class UdpRadio(DatagramRadio):
         self._rng = random.Random(seed)
         self._status = status
         self._peers: dict[int, tuple[str, int]] = {}
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._pump_task: asyncio.Task[None] | None = None
 
     @property
     def local_port(self) -> int:
         """The port actually bound (useful with ``port=0``). Raises RadioError before start."""
-        if self._transport is None:
+        if self._sock is None:
             raise RadioError("the UDP radio is not started")
-        return int(self._transport.get_extra_info("sockname")[1])
+        return int(self._sock.getsockname()[1])
 
     async def start(self) -> None:
         """Bind the socket and start sending. See the class for the errors raised."""
-        if self._transport is not None or self._closed:
+        if self._sock is not None or self._closed:
             raise RadioError("the UDP radio is already started or closed")
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -161,11 +159,11 @@ class UdpRadio(DatagramRadio):
                 ) from None
             raise RadioError(f"cannot open UDP {self.host}:{self.port}: {exc}") from exc
         try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        except OSError as exc:
+            loop.add_reader(sock.fileno(), self._read_ready)
+        except (OSError, ValueError) as exc:
             sock.close()
             raise RadioError(f"cannot open UDP {self.host}:{self.port}: {exc}") from exc
-        self._transport = transport
+        self._sock = sock
         self._pump_task = loop.create_task(self._pump(), name=f"udp-radio-{self.drone_id}")
 
     # -- destinations -------------------------------------------------------------------------
@@ -189,14 +187,16 @@ class UdpRadio(DatagramRadio):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._transport is not None:
-            self._transport.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
 
     # -- the medium ---------------------------------------------------------------------------
 
     async def _transmit(self, datagram: bytes, now: float) -> int | None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        sock = self._sock
+        if sock is None:
             return None
         destinations = list(self._peers.values())
         if len(destinations) > 1:
@@ -206,13 +206,34 @@ class UdpRadio(DatagramRadio):
         sent = 0
         for address in destinations:
             try:
-                transport.sendto(datagram, address)
-            except OSError as exc:  # e.g. an unresolvable host name
+                sock.sendto(datagram, address)
+            except OSError as exc:  # a full socket buffer, an unresolvable host name
                 self.stats.send_errors += 1
                 log.debug("udp send to %s failed: %r", address, exc)
                 continue
             sent += 1
         return sent
+
+    def _read_ready(self) -> None:
+        """Drain up to DATAGRAMS_PER_READ datagrams from the socket (called by the loop)."""
+        sock = self._sock
+        if sock is None:
+            return
+        recvfrom = sock.recvfrom
+        on_datagram = self._on_datagram
+        for _ in range(DATAGRAMS_PER_READ):
+            try:
+                data, addr = recvfrom(_MAX_DATAGRAM_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors reported on the socket (a peer's port closed): the medium's.
+                self.stats.send_errors += 1
+                log.debug("udp socket error: %r", exc)
+                continue
+            on_datagram(data, addr)
+            if self._sock is None:  # closed by what the datagram triggered
+                return
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
         if self._closed:
@@ -226,7 +247,7 @@ class UdpRadio(DatagramRadio):
         self._hear(data, addr)
 
     def _answer_status(self, data: bytes, addr: tuple[Any, int]) -> None:
-        if self._status is None or self._transport is None:
+        if self._status is None or self._sock is None:
             return
         if len(data) < STATUS_REQUEST_BYTES:
             log.debug("status query from %s too short (%d bytes)", addr, len(data))
@@ -246,7 +267,10 @@ class UdpRadio(DatagramRadio):
             body = json.dumps(status, separators=(",", ":"), allow_nan=False).encode()
             if len(head) + len(body) > _STATUS_REPLY_MAX_BYTES:
                 return
-        self._transport.sendto(head + body, addr)
+        try:
+            self._sock.sendto(head + body, addr)
+        except OSError as exc:
+            log.debug("status answer to %s failed: %r", addr, exc)
 
 
 async def query_status(
