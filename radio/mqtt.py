@@ -306,8 +306,10 @@ class MqttRadio(DatagramRadio):
                     self.last_error,
                     backoff,
                 )
-            except Exception as exc:
+            except Exception as exc:  # supervised: log, reconnect, never die
                 self.task_failures += 1
+                while isinstance(exc, ExceptionGroup) and exc.exceptions:
+                    exc = exc.exceptions[0]  # the task group's: name the failure itself
                 self.last_error = f"{type(exc).__name__}: {exc}"[:200]
                 log.error(
                     "drone %d: MQTT radio session failed (%s); reconnecting in %.1f s",
@@ -375,7 +377,7 @@ class MqttRadio(DatagramRadio):
                     self._on_datagram(topic, bytes(payload))
                 elif topic.startswith(presence):
                     self._on_presence(topic, payload)
-            except Exception as exc:
+            except Exception as exc:  # hostile input must never stop the reader
                 self.messages_dropped += 1
                 log.debug("dropped a broker message: %r", exc)
 

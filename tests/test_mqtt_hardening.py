@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -379,3 +380,32 @@ async def test_a_forged_retained_offline_does_not_drop_a_live_drone(open_broker:
         await asyncio.wait_for(_until(lambda: watcher.presence_malformed >= 3), 10)
         assert 2 in watcher.peers()
         assert watcher.connected and watcher.task_failures == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_an_unexpected_failure_of_the_radios_tasks_is_logged_and_reconnected(
+    open_broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any exception in the session's tasks (not only broker errors) ends in a reconnect."""
+    swarm_id = unique_swarm_id()
+    async with radio(open_broker, 1, swarm_id) as sender, radio(open_broker, 2, swarm_id) as rx:
+        assert await sender.wait_connected(10) and await rx.wait_connected(10)
+        transmit = sender._transmit
+        failures = [RuntimeError("a bug in the pump")]
+
+        async def failing_once(datagram: bytes, now: float) -> int | None:
+            if failures:
+                raise failures.pop()
+            return await transmit(datagram, now)
+
+        sender._transmit = failing_once  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="swarmfl.radio.mqtt"):
+            sender.send(b"lost with the session")
+            await asyncio.wait_for(_until(lambda: sender.connects >= 2), 20)
+        assert sender.task_failures == 1
+        assert any("a bug in the pump" in r.getMessage() for r in caplog.records)
+        sender.send(b"after the reconnect")
+        async for data in frames_of(rx, 20):
+            if data == b"after the reconnect":
+                break
