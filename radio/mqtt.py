@@ -342,9 +342,12 @@ class MqttRadio(DatagramRadio):
             max_queued_incoming_messages=4096,
             logger=_PAHO_LOG,
         ) as client:
-            await client.subscribe(f"{self._root}/presence/+", qos=1)
-            await client.subscribe(f"{self._root}/frames/+", qos=0)
+            # Announce first, subscribe to presence last: the retained presence of the whole
+            # swarm (or thousands of fakes) arrives right after that SUBACK, and an
+            # acknowledgement queued behind it could time out and fail every session.
             await client.publish(self._presence_topic, self._payload("online"), qos=1, retain=True)
+            await client.subscribe(f"{self._root}/frames/+", qos=0)
+            await client.subscribe(f"{self._root}/presence/+", qos=1)
             self._client = client
             self.connects += 1
             log.info("drone %d: connected to MQTT broker %s", me.drone_id, settings.url)
