@@ -16,7 +16,11 @@ can), the target is flooded for ``--window-s`` seconds, and one JSON line is pri
 the attacker achieved, the target's accepted frames from its peers per second (``merges``,
 read from its status log) against the unflooded rate measured in the same run (before the
 floods and again after them; the mean of both), the target's CPU time over the window as a
-percentage of one core (psutil on its pid), and its RSS growth since before the first flood.
+percentage of one core (psutil on its pid), its RSS growth since before the first flood, the
+honest drones' published frames per second over the same window (so that a drop in merges can
+be told apart from peers that published less because the flood took their CPU), and the
+datagrams per second the kernel dropped for the target's socket (``/proc/net/udp``: its receive
+buffer was full, i.e. the target did not read fast enough).
 A final ``summary`` line gives, per attack, the lowest rate tried at which merges fell below
 50 % of the baseline (or null if none did).
 
@@ -211,13 +215,36 @@ def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
     return value
 
 
+def kernel_drops(port: int) -> int:
+    """Datagrams the kernel dropped for the UDP socket bound to ``port`` (its buffer was full)."""
+    suffix = f":{port:04X}"
+    with open("/proc/net/udp", encoding="ascii") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(suffix):
+                return int(fields[-1])
+    return 0
+
+
 class Target:
     """The flooded agent: its process, status log and the measurements of one window."""
 
-    def __init__(self, process: subprocess.Popen[bytes], status_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], status_path: Path, port: int, peers: list[Path]
+    ) -> None:
         self.process = process
         self.ps = psutil.Process(process.pid)
         self.status_path = status_path
+        self.port = port
+        self.peer_status = peers
+
+    def published(self) -> int:
+        """Model frames the honest drones have published so far."""
+        total = 0
+        for path in self.peer_status:
+            lines = read_status(path)
+            total += int(lines[-1]["frames_published"]) if lines else 0
+        return total
 
     def accepted(self) -> tuple[float, int]:
         """(monotonic time, frames accepted) of the latest status line."""
@@ -231,10 +258,12 @@ class Target:
         # Skip the first status interval: the flood has only just started.
         time.sleep(0.6)
         t0, a0 = self.accepted()
+        p0, d0 = self.published(), kernel_drops(self.port)
         cpu0 = self.ps.cpu_times()
         c0 = time.monotonic()
         time.sleep(seconds)
         t1, a1 = self.accepted()
+        p1, d1 = self.published(), kernel_drops(self.port)
         cpu1 = self.ps.cpu_times()
         c1 = time.monotonic()
         rss = self.ps.memory_info().rss
@@ -244,6 +273,8 @@ class Target:
             * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system))
             / (c1 - c0),
             "rss": rss,
+            "published_per_s": (p1 - p0) / (c1 - c0),
+            "kernel_drops_per_s": (d1 - d0) / (c1 - c0),
         }
         if attacker is not None:
             out, _ = attacker.communicate(timeout=60)
@@ -296,7 +327,12 @@ def bench(attacks: list[str], rates: list[float], window_s: float, period_s: flo
             for drone in (0, 1, 2):
                 config = agent_config(folder, drone, swarm_id, port if drone == 0 else 0, period_s)
                 processes.append(start_agent(folder, config, drone))
-            target = Target(processes[0], folder / "status-0.jsonl")
+            target = Target(
+                processes[0],
+                folder / "status-0.jsonl",
+                port,
+                [folder / "status-1.jsonl", folder / "status-2.jsonl"],
+            )
 
             def hears_both() -> bool:
                 lines = read_status(target.status_path)
@@ -332,6 +368,9 @@ def bench(attacks: list[str], rates: list[float], window_s: float, period_s: flo
             "bench": "baseline",
             "merges_per_s_before": round(before["merges_per_s"], 2),
             "merges_per_s_after": round(after["merges_per_s"], 2),
+            "peers_published_per_s": round(
+                (before["published_per_s"] + after["published_per_s"]) / 2, 2
+            ),
             "cpu_percent": round((before["cpu_percent"] + after["cpu_percent"]) / 2, 1),
             "window_s": window_s,
             "period_s": period_s,
@@ -350,6 +389,8 @@ def bench(attacks: list[str], rates: list[float], window_s: float, period_s: flo
                 "rate_achieved": round(result["rate_achieved"]),
                 "merges_per_s": round(result["merges_per_s"], 2),
                 "merges_vs_baseline": round(ratio, 3),
+                "peers_published_per_s": round(result["published_per_s"], 2),
+                "kernel_drops_per_s": round(result["kernel_drops_per_s"]),
                 "cpu_percent": round(result["cpu_percent"], 1),
                 "rss_growth_mb": round((result["rss"] - rss0) / 2**20, 1),
             }

@@ -32,13 +32,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from swarmfl.errors import ConfigError
-from swarmfl.radio.fragment import (
-    HEADER_SIZE,
-    MAX_FRAME_BYTES,
-    Fragmenter,
-    Reassembler,
-    ReassemblyStats,
-)
+from swarmfl.radio.fragment import HEADER_SIZE, MAX_FRAME_BYTES, Fragmenter
+from swarmfl.radio.reassembly import Reassembler, ReassemblyStats
 from swarmfl.radio.sendqueue import SendQueue, SendQueueStats
 from swarmfl.radio.throttle import TokenBucket
 

@@ -303,6 +303,8 @@ class MqttRadio(DatagramRadio):
             except Exception as exc:
                 # A bug or hostile input our parsers missed: never die silently, reconnect.
                 self.task_failures += 1
+                while isinstance(exc, ExceptionGroup) and exc.exceptions:
+                    exc = exc.exceptions[0]  # the task group's: name the failure itself
                 self.last_error = crashed = f"{type(exc).__name__}: {exc}"[:200]
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("MQTT session failure", exc_info=True)
@@ -348,9 +350,12 @@ class MqttRadio(DatagramRadio):
             max_queued_incoming_messages=4096,
             logger=_PAHO_LOG,
         ) as client:
-            await client.subscribe(f"{self._root}/presence/+", qos=1)
-            await client.subscribe(f"{self._root}/frames/+", qos=0)
+            # Announce first, subscribe to presence last: the retained presence of the whole
+            # swarm (or thousands of fakes) arrives right after that SUBACK, and an
+            # acknowledgement queued behind it could time out and fail every session.
             await client.publish(self._presence_topic, self._payload("online"), qos=1, retain=True)
+            await client.subscribe(f"{self._root}/frames/+", qos=0)
+            await client.subscribe(f"{self._root}/presence/+", qos=1)
             self._client = client
             self.connects += 1
             log.info("drone %d: connected to MQTT broker %s", me.drone_id, settings.url)
@@ -383,7 +388,7 @@ class MqttRadio(DatagramRadio):
                     self._on_datagram(topic, bytes(payload))
                 elif topic.startswith(presence):
                     self._on_presence(topic, payload)
-            except Exception as exc:
+            except Exception as exc:  # hostile input must never stop the reader
                 self.messages_dropped += 1
                 log.debug("dropped a broker message: %r", exc)
 

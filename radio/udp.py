@@ -10,7 +10,10 @@ kernel has no netem), and answers to authenticated ``swarmfl status`` queries
 (:mod:`swarmfl.radio.status_port`).
 
 A datagram that is not ours (garbage, truncated, a foreign protocol) is counted, logged at debug
-level and dropped; nothing a peer sends can stop the radio. Whole frames are authenticated later,
+level and dropped; nothing a peer sends can stop the radio. The socket is drained in batches
+(:data:`DATAGRAMS_PER_READ` per wake-up) rather than through asyncio's one-callback-per-datagram
+transport: under a flood, how cheaply each datagram is read decides how much of the peers'
+traffic the kernel drops for a full receive buffer. Whole frames are authenticated later,
 by the gossip node.
 
 Discovery only *hints* where a peer may be (:class:`~swarmfl.radio.peers.PeerTable`): model
@@ -43,17 +46,12 @@ __all__ = ["MulticastUdpRadio", "UdpRadio"]
 log = logging.getLogger(__name__)
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, radio: UdpRadio) -> None:
-        self._radio = radio
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._radio._on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors reported on the socket (a peer's port closed): the medium's business.
-        self._radio.stats.send_errors += 1
-        log.debug("udp socket error: %r", exc)
+#: Datagrams read per wake-up of the socket reader before yielding to the event loop. Draining
+#: the socket in a loop costs a fraction of asyncio's one-callback-per-datagram transport, which
+#: is what decides how much of a flood an agent can read (and so how little of its peers'
+#: traffic the kernel drops for it); the cap keeps other tasks running during a flood.
+DATAGRAMS_PER_READ = 256
+_MAX_DATAGRAM_BYTES = 65_535
 
 
 class UdpRadio(DatagramRadio):
@@ -98,7 +96,7 @@ class UdpRadio(DatagramRadio):
         self._rng = random.Random(seed)
         self._status = status
         self.peer_table = peer_table if peer_table is not None else PeerTable()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._pump_task: asyncio.Task[None] | None = None
         # Each datagram once, however many copies went out: ``bytes_sent`` (every copy: the
         # airtime) / ``unique_bytes_sent`` is the copies per datagram (the number of peers in
@@ -109,13 +107,13 @@ class UdpRadio(DatagramRadio):
     @property
     def local_port(self) -> int:
         """The port actually bound (useful with ``port=0``). Raises RadioError before start."""
-        if self._transport is None:
+        if self._sock is None:
             raise RadioError("the UDP radio is not started")
-        return int(self._transport.get_extra_info("sockname")[1])
+        return int(self._sock.getsockname()[1])
 
     async def start(self) -> None:
         """Bind the socket and start sending. See the class for the errors raised."""
-        if self._transport is not None or self._closed:
+        if self._sock is not None or self._closed:
             raise RadioError("the UDP radio is already started or closed")
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -140,11 +138,11 @@ class UdpRadio(DatagramRadio):
                 ) from None
             raise RadioError(f"cannot open UDP {self.host}:{self.port}: {exc}") from exc
         try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        except OSError as exc:
+            loop.add_reader(sock.fileno(), self._read_ready)
+        except (OSError, ValueError) as exc:
             sock.close()
             raise RadioError(f"cannot open UDP {self.host}:{self.port}: {exc}") from exc
-        self._transport = transport
+        self._sock = sock
         self._pump_task = loop.create_task(self._pump(), name=f"udp-radio-{self.drone_id}")
 
     # -- destinations -------------------------------------------------------------------------
@@ -184,12 +182,12 @@ class UdpRadio(DatagramRadio):
             self._send_direct(frame, (str(link_sender[0]), int(link_sender[1])))
 
     def _send_direct(self, frame: bytes, address: tuple[str, int]) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        sock = self._sock
+        if sock is None:
             return
         for datagram in self._link.fragmenter.split(frame):
             try:
-                transport.sendto(datagram, address)
+                sock.sendto(datagram, address)
             except OSError as exc:
                 self.stats.send_errors += 1
                 log.debug("udp send to %s failed: %r", address, exc)
@@ -224,14 +222,16 @@ class UdpRadio(DatagramRadio):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._transport is not None:
-            self._transport.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
 
     # -- the medium ---------------------------------------------------------------------------
 
     async def _transmit(self, datagram: bytes, now: float) -> int | None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        sock = self._sock
+        if sock is None:
             return None
         destinations = self.peer_table.destinations(now)
         if destinations:
@@ -244,13 +244,34 @@ class UdpRadio(DatagramRadio):
         sent = 0
         for address in destinations:
             try:
-                transport.sendto(datagram, address)
-            except OSError as exc:  # e.g. an unresolvable host name
+                sock.sendto(datagram, address)
+            except OSError as exc:  # a full socket buffer, an unresolvable host name
                 self.stats.send_errors += 1
                 log.debug("udp send to %s failed: %r", address, exc)
                 continue
             sent += 1
         return sent
+
+    def _read_ready(self) -> None:
+        """Drain up to DATAGRAMS_PER_READ datagrams from the socket (called by the loop)."""
+        sock = self._sock
+        if sock is None:
+            return
+        recvfrom = sock.recvfrom
+        on_datagram = self._on_datagram
+        for _ in range(DATAGRAMS_PER_READ):
+            try:
+                data, addr = recvfrom(_MAX_DATAGRAM_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors reported on the socket (a peer's port closed): the medium's.
+                self.stats.send_errors += 1
+                log.debug("udp socket error: %r", exc)
+                continue
+            on_datagram(data, addr)
+            if self._sock is None:  # closed by what the datagram triggered
+                return
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
         if self._closed:
@@ -264,12 +285,15 @@ class UdpRadio(DatagramRadio):
         self._hear(data, addr)
 
     def _answer_status(self, data: bytes, addr: tuple[Any, int]) -> None:
-        responder, transport = self._status, self._transport
-        if responder is None or transport is None:
+        responder, sock = self._status, self._sock
+        if responder is None or sock is None:
             return
         reply = responder.answer(data, addr[0], asyncio.get_running_loop().time())
         if reply is not None:
-            transport.sendto(reply, addr)
+            try:
+                sock.sendto(reply, addr)
+            except OSError as exc:
+                log.debug("status answer to %s failed: %r", addr, exc)
 
     def counters(self) -> dict[str, int]:
         """The radio's counters, and its status port's when it answers queries."""
@@ -377,8 +401,8 @@ class MulticastUdpRadio(UdpRadio):
             raise
 
     async def _join(self) -> None:
-        assert self._transport is not None
-        sender = self._transport.get_extra_info("socket")
+        sender = self._sock
+        assert sender is not None
         group = socket.inet_aton(self.group)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -416,14 +440,14 @@ class MulticastUdpRadio(UdpRadio):
             self._group_transport.close()
 
     async def _transmit(self, datagram: bytes, now: float) -> int | None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        sock = self._sock
+        if sock is None:
             return None
         # Once, for every neighbour in range: nothing extra is charged to the bucket.
         self.unique_datagrams_sent += 1
         self.unique_bytes_sent += len(datagram)
         try:
-            transport.sendto(datagram, (self.group, self.group_port))
+            sock.sendto(datagram, (self.group, self.group_port))
         except OSError as exc:
             self.stats.send_errors += 1
             log.debug("udp multicast send failed: %r", exc)

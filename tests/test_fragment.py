@@ -17,10 +17,9 @@ from swarmfl.radio.fragment import (
     VERSION,
     Fragmenter,
     FragmentError,
-    Reassembler,
-    ReassemblyStats,
     fragment_count,
 )
+from swarmfl.radio.reassembly import Reassembler, ReassemblyStats
 
 MTU = 64
 CHUNK = MTU - HEADER_SIZE
