@@ -11,7 +11,8 @@ and the epsilon the drones actually reported.
 Cost: one drone of that swarm (its shard, batch 16, one torch thread) trains rounds with and
 without DP-SGD, the two alternating, best of ``--repeats`` by CPU time (a shared machine's
 wall time measures the neighbours' load, CPU time this process's work; wall time is printed
-too); each variant runs in its own subprocess, so its peak RSS is its own. The planner's predicted per-sample gradient bytes are printed next to it.
+too); each variant runs in its own subprocess, so its peak RSS is its own. The planner's
+predicted per-sample gradient bytes are printed next to it.
 
     python benchmarks/bench_dp.py                 # 60 virtual seconds per run
     python benchmarks/bench_dp.py --duration 120  # the quickstart's whole length
