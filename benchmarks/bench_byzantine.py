@@ -21,6 +21,8 @@ Prints one JSON line per cell, then a table and a JSON line of the targets.
 
     python benchmarks/bench_byzantine.py             # the full grid (about 45 runs, minutes)
     python benchmarks/bench_byzantine.py --quick     # 16 drones, 20 s: a smoke run
+    python benchmarks/bench_byzantine.py --attacks ipm,dissensus --graphs regular4  # a part
+    python benchmarks/bench_byzantine.py --table part1.jsonl part2.jsonl  # one table of parts
 """
 
 from __future__ import annotations
@@ -165,15 +167,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="virtual seconds per cell")
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated kinds")
     parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rules")
+    parser.add_argument("--graphs", default="regular4,cliques", help="regular4 and/or cliques")
+    parser.add_argument(
+        "--table", nargs="+", help="print the table of saved JSON lines, run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        saved = []
+        for path in args.table:
+            with open(path, encoding="utf-8") as lines:
+                saved += [r for r in map(json.loads, lines) if r.get("bench") == "byzantine"]
+        print(table(saved))
+        print(json.dumps(targets(saved)))
+        return 0
     logging.disable(logging.WARNING)  # poisoned plain-mean drones diverge, and say so each round
     drones = args.drones or (16 if args.quick else 32)
     duration = args.duration or (20.0 if args.quick else 60.0)
     attacks = args.attacks.split(",")
     rules = args.rules.split(",")
     records = []
-    cells = [("regular4", a, r) for a in attacks for r in rules]
-    cells += [("cliques", a, r) for a in ("none", "dissensus") if a in attacks for r in rules]
+    graphs = args.graphs.split(",")
+    cells = [("regular4", a, r) for a in attacks for r in rules if "regular4" in graphs]
+    cells += [
+        ("cliques", a, r)
+        for a in ("none", "dissensus")
+        if a in attacks and "cliques" in graphs
+        for r in rules
+    ]
     for graph, attack, rule in cells:
         record = run_cell(rule, attack, drones=drones, duration_s=duration, graph=graph)
         records.append(record)
