@@ -118,6 +118,7 @@ class Swarm:
             settings.swarm_id,
             self.assembly.signature,
             cache_frames=max(64, 2 * scenario.swarm.drones),
+            share_deltas=True,
         )
         period_s = scenario.gossip.period_s
         rng = random.Random(seed)

@@ -279,7 +279,7 @@ def test_under_a_robust_rule_a_diverged_model_restarts_from_the_neighbours_media
 
 @pytest.mark.parametrize("codec", ["int8", "int4"])  # fp32 frames are all keyframes
 def test_receivers_sharing_a_verifier_follow_the_senders_deltas_bit_for_bit(codec):
-    verifier = FrameVerifier(KEY, 7, SIG)
+    verifier = FrameVerifier(KEY, 7, SIG, share_deltas=True)
     sender = GossipNode(make_node(1, codec=codec).config, verifier)
     b, c = (GossipNode(make_node(i, codec=codec).config, verifier) for i in (2, 3))
     alone = make_node(4, codec=codec)  # its own verifier: decodes every payload itself
@@ -304,3 +304,15 @@ def test_receivers_sharing_a_verifier_follow_the_senders_deltas_bit_for_bit(code
     # c lost a delta: it waited for the next keyframe, then caught up with the others.
     assert c.stats.stream_gaps >= 1
     assert c._peers[1].decoder.replica.tobytes() == alone._peers[1].decoder.replica.tobytes()
+
+
+def test_a_drones_own_verifier_keeps_no_copies_of_its_deltas():
+    node = make_node(1, codec="int8")
+    x = np.zeros(OFFSETS[-1], np.float32)
+    frames = [
+        node.publish(x + np.float32(step), samples=1, now=float(step))[0] for step in range(3)
+    ]
+    deltas = [
+        node._verifier.decode(f) for f in frames if node._verifier.decode(f).kind == FrameKind.DELTA
+    ]
+    assert deltas and all(node._verifier.delta_values(f) is None for f in deltas)

@@ -31,7 +31,10 @@ class FrameVerifier:
     compares the whole frame byte for byte, so a forged frame can never borrow a valid tag.
     ``senders`` (the roster's keys) makes it accept only frames signed by their sender.
     ``cache_frames`` need only cover the frames in flight at once: a larger cache keeps many
-    large frames alive and makes every new frame land in cold memory.
+    large frames alive and makes every new frame land in cold memory. ``share_deltas`` also keeps
+    each delta's replica arrays (before and after) for receivers to take: worth it only when
+    receivers share this verifier (the simulator); a drone's own verifier leaves it off, so it
+    keeps no extra copies of its model.
     """
 
     def __init__(
@@ -41,6 +44,8 @@ class FrameVerifier:
         signature: bytes,
         cache_frames: int = 64,
         senders: SenderKeys | None = None,
+        *,
+        share_deltas: bool = False,
     ):
         self.key = key
         self.senders = senders
@@ -50,6 +55,7 @@ class FrameVerifier:
         self._keyframe_values: OrderedDict[int, tuple[Frame, np.ndarray]] = OrderedDict()
         self._delta_values: OrderedDict[int, tuple[Frame, np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_frames = cache_frames
+        self._share_deltas = share_deltas
 
     def decode(self, data: bytes) -> Frame:
         """The authenticated frame in ``data``. Raises :class:`FrameDecodeError` only."""
@@ -114,6 +120,8 @@ class FrameVerifier:
             raise ConfigError("shared replica values must be read-only", key="values")
         if previous is None:
             self._keep_keyframe_values(frame, values)
+            return
+        if not self._share_deltas:
             return
         self._delta_values[id(frame)] = (frame, previous, values)
         if len(self._delta_values) > _KEYFRAME_VALUES_CACHED:
