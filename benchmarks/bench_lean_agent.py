@@ -246,7 +246,8 @@ def copy_peaks(hidden: list[int], codec: str) -> dict[str, Any]:
     import tracemalloc
 
     from swarmfl.drone import DeviceProfile, DroneAssembly
-    from swarmfl.radio.fragment import Fragmenter, Reassembler
+    from swarmfl.radio.fragment import Fragmenter
+    from swarmfl.radio.reassembly import Reassembler
     from swarmfl.sim.swarm import swarm_settings
     from swarmfl.testing import scenario
 

@@ -31,7 +31,7 @@ from zeroconf.asyncio import AsyncZeroconf
 
 from swarmfl.core.wire import FrameKind, decode_frame, derive_swarm_key
 from swarmfl.radio.discovery import SERVICE_TYPE, PeerInfo, ZeroconfDiscovery
-from swarmfl.radio.fragment import Reassembler
+from swarmfl.radio.reassembly import Reassembler
 
 pytestmark = [pytest.mark.network]
 

@@ -34,7 +34,8 @@ from swarmfl.core.wire import (
     encode_frame,
     nack_payload,
 )
-from swarmfl.radio.fragment import Fragmenter, Reassembler
+from swarmfl.radio.fragment import Fragmenter
+from swarmfl.radio.reassembly import Reassembler
 
 pytestmark = [pytest.mark.network]
 
