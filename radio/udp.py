@@ -194,6 +194,8 @@ class UdpRadio(DatagramRadio):
                 return
             self.stats.datagrams_sent += 1
             self.stats.bytes_sent += len(datagram)
+            self.unique_datagrams_sent += 1  # one transmission, to one address
+            self.unique_bytes_sent += len(datagram)
 
     def probes_due(self, now: float) -> bool:
         """Whether a candidate is due for a probe (so that a HELLO is worth building)."""

@@ -25,7 +25,7 @@ from _field_helpers import (
     write_config,
 )
 
-from swarmfl.field.status_table import table_rows
+from swarmfl.field.status_table import COLUMNS, table_rows
 
 pytestmark = [pytest.mark.network]
 
@@ -91,9 +91,13 @@ def test_honest_field_agents_name_an_insider_sending_scaled_models(tmp_path: Pat
     private, plain = records
     assert private["epsilon"] > 0 and private["delta"] == 1e-5
     assert plain["epsilon"] is None
-    rows = table_rows({0: private, 1: plain}, private["mono"])
-    assert rows[0][-2:] == [str(ATTACKER), f"{private['epsilon']:.2f}"]
-    assert rows[1][-2:] == [str(ATTACKER), "-"]
+    headers = [header for header, _, _ in COLUMNS]
+    rows = [
+        dict(zip(headers, row, strict=True))
+        for row in table_rows({0: private, 1: plain}, private["mono"])
+    ]
+    assert (rows[0]["suspects"], rows[0]["eps"]) == (str(ATTACKER), f"{private['epsilon']:.2f}")
+    assert (rows[1]["suspects"], rows[1]["eps"]) == (str(ATTACKER), "-")
 
 
 def _naming(agent: AgentProcess) -> dict | None:

@@ -30,7 +30,7 @@ async def test_the_retry_line_tells_the_jittered_delay(
     )
     me = PeerInfo(1, 7, b"\0" * 8, "127.0.0.1", 0, "full", "mqtt")
     caplog.set_level(logging.WARNING, logger="swarmfl.radio.mqtt")
-    async with MqttRadio(me=me, settings=settings, seed=seed) as radio:
+    async with MqttRadio(swarm_key=b"k" * 32, me=me, settings=settings, seed=seed) as radio:
         async with asyncio.timeout(20):
             while radio.connect_failures < 3:
                 await asyncio.sleep(0.05)

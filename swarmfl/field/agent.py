@@ -418,6 +418,11 @@ class FieldAgent:
         except BaseException:
             await self.radio.aclose()
             raise
+        try:
+            self.checkpoints.begin_life()  # nothing is sent before the epoch is on disk
+        except BaseException:
+            await self._close()
+            raise
         if self.vehicle is not None:
             try:
                 await self.vehicle.__aenter__()

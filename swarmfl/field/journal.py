@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["JsonLineFormatter", "LogFormat", "PeerPresence", "configure_logging"]
 
@@ -43,6 +43,19 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted
+    (a caller that swaps stderr, as pytest's capture does, never leaves it a closed stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler.__init__ sets it; the property always answers sys.stderr
+
+
 def configure_logging(
     verbosity: int,
     log_format: LogFormat = "text",
@@ -58,7 +71,7 @@ def configure_logging(
     """
     env = os.environ if environ is None else environ
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = _StderrHandler()
     if log_format == "json":
         handler.setFormatter(JsonLineFormatter())
     else:

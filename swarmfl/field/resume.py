@@ -77,6 +77,7 @@ class DroneCheckpoints:
         self.learner = learner
         self.node = node
         self.epoch_file = BootEpochFile(store.directory)
+        self._epoch = 1  # this life's, chosen by restore()
         node.epoch_listener = self._persist_epoch
 
     def _persist_epoch(self, epoch: int) -> None:
@@ -88,13 +89,12 @@ class DroneCheckpoints:
             log.warning("drone %d: %s", self.drone_id, exc)
 
     def restore(self, *, resume: bool) -> Restored:
-        """Load the newest good checkpoint (if ``resume``) into the learner and node, and start
-        a new boot epoch, saved to disk before anything is sent.
+        """Load the newest good checkpoint (if ``resume``) into the learner and node, and choose
+        a new boot epoch (saved by :meth:`begin_life`, before anything is sent).
 
         The receive windows of the newest checkpoint are restored even with ``resume=False``
         (a fresh model must not make the drone accept frames it refused). Raises
-        :class:`ConfigError` for a checkpoint of another drone, swarm or model, or if the boot
-        epoch cannot be saved in ``checkpoint.dir``.
+        :class:`ConfigError` for a checkpoint of another drone, swarm or model.
         """
         latest = self.store.load_latest()
         checkpoint = latest if resume else None
@@ -111,16 +111,23 @@ class DroneCheckpoints:
             seqs = (latest.seq, _int_or_zero(latest.meta.get("control_seq")))
             replay = _windows(latest.meta.get("replay"), str(self.store.directory))
         epoch = next_boot_epoch(self.epoch_file.read(), seqs)
-        try:
-            self.epoch_file.write(epoch)
-        except CheckpointError as exc:
-            raise ConfigError(str(exc), key="checkpoint.dir") from None
+        self._epoch = epoch
         start = epoch_start_seq(epoch)
         self.node.import_state(
             NodeState(counter=counter, next_seq=start, control_seq=start, replay=replay)
         )
-        log.info("drone %d: boot epoch %d", self.drone_id, epoch)
         return restored
+
+    def begin_life(self) -> None:
+        """Save this life's boot epoch (chosen by :meth:`restore`) to disk, fsynced: call it
+        before anything is sent, and not before start-up can no longer fail on the config (a
+        refused start leaves nothing behind). Raises :class:`ConfigError` naming
+        ``checkpoint.dir`` if it cannot be saved."""
+        try:
+            self.epoch_file.write(self._epoch)
+        except CheckpointError as exc:
+            raise ConfigError(str(exc), key="checkpoint.dir") from None
+        log.debug("drone %d: boot epoch %d", self.drone_id, self._epoch)
 
     def _ours(self, checkpoint: Checkpoint) -> bool:
         return (
