@@ -36,7 +36,7 @@ from swarmfl.config.sections import (
 from swarmfl.core.identity import DroneIdentity
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.verifier import FrameVerifier
-from swarmfl.core.wire import frame_overhead_bytes
+from swarmfl.core.wire import SIGNED_BYTES, frame_overhead_bytes
 from swarmfl.errors import ConfigError, PlanError
 from swarmfl.learning.backends import build_learner, build_torch_model, refuse_unsupported
 from swarmfl.learning.datafiles import load_idx, load_npz
@@ -377,7 +377,7 @@ class DroneAssembly:
         link = self.settings.link.link_config(
             default_mtu=self.settings.default_mtu, rate_bps=device.rate_bps
         )
-        self._check_frame_size(learner, link)
+        self._check_frame_size(learner, link, signed=identity is not None)
         return AssembledDrone(
             drone_id=drone_id,
             shard=shard,
@@ -392,12 +392,15 @@ class DroneAssembly:
             link_config=link,
         )
 
-    def _check_frame_size(self, learner: FlatLearner, link: LinkConfig) -> None:
+    def _check_frame_size(
+        self, learner: FlatLearner, link: LinkConfig, *, signed: bool = False
+    ) -> None:
         offsets = learner.layer_offsets
         values = sum(offsets[i + 1] - offsets[i] for i in learner.trained_layers)
         # the largest frame: an fp32 keyframe of every trained value (quantised codecs are
         # smaller, and lz4 never expands a payload it keeps)
         largest = 4 * values + frame_overhead_bytes(len(learner.trained_layers))
+        largest += SIGNED_BYTES if signed else 0  # a per-drone signature
         if largest > link.max_frame_bytes:
             raise ConfigError(
                 f"this drone's frames reach {largest} bytes (an fp32 snapshot of {values} "
