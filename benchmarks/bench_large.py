@@ -88,13 +88,13 @@ def centralised(swarm: Any) -> dict[str, Any]:
     }
 
 
-def child(drones: int, minutes: float) -> None:
+def child(drones: int, minutes: float, settings: list[str]) -> None:
     from swarmfl.config.scenario_file import load_scenario
     from swarmfl.sim.metrics import MetricsRecorder
     from swarmfl.sim.runner import simulate
     from swarmfl.sim.vtime import run_virtual
 
-    overrides = [f"run.duration_s={minutes * 60.0}"]
+    overrides = [*settings, f"run.duration_s={minutes * 60.0}"]
     if drones:
         overrides.append(f"swarm.drones={drones}")
     scenario = load_scenario(SCENARIO, overrides)
@@ -148,13 +148,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--drones", type=int, default=0, help="override swarm.drones (0: 1000)")
     parser.add_argument("--minutes", type=float, default=10.0, help="virtual minutes")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.drones, args.minutes)
+        child(args.drones, args.minutes, args.set)
         return
     command = [sys.executable, __file__, "--child", "--drones", str(args.drones)]
     command += ["--minutes", str(args.minutes)]
+    for setting in args.set:
+        command += ["--set", setting]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
     minutes = r["virtual_seconds"] / 60.0
