@@ -47,6 +47,7 @@ import numpy as np
 import psutil
 
 from swarmfl.config.drone_file import load_drone_config
+from swarmfl.core.identity import DroneIdentity
 from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.wire import derive_swarm_key
@@ -72,7 +73,9 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def agent_config(folder: Path, swarm_id: int, mavlink_port: int | None = None) -> Path:
+def agent_config(
+    folder: Path, swarm_id: int, mavlink_port: int | None = None, identity: str = ""
+) -> Path:
     text = f"""
 [drone]
 id = 0
@@ -113,6 +116,7 @@ interval_s = 1.0
 connection = "udpin:{LOOPBACK}:{mavlink_port}"
 train_when = "landed_only"
 """
+    text += identity  # an [identity] table: per-drone signatures (bench_agent_signatures.py)
     path = folder / "drone0.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -121,7 +125,7 @@ train_when = "landed_only"
 class Peer:
     """A light drone: a gossip node and a UDP radio publishing a drifting model once a second."""
 
-    def __init__(self, drone_id: int, swarm_id: int) -> None:
+    def __init__(self, drone_id: int, swarm_id: int, identity: DroneIdentity | None = None) -> None:
         dataset = load_builtin("digits", seed=SEED)
         model = build_model("mlp", dataset.input_shape, 10, hidden=(HIDDEN,), seed=SEED)
         flat, offsets = flatten_parameters(model)
@@ -138,6 +142,7 @@ class Peer:
                 period_s=PERIOD_S,
                 codec="int8",
                 merge=MergeRule(),
+                identity=identity,
             )
         )
         self.drone_id = drone_id
@@ -173,8 +178,12 @@ class Peer:
                 self.radio.set_peer(event.peer.drone_id, event.peer.host, event.peer.port)
 
     async def _receive(self) -> None:
+        # As the agent does: authenticated frames say where a peer is (discovery only hints).
         async for heard in self.radio.frames():
-            for reply in self.node.receive(heard.data, heard.received_at):
+            sender, replies = self.node.receive_from(heard.data, heard.received_at)
+            if sender is not None:
+                self.radio.confirm_peer(sender, heard.link_sender, heard.received_at)
+            for reply in replies:
                 self.radio.send(reply)
 
     async def _publish(self) -> None:
@@ -187,6 +196,8 @@ class Peer:
             now = loop.time()
             for frame in self.node.publish(self.x, 100, now):
                 self.radio.send(frame)
+            if self.radio.probes_due(now):
+                self.radio.probe(self.node.hello, now)
             self.sent_at.append(now)
             next_at += PERIOD_S
             await asyncio.sleep(max(0.0, next_at - loop.time()))

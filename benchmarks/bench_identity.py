@@ -1,385 +1,71 @@
-"""Per-drone signatures' cost to the field agent: CPU outside training, memory and frame latency.
+"""Per-frame cost of per-drone Ed25519 signatures, against the swarm-key HMAC, on one core.
 
-The same measurement as ``bench_agent.py``'s first part, run with the swarm-key HMAC (the
-baseline) and then with per-drone Ed25519 signatures (``--signatures``).
+Prints one JSON line per frame size: the microseconds to sign and to verify a frame with
+Ed25519 (``cryptography``, OpenSSL), next to the HMAC-SHA256 tag the simulator uses (the
+baseline, measured in the same run), and the ratio. Frame sizes: a HELLO, a small model's delta,
+a 64 KiB keyframe.
 
-One real ``swarmfl agent`` process gossips over UDP at 1 frame/s with three peers (in this
-process: a gossip node, a UDP radio and a zeroconf announcement each, publishing an int8 model
-stream at 1 frame/s), with its local training paused (``training.enabled = false``), so what it
-spends is the agent itself: receiving, authenticating and merging three streams, publishing its
-own, zeroconf, status lines and evaluation. Workload: digits, MLP 64-128-10 (workload W's model).
-
-Prints JSON lines:
-
-* ``cpu``: the agent process's CPU time (user + system) over ``--window-s`` seconds of steady
-  gossip, as a percentage of one core (target: < 5 %);
-* ``rss``: the agent's resident memory next to a bare ``python -c "import torch"`` process
-  measured in the same run (the baseline), and the difference;
-* ``latency``: frame latency from a peer's send to the agent's receive (the agent reports when it
-  last heard each peer on the shared monotonic clock), from receive to merge (merges happen once
-  per gossip period, so about half a period on average), and their sum, send to merge.
-
-    python benchmarks/bench_identity.py --window-s 30
-    python benchmarks/bench_identity.py --window-s 30 --signatures   # HMAC, then per-drone Ed25519
+    python benchmarks/bench_identity.py --repeats 2000
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import bisect
+import hashlib
+import hmac
 import json
 import os
-import secrets
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import numpy as np
-import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from swarmfl.core.identity import (
-    DroneIdentity,
-    DroneSigner,
-    Roster,
-    encode_roster,
-    private_key_bytes,
-    public_key_bytes,
-)
-from swarmfl.core.merge import MergeRule
-from swarmfl.core.node import GossipNode, NodeConfig
-from swarmfl.core.wire import derive_swarm_key
-from swarmfl.learning.datasets import load_builtin
-from swarmfl.learning.learner import flatten_parameters
-from swarmfl.learning.models import build_model, model_signature
-from swarmfl.radio.discovery import PeerInfo, PeerUp, ZeroconfDiscovery
-from swarmfl.radio.link import LinkConfig
-from swarmfl.radio.udp import UdpRadio
+from swarmfl.core.identity import DroneSigner, Roster, RosterVerifier, public_key_bytes
 
-SECRET = "bench-agent-secret"
-SEED = 3
-HIDDEN = 128
-PERIOD_S = 1.0
-LOOPBACK = "127.0.0.1"
-RATE_BPS = 5_000_000
+KEY = bytes(range(32))
 
 
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record), flush=True)
-
-
-def agent_config(folder: Path, swarm_id: int, identity: str = "") -> Path:
-    text = f"""
-[drone]
-id = 0
-[swarm]
-swarm_id = {swarm_id}
-[run]
-seed = {SEED}
-[data]
-dataset = "digits"
-partition = "iid"
-shards = 4
-shard = 0
-[model]
-kind = "mlp"
-hidden = [{HIDDEN}]
-[training]
-enabled = false
-threads = 1
-[gossip]
-period_s = {PERIOD_S}
-codec = "int8"
-[radio]
-kind = "udp"
-[radio.udp]
-host = "{LOOPBACK}"
-port = 0
-[discovery]
-interfaces = ["{LOOPBACK}"]
-[checkpoint]
-dir = "ckpt"
-[status]
-log = "status.jsonl"
-interval_s = 1.0
-{identity}"""
-    path = folder / "drone0.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-class Peer:
-    """A light drone: a gossip node and a UDP radio publishing a drifting model once a second."""
-
-    def __init__(self, drone_id: int, swarm_id: int, identity: DroneIdentity | None) -> None:
-        dataset = load_builtin("digits", seed=SEED)
-        model = build_model("mlp", dataset.input_shape, 10, hidden=(HIDDEN,), seed=SEED)
-        flat, offsets = flatten_parameters(model)
-        self.x = flat.numpy().copy()
-        self.signature = model_signature(model)
-        self.node = GossipNode(
-            NodeConfig(
-                drone_id=drone_id,
-                swarm_id=swarm_id,
-                signature=self.signature,
-                key=derive_swarm_key(SECRET, swarm_id),
-                layer_offsets=offsets,
-                trained_layers=tuple(range(len(offsets) - 1)),
-                period_s=PERIOD_S,
-                codec="int8",
-                merge=MergeRule(),
-                identity=identity,
-            )
-        )
-        self.drone_id = drone_id
-        self.swarm_id = swarm_id
-        # The agent's default link: 5 Mbit/s, 64 KiB bursts, 1472-byte datagrams.
-        link = LinkConfig(rate_bps=RATE_BPS, mtu_bytes=1472, burst_bytes=64 * 1024)
-        self.radio = UdpRadio(drone_id=drone_id, host=LOOPBACK, link=link)
-        self.sent_at: list[float] = []  # monotonic send times of our model frames
-        self.rng = np.random.default_rng(drone_id)
-
-    async def run(self) -> None:
-        await self.radio.start()
-        me = PeerInfo(
-            self.drone_id,
-            self.swarm_id,
-            self.signature,
-            LOOPBACK,
-            self.radio.local_port,
-            "full",
-            "udp",
-        )
-        async with (
-            ZeroconfDiscovery(me, interfaces=[LOOPBACK]) as discovery,
-            asyncio.TaskGroup() as tasks,
-        ):
-            tasks.create_task(self._follow(discovery))
-            tasks.create_task(self._receive())
-            tasks.create_task(self._publish())
-
-    async def _follow(self, discovery: ZeroconfDiscovery) -> None:
-        async for event in discovery.events():
-            if isinstance(event, PeerUp):
-                self.radio.set_peer(event.peer.drone_id, event.peer.host, event.peer.port)
-
-    async def _receive(self) -> None:
-        # As the agent does: authenticated frames say where a peer is (discovery only hints).
-        async for heard in self.radio.frames():
-            sender, replies = self.node.receive_from(heard.data, heard.received_at)
-            if sender is not None:
-                self.radio.confirm_peer(sender, heard.link_sender, heard.received_at)
-            for reply in replies:
-                self.radio.send(reply)
-
-    async def _publish(self) -> None:
-        loop = asyncio.get_running_loop()
-        # Peers publish at phases spread over the period, as drones that started at different
-        # times do; the wait until the agent's next merge then averages over phases.
-        next_at = loop.time() + PERIOD_S * (self.drone_id - 1) / 3
-        while True:
-            self.x += self.rng.normal(0, 1e-3, self.x.shape).astype(np.float32)
-            now = loop.time()
-            for frame in self.node.publish(self.x, 100, now):
-                self.radio.send(frame)
-            if self.radio.probes_due(now):
-                self.radio.probe(self.node.hello, now)
-            self.sent_at.append(now)
-            next_at += PERIOD_S
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-
-
-def bare_torch_rss_bytes() -> int:
-    """RSS of a process that only imported torch (the baseline)."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys, torch; print('ready', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    try:
-        assert process.stdout is not None
-        process.stdout.readline()
-        return int(psutil.Process(process.pid).memory_info().rss)
-    finally:
-        process.kill()
-        process.wait()
-
-
-def read_status(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
-
-
-async def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench_agent: timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-    return value
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {
-        "p50": round(statistics.median(ordered) * 1000, 3),
-        "p95": round(pick(0.95) * 1000, 3),
-        "max": round(ordered[-1] * 1000, 3),
-    }
-
-
-def identities(folder: Path, swarm_id: int) -> tuple[str, dict[int, DroneIdentity]]:
-    """Per-drone keys for drones 0-3: the agent's [identity] table and the peers' identities."""
-    authority = Ed25519PrivateKey.generate()
-    keys = {d: Ed25519PrivateKey.generate() for d in range(4)}
-    roster = Roster(swarm_id, 1)
-    for drone, key in keys.items():
-        roster = roster.with_drone(drone, public_key_bytes(key))
-    signed = encode_roster(roster, authority)
-    (folder / "roster.json").write_bytes(signed)
-    (folder / "drone0.key").write_bytes(private_key_bytes(keys[0]))
-    table = (
-        f'[identity]\nkey_file = "drone0.key"\nroster_file = "roster.json"\n'
-        f'authority = "{public_key_bytes(authority).hex()}"\n'
-    )
-    peers = {
-        d: DroneIdentity(
-            DroneSigner(d, keys[d]), public_key_bytes(authority), signed, swarm_id=swarm_id
-        )
-        for d in (1, 2, 3)
-    }
-    return table, peers
-
-
-async def bench(window_s: float, signed: bool) -> None:
-    swarm_id = secrets.randbelow(2**31)
-    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
-        folder = Path(tmp)
-        table, peer_identities = identities(folder, swarm_id) if signed else ("", {})
-        config = agent_config(folder, swarm_id, table)
-        status_path = folder / "status.jsonl"
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "swarmfl.cli", "agent", "--config", str(config)],
-            env=dict(os.environ, SWARMFL_SECRET=SECRET, OMP_NUM_THREADS="1"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(folder / "agent.err", "wb"),  # noqa: SIM115
-        )
-        peers = [Peer(i, swarm_id, peer_identities.get(i)) for i in (1, 2, 3)]
-        tasks = [asyncio.create_task(peer.run()) for peer in peers]
-        try:
-            process = psutil.Process(agent.pid)
-
-            def hears_all() -> bool:
-                lines = read_status(status_path)
-                return bool(lines) and len(lines[-1].get("peers_heard", {})) == 3
-
-            await wait_for(hears_all, 120, "the agent to hear its three peers")
-            await asyncio.sleep(3 * PERIOD_S)  # let start-up work (imports, first eval) settle
-            lines_before = len(read_status(status_path))
-            cpu0 = process.cpu_times()
-            t0 = time.monotonic()
-            await asyncio.sleep(window_s)
-            cpu1 = process.cpu_times()
-            elapsed = time.monotonic() - t0
-            rss = process.memory_info().rss
-            lines = read_status(status_path)[lines_before:]
-        finally:
-            agent.terminate()
-            try:
-                agent.wait(30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for peer in peers:
-                await peer.radio.aclose()
-
-    cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-    last = lines[-1] if lines else {}
-    emit(
-        {
-            "bench": "cpu",
-            "frames": "ed25519 per drone" if signed else "swarm-key hmac",
-            "window_s": round(elapsed, 2),
-            "agent_cpu_s": round(cpu_s, 3),
-            "percent_of_one_core": round(100 * cpu_s / elapsed, 2),
-            "target_percent": 5.0,
-            "frames_accepted": last.get("frames_accepted"),
-            "frames_published": last.get("frames_published"),
-            "peers": 3,
-            "period_s": PERIOD_S,
-        }
-    )
-    baseline = bare_torch_rss_bytes()
-    emit(
-        {
-            "bench": "rss",
-            "agent_rss_mb": round(rss / 2**20, 1),
-            "bare_import_torch_rss_mb": round(baseline / 2**20, 1),
-            "agent_minus_baseline_mb": round((rss - baseline) / 2**20, 1),
-            "ratio": round(rss / baseline, 2),
-        }
-    )
-    # Send -> receive: the agent reports, on the shared monotonic clock, when it last heard each
-    # peer; the frame it heard is the peer's latest one sent before then.
-    send_to_receive = []
-    seen = set()
-    for line in lines:
-        for peer_id, age in line.get("peers_heard", {}).items():
-            heard_at = line["mono"] - age
-            key = (peer_id, round(heard_at, 6))
-            if key in seen:
-                continue
-            seen.add(key)
-            sent = peers[int(peer_id) - 1].sent_at
-            index = bisect.bisect_right(sent, heard_at) - 1
-            if index >= 0:
-                send_to_receive.append(heard_at - sent[index])
-    lags = [line["merge_lag_s"] for line in lines if line.get("merge_lag_s") is not None]
-    receive_to_merge = statistics.mean(lags) if lags else float("nan")
-    lag_ms = receive_to_merge * 1000
-    s2r = percentiles(send_to_receive) if send_to_receive else {}
-    emit(
-        {
-            "bench": "latency",
-            "samples": len(send_to_receive),
-            "send_to_receive_ms": s2r,
-            "receive_to_merge_ms_mean": round(receive_to_merge * 1000, 1),
-            "send_to_merge_ms_p50": round(s2r.get("p50", float("nan")) + lag_ms, 1),
-            "period_ms": PERIOD_S * 1000,
-            "rate_bps": RATE_BPS,
-        }
-    )
+def best_us(call: Callable[[], object], repeats: int) -> float:
+    """The median time of ``call`` in microseconds, over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        call()
+        times.append(time.perf_counter_ns() - started)
+    times.sort()
+    return times[len(times) // 2] / 1000.0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--window-s", type=float, default=30.0, help="CPU measurement window")
-    parser.add_argument(
-        "--signatures",
-        action="store_true",
-        help="run twice: frames with the swarm-key HMAC only (the baseline), then signed with "
-        "per-drone Ed25519 keys (drone.toml [identity])",
-    )
+    parser.add_argument("--repeats", type=int, default=2000)
     args = parser.parse_args()
-    for signed in (False, True) if args.signatures else (False,):
-        asyncio.run(bench(args.window_s, signed))
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    key = Ed25519PrivateKey.generate()
+    signer = DroneSigner(1, key)
+    verifier = RosterVerifier(Roster(1, 1).with_drone(1, public_key_bytes(key)))
+    for size in (76, 3_000, 65_536):
+        frame = os.urandom(size)
+        signature = signer.sign(frame)
+        assert verifier.verify(1, frame, signature)
+        hmac_us = best_us(lambda f=frame: hmac.digest(KEY, f, hashlib.sha256), args.repeats)
+        sign_us = best_us(lambda f=frame: signer.sign(f), args.repeats)
+        verify_us = best_us(lambda f=frame, s=signature: verifier.verify(1, f, s), args.repeats)
+        print(
+            json.dumps(
+                {
+                    "bench": "frame_signature",
+                    "frame_bytes": size,
+                    "hmac_sha256_us": round(hmac_us, 2),
+                    "ed25519_sign_us": round(sign_us, 2),
+                    "ed25519_verify_us": round(verify_us, 2),
+                    "sign_vs_hmac": round(sign_us / hmac_us, 1),
+                    "verify_vs_hmac": round(verify_us / hmac_us, 1),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
