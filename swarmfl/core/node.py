@@ -393,7 +393,7 @@ class GossipNode:
         if identity is None:
             return
         try:
-            adopted = identity.offer(frame.payload)
+            adopted = identity.offer(bytes(frame.payload))
         except RosterError as exc:
             self.stats.rosters_refused += 1
             log.debug("drone %d: roster from %d: %s", self.config.drone_id, frame.sender, exc)

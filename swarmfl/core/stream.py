@@ -45,6 +45,7 @@ from swarmfl.core.quant import (
     Float32Quantizer,
     NonFiniteError,
     Quantizer,
+    all_finite,
     block_starts,
     is_flat_float32,
 )
@@ -177,7 +178,7 @@ class StreamEncoder:
         replica = self._replica
         assert replica is not None
         if self._lossless:
-            if not np.isfinite(vector).all():
+            if not all_finite(vector):
                 return None  # let the keyframe path refuse it with NonFiniteError
             bits = np.bitwise_xor(vector.view(np.uint32), replica.view(np.uint32))
             payload = bits.astype(_LE_U4, copy=False).tobytes()
@@ -193,7 +194,7 @@ class StreamEncoder:
             return None  # x is not finite, or x - x_hat overflowed: a keyframe decides
         with np.errstate(over="ignore", invalid="ignore"):
             np.add(replica, step, out=step)
-        if not np.isfinite(step).all():
+        if not all_finite(step):
             return None
         self._replica = step
         return StreamPacket("delta", seq, payload, self._size)
@@ -257,7 +258,9 @@ class StreamDecoder:
         self._replica = None
         self._last_seq = None
 
-    def apply(self, kind: PacketKind, seq: int, payload: bytes, count: int) -> np.ndarray | None:
+    def apply(
+        self, kind: PacketKind, seq: int, payload: bytes | memoryview, count: int
+    ) -> np.ndarray | None:
         """Apply one frame; return a read-only view of the updated replica, or None if ignored.
 
         Raises :class:`StreamGapError` for a delta after a gap or before any keyframe (the
@@ -334,7 +337,7 @@ class StreamDecoder:
         self._last_seq = int(seq)
         return True
 
-    def _apply_delta(self, replica: np.ndarray, payload: bytes) -> np.ndarray:
+    def _apply_delta(self, replica: np.ndarray, payload: bytes | memoryview) -> np.ndarray:
         if self._lossless:
             try:
                 bits = np.frombuffer(payload, dtype=_LE_U4)
@@ -351,6 +354,6 @@ class StreamDecoder:
             updated = self._quantizer.decode(payload, self._size)
             with np.errstate(over="ignore", invalid="ignore"):
                 np.add(replica, updated, out=updated)
-        if not np.isfinite(updated).all():
+        if not all_finite(updated):
             raise FrameDecodeError("delta makes the replica overflow or NaN; replica dropped")
         return updated

@@ -216,7 +216,9 @@ class Frame:
     swarm_id, sender, samples u32; seq, counter u64; signature 8 bytes; layers sorted, unique,
     each < 65536, at most MAX_LAYERS; codec 0..2; block_size u16 and 64..256 for int8/int4;
     payload at most MAX_PAYLOAD_BYTES. Integers are stored as plain ints (numpy integers are
-    accepted), a list of layers as a tuple, a bytearray payload as bytes.
+    accepted), a list of layers as a tuple, a bytearray payload as bytes. A memoryview payload
+    over an immutable ``bytes`` object is kept as it is (read-only, no copy: a decoded model
+    frame's payload is such a view into the frame); any other memoryview is copied to bytes.
     """
 
     kind: FrameKind
@@ -229,7 +231,7 @@ class Frame:
     samples: int
     codec: int
     block_size: int
-    payload: bytes
+    payload: bytes | memoryview
 
     def __post_init__(self) -> None:
         if type(self.kind) is not FrameKind:
@@ -258,9 +260,15 @@ class Frame:
         problem = _block_problem(self.codec, self.block_size)
         if problem is not None:
             raise ConfigError(problem, key="codec" if "codec" in problem else "block_size")
-        if isinstance(self.payload, (bytearray, memoryview)):
-            object.__setattr__(self, "payload", bytes(self.payload))
-        if not isinstance(self.payload, bytes):
+        payload = self.payload
+        if isinstance(payload, bytearray) or (
+            isinstance(payload, memoryview)
+            and not (payload.readonly and isinstance(payload.obj, bytes) and payload.contiguous)
+        ):
+            object.__setattr__(self, "payload", bytes(payload))
+        elif isinstance(payload, memoryview):
+            object.__setattr__(self, "payload", payload.cast("B"))
+        if not isinstance(self.payload, (bytes, memoryview)):
             raise ConfigError("must be bytes", key="payload")
         if len(self.payload) > MAX_PAYLOAD_BYTES:
             raise ConfigError(
@@ -506,7 +514,10 @@ def _decode(
     if any(a >= b for a, b in itertools.pairwise(layers)):
         raise FrameDecodeError("bad layers: not sorted and unique")
     stored = view[payload_start : payload_start + stored_len]
-    payload = _unpack_payload(stored, flags, raw_len)
+    # A model payload stored raw in an immutable frame is not copied: the Frame holds a
+    # read-only view of it (the frame's bytes live as long as the Frame).
+    borrow = frame_kind in (FrameKind.KEY, FrameKind.DELTA) and isinstance(data, bytes)
+    payload = _unpack_payload(stored, flags, raw_len, borrow)
     fixed = _FIXED_PAYLOADS.get(frame_kind)
     if fixed is not None and len(payload) != fixed:
         raise FrameDecodeError(f"bad {frame_kind.name} payload: {len(payload)} bytes")
@@ -525,11 +536,13 @@ def _decode(
     )
 
 
-def _unpack_payload(stored: memoryview, flags: int, raw_len: int) -> bytes:
+def _unpack_payload(
+    stored: memoryview, flags: int, raw_len: int, borrow: bool
+) -> bytes | memoryview:
     if not flags & FLAG_LZ4:
         if len(stored) != raw_len:
             raise FrameDecodeError(f"length mismatch: raw payload {len(stored)} != {raw_len}")
-        return stored.tobytes()
+        return stored if borrow else stored.tobytes()
     if raw_len == 0 or len(stored) == 0:
         raise FrameDecodeError("length mismatch: empty compressed payload")
     if raw_len > _LZ4_MAX_RATIO * (len(stored) + 1):
