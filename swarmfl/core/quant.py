@@ -195,6 +195,17 @@ class Float32Quantizer:
             raise _non_finite_error(vector)
         return vector.astype(_LE_F32, copy=False).tobytes()
 
+    def encode_view(self, values: np.ndarray) -> memoryview:
+        """The payload as a read-only byte view of ``values`` itself when they are already
+        little-endian float32 (no copy; the view changes if ``values`` do), else of a copy.
+
+        Raises :class:`NonFiniteError` on NaN/inf and :class:`ConfigError` if not 1-D.
+        """
+        vector = _as_vector(values)
+        if not all_finite(vector):
+            raise _non_finite_error(vector)
+        return vector.astype(_LE_F32, copy=False).data.cast("B").toreadonly()
+
     def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
         """The payload and a fresh float32 copy of the values it holds (lossless)."""
         payload = self.encode(values)

@@ -80,12 +80,13 @@ def _is_lossless(quantizer: Quantizer) -> bool:
 class StreamPacket:
     """One frame of a model stream: what :meth:`StreamEncoder.encode` produced.
 
-    ``count`` is the number of float32 values the payload decodes to.
+    ``count`` is the number of float32 values the payload decodes to. ``payload`` is a
+    memoryview only for a borrowed lossless keyframe (see :meth:`StreamEncoder.encode`).
     """
 
     kind: PacketKind
     seq: int
-    payload: bytes
+    payload: bytes | memoryview
     count: int
 
 
@@ -114,6 +115,7 @@ class StreamEncoder:
         self._lossless = _is_lossless(quantizer)
         self._replica: np.ndarray | None = None
         self._force = False
+        self._lent = False
 
     @property
     def size(self) -> int:
@@ -139,13 +141,19 @@ class StreamEncoder:
         """Make the next frame a keyframe (for example when a neighbour NACKs)."""
         self._force = True
 
-    def encode(self, x: np.ndarray) -> StreamPacket:
+    def encode(self, x: np.ndarray, *, borrow: bool = False) -> StreamPacket:
         """The next frame for the current model ``x`` (any shape with ``size`` values).
 
         Updates the replica exactly as receivers will. Raises :class:`ConfigError` if ``x`` has
         the wrong number of values and :class:`~swarmfl.core.quant.NonFiniteError` if it holds NaN
         or infinity (the stream state is then unchanged).
+
+        With ``borrow``, a lossless keyframe is not copied: its payload is a read-only view of
+        ``x`` (valid until ``x`` changes) and the replica is unset until the caller, having
+        copied the payload where it goes (into a frame), hands that copy to :meth:`adopt`. A
+        caller that does not is sent a keyframe next time. Other frames ignore ``borrow``.
         """
+        self._lent = False
         if is_flat_float32(x):
             vector = x  # the common case (a learner's flat parameters): no conversion at all
         else:
@@ -159,10 +167,17 @@ class StreamEncoder:
         if not keyframe:
             packet = self._delta(vector, seq)
         if packet is None:
+            if self._lossless and borrow:
+                assert isinstance(self._quantizer, Float32Quantizer)
+                lent = self._quantizer.encode_view(vector)
+                self._replica, self._lent = None, True
+                self._next_seq = seq + 1
+                self._force = False
+                return StreamPacket("key", seq, lent, self._size)
             if self._lossless:
                 # A lossless keyframe decodes to exactly ``vector``: view the (immutable)
                 # payload bytes instead of decoding or copying them.
-                payload = self._quantizer.encode(vector)
+                payload: bytes = self._quantizer.encode(vector)
                 self._replica = np.frombuffer(payload, dtype=_LE_F32).astype(_F32, copy=False)
             else:
                 payload, self._replica = self._quantizer.encode_decoded(vector)
@@ -172,6 +187,22 @@ class StreamEncoder:
         self._next_seq = seq + 1
         self._force = False
         return packet
+
+    def adopt(self, values: np.ndarray) -> None:
+        """Take ``values`` as the replica after a borrowed keyframe (see :meth:`encode`):
+        the caller's immutable copy of its payload, read-only float32 of ``size`` values.
+
+        Raises :class:`ConfigError` if the last frame was not a borrowed keyframe or ``values``
+        is not such an array.
+        """
+        if not self._lent:
+            raise ConfigError("the last frame was not a borrowed keyframe", key="values")
+        if values.dtype != _F32 or values.shape != (self._size,) or values.flags.writeable:
+            raise ConfigError(
+                f"must be {self._size} read-only float32 values, got {values.shape} {values.dtype}",
+                key="values",
+            )
+        self._replica, self._lent = values, False
 
     def _delta(self, vector: np.ndarray, seq: int) -> StreamPacket | None:
         """A delta frame, updating the replica; None when a keyframe must be sent instead."""

@@ -85,6 +85,7 @@ __all__ = [
     "frame_overhead_bytes",
     "nack_payload",
     "nack_target",
+    "payload_view",
     "quantizer_for",
 ]
 
@@ -341,10 +342,19 @@ def frame_overhead_bytes(layers: int) -> int:
     return _HEAD.size + 2 * layers + _LENGTHS.size + TAG_BYTES
 
 
-def encode_frame(frame: Frame, key: bytes, signer: FrameSigner | None = None) -> bytes:
+def encode_frame(
+    frame: Frame,
+    key: bytes,
+    signer: FrameSigner | None = None,
+    *,
+    payload: bytes | memoryview | None = None,
+) -> bytes:
     """The authenticated wire bytes of ``frame`` (see the module docstring for the layout).
 
-    The payload is lz4-compressed when that makes it smaller, stored raw otherwise. Raises
+    ``payload``, if given, is sent instead of ``frame.payload``: any contiguous buffer (a
+    model's own memory), read during the call and copied once, into the frame; then
+    :func:`payload_view` gives a view of that copy. The payload is lz4-compressed when that
+    makes it smaller, stored raw otherwise. Raises
     :class:`ConfigError` for a key shorter than MIN_KEY_BYTES, a NACK whose payload is not 4
     bytes (an EPOCH frame's not 12), a ``signer`` of another drone than ``frame.sender``, or a
     result larger than MAX_FRAME_BYTES. With a ``signer`` the frame is signed (FLAG_SIGNED).
@@ -352,13 +362,15 @@ def encode_frame(frame: Frame, key: bytes, signer: FrameSigner | None = None) ->
     _check_key(key)
     if signer is not None and signer.drone_id != frame.sender:
         raise ConfigError(f"drone {signer.drone_id} cannot sign for {frame.sender}", key="signer")
+    raw = frame.payload if payload is None else memoryview(payload).cast("B")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise ConfigError(f"{len(raw)} bytes, at most {MAX_PAYLOAD_BYTES}", key="payload")
     fixed = _FIXED_PAYLOADS.get(frame.kind)
-    if fixed is not None and len(frame.payload) != fixed:
+    if fixed is not None and len(raw) != fixed:
         raise ConfigError(
             f"a {frame.kind.name} payload is {fixed} bytes (see nack_payload, epoch_payload)",
             key="payload",
         )
-    raw = frame.payload
     flags = 0
     stored = raw
     # Raw float32 mantissas do not compress; trying costs more than the rest of the encode.
@@ -403,6 +415,16 @@ def encode_frame(frame: Frame, key: bytes, signer: FrameSigner | None = None) ->
         raise ConfigError(f"a signature is {SIGNED_BYTES} bytes", key="signer")
     mac.update(signature)
     return b"".join((head, stored, signature, mac.digest()[:TAG_BYTES]))
+
+
+def payload_view(data: bytes) -> memoryview:
+    """A read-only view of the payload stored in frame ``data`` (which :func:`encode_frame`
+    made, so it is well formed; lz4-packed payloads are viewed packed). No copy."""
+    (nlayers,) = struct.unpack_from("<H", data, _HEAD.size - 2)
+    offset = _HEAD.size + 2 * nlayers
+    _, stored_len = _LENGTHS.unpack_from(data, offset)
+    start = offset + _LENGTHS.size
+    return memoryview(data)[start : start + stored_len]
 
 
 def decode_frame(
