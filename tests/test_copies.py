@@ -7,8 +7,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from swarmfl.core import quant, stream
 from swarmfl.core.node import GossipNode, NodeConfig
-from swarmfl.core.quant import Float32Quantizer
+from swarmfl.core.quant import Float32Quantizer, make_quantizer
 from swarmfl.core.stream import StreamEncoder
 from swarmfl.core.wire import (
     Frame,
@@ -167,3 +168,31 @@ def test_a_decoded_payload_never_changes_with_the_callers_buffer():
     from_bytearray = decode_frame(buffer, KEY, swarm_id=3, signature=SIG)
     buffer[-40:-20] = bytes(20)  # the caller reuses its receive buffer
     assert from_bytes.payload == payload and from_bytearray.payload == payload
+
+
+def test_an_int8_sparse_delta_holds_no_float64_or_whole_model_temporaries():
+    encoder = StreamEncoder(make_quantizer("int8", 128), VALUES, 10, delta_density=0.5)
+    x = model(3)
+    encoder.encode(x)
+    x += np.float32(0.01)
+    packet, peak = peak_over(x.nbytes, lambda: encoder.encode(x))
+    assert packet.kind == "delta"
+    # The difference (it becomes the new replica) and the payload; before, a float64 square
+    # of the residual and a float32 code array came on top (3x).
+    assert peak <= 1.8
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+def test_chunked_quantisation_sends_the_bytes_one_pass_would(monkeypatch, codec):
+    values = 3 * 65536 + 1000 + 77  # three whole chunks, then a partial one with a partial block
+    x = np.random.default_rng(4).standard_normal(values).astype(np.float32)
+    x[70_000:70_300] = 0  # zero blocks inside a chunk
+    sent = []
+    for chunk in (quant._CHUNK_VALUES, 10**9):  # chunked, then the whole vector at once
+        monkeypatch.setattr(quant, "_CHUNK_VALUES", chunk)
+        monkeypatch.setattr(stream, "_ENERGY_CHUNK_VALUES", chunk)
+        encoder = StreamEncoder(make_quantizer(codec, 128), values, 10, delta_density=0.3)
+        key = encoder.encode(x)
+        delta = encoder.encode(x * np.float32(1.5))
+        sent.append((key.payload, delta.payload, encoder.replica.tobytes()))
+    assert sent[0] == sent[1]

@@ -66,6 +66,9 @@ _LE_F32 = np.dtype("<f4")
 _LE_U2 = np.dtype("<u2")
 _FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
+# Values quantised per pass: the float32 scratch (256 KB) stays in cache and is all the encoder
+# allocates beyond its payload, instead of two float32 arrays the size of the model.
+_CHUNK_VALUES = 65536
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -105,8 +108,11 @@ class Quantizer(Protocol):
         """Decode ``count`` values from ``payload``."""
         ...
 
-    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """``encode(values)`` and, bit for bit, what ``decode`` makes of it, in one pass.
+    def encode_decoded(
+        self, values: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """``encode(values)`` and, bit for bit, what ``decode`` makes of it (in ``out`` if
+        given: a flat float32 array, which may be ``values`` itself), in one pass.
 
         The sender of a stream needs both (its replica is what receivers decode); taking the
         decoded values from the codes in hand skips parsing and re-checking its own payload.
@@ -153,6 +159,13 @@ def _non_finite_error(vector: FloatArray) -> NonFiniteError:
         f"{bad} of {vector.size} values are NaN or infinite; refusing to encode them",
         key="values",
     )
+
+
+def _out(out: np.ndarray | None, count: int) -> FloatArray | None:
+    """``out`` checked to be a flat float32 array of ``count`` values (None stays None)."""
+    if out is not None and (not is_flat_float32(out) or out.size != count):
+        raise ConfigError(f"must be {count} contiguous float32 values", key="out")
+    return out
 
 
 def _check_count(count: int) -> int:
@@ -206,10 +219,18 @@ class Float32Quantizer:
             raise _non_finite_error(vector)
         return vector.astype(_LE_F32, copy=False).data.cast("B").toreadonly()
 
-    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """The payload and a fresh float32 copy of the values it holds (lossless)."""
+    def encode_decoded(
+        self, values: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """The payload and the values it holds (lossless): a fresh float32 copy, or ``out``."""
         payload = self.encode(values)
-        return payload, np.frombuffer(payload, dtype=_LE_F32).astype(_F32)
+        decoded = np.frombuffer(payload, dtype=_LE_F32)
+        if out is None:
+            return payload, decoded.astype(_F32)
+        target = _out(out, decoded.size)
+        assert target is not None
+        target[:] = decoded
+        return payload, target
 
     def decode(self, payload: bytes | memoryview, count: int) -> np.ndarray:
         """A fresh float32 array of ``count`` values.
@@ -270,28 +291,38 @@ class _BlockQuantizer:
         view = _check_payload(payload, self.payload_bytes(count), self.name, count)
         return np.frombuffer(view, dtype=_LE_F32, count=self.blocks(count)).astype(_F32)
 
-    def _quantize(self, vector: FloatArray, scales_out: np.ndarray, codes_out: FloatArray) -> None:
-        """Fill ``scales_out`` and ``codes_out`` (float32 holding rint'ed codes) for ``vector``.
+    def _quantize(self, vector: FloatArray, scales_out: np.ndarray, codes_out: np.ndarray) -> None:
+        """Fill ``scales_out`` and ``codes_out`` (the rint'ed codes, in its own dtype) for
+        ``vector``.
 
-        One pass over the whole vector, the partial last block included: block maxima by
-        ``maximum.reduceat`` and each value times its block's reciprocal scale, repeated.
+        Chunk by chunk of whole blocks, through one small float32 scratch (a few hundred KB, not
+        a model's worth): block maxima by ``maximum.reduceat`` and each value times its block's
+        reciprocal scale, repeated; the partial last block included.
         """
-        if vector.size == 0:
+        count = vector.size
+        if count == 0:
             return
         size = self.block_size
-        maxabs = np.maximum.reduceat(np.abs(vector, out=codes_out), block_starts(vector.size, size))
-        if not np.isfinite(maxabs).all():
-            raise _non_finite_error(vector)
-        zero = maxabs == 0
-        scale = np.minimum(np.maximum(maxabs / np.float32(self.qmax), _FLT_MIN), self.scale_max)
-        scale[zero] = 0
-        # x * (1/s) instead of x / s: a multiply is cheaper, and the bound still holds since
-        # the rounding of the reciprocal moves x/s by a few ulps, far below half a step.
-        inverse = np.reciprocal(np.where(zero, np.float32(1), scale))
-        inverse[zero] = 0
-        np.multiply(vector, np.repeat(inverse, size)[: vector.size], out=codes_out)
-        np.rint(codes_out, out=codes_out)
-        scales_out[:] = scale
+        chunk = size * max(1, _CHUNK_VALUES // size)
+        scratch = np.empty(min(chunk, count), dtype=_F32)
+        for first in range(0, count, chunk):
+            part = vector[first : first + chunk]
+            work = scratch[: part.size]
+            maxabs = np.maximum.reduceat(np.abs(part, out=work), block_starts(part.size, size))
+            if not np.isfinite(maxabs).all():
+                raise _non_finite_error(vector)
+            zero = maxabs == 0
+            scale = np.minimum(np.maximum(maxabs / np.float32(self.qmax), _FLT_MIN), self.scale_max)
+            scale[zero] = 0
+            # x * (1/s) instead of x / s: a multiply is cheaper, and the bound still holds since
+            # the rounding of the reciprocal moves x/s by a few ulps, far below half a step.
+            inverse = np.reciprocal(np.where(zero, np.float32(1), scale))
+            inverse[zero] = 0
+            np.multiply(part, np.repeat(inverse, size)[: part.size], out=work)
+            np.rint(work, out=work)
+            blocks = first // size
+            scales_out[blocks : blocks + scale.size] = scale
+            np.copyto(codes_out[first : first + part.size], work, casting="unsafe")
 
     def _decode_scales(self, view: memoryview, count: int) -> np.ndarray:
         scales = np.frombuffer(view, dtype=_LE_F32, count=self.blocks(count)).astype(_F32)
@@ -301,10 +332,15 @@ class _BlockQuantizer:
         return scales
 
     def _scale_codes(
-        self, codes: npt.NDArray[np.int8], scales: np.ndarray, count: int
+        self,
+        codes: npt.NDArray[np.int8],
+        scales: np.ndarray,
+        count: int,
+        out: FloatArray | None = None,
     ) -> FloatArray:
-        """``codes * scale`` of each block as a fresh float32 array."""
-        out = np.empty(count, dtype=_F32)
+        """``codes * scale`` of each block, in ``out`` or a fresh float32 array."""
+        if out is None:
+            out = np.empty(count, dtype=_F32)
         size = self.block_size
         full = count // size
         np.multiply(
@@ -352,22 +388,25 @@ class BlockInt8Quantizer(_BlockQuantizer):
         """
         return self._encode(values)[0].tobytes()
 
-    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """The payload and what :meth:`decode` returns for it (the same codes times scales)."""
+    def encode_decoded(
+        self, values: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """The payload and what :meth:`decode` returns for it (the same codes times scales),
+        written into ``out`` if given (it may be ``values`` itself, read before it is written)."""
         payload, nblocks = self._encode(values)
         codes = payload[4 * nblocks :].view(np.int8)
         scales = payload[: 4 * nblocks].view(_LE_F32)
-        return payload.tobytes(), self._scale_codes(codes, scales, codes.size)
+        return payload.tobytes(), self._scale_codes(
+            codes, scales, codes.size, _out(out, codes.size)
+        )
 
     def _encode(self, values: np.ndarray) -> tuple[npt.NDArray[np.uint8], int]:
         vector = _as_vector(values)
         nblocks = self.blocks(vector.size)
         payload = np.empty(4 * nblocks + vector.size, dtype=np.uint8)
         scales = payload[: 4 * nblocks].view(_LE_F32)
-        codes = np.empty(vector.size, dtype=_F32)
-        self._quantize(vector, scales, codes)
         # The codes are integers in [-127, 127] by construction, so the cast is exact.
-        np.copyto(payload[4 * nblocks :].view(np.int8), codes, casting="unsafe")
+        self._quantize(vector, scales, payload[4 * nblocks :].view(np.int8))
         return payload, nblocks
 
     def decode(self, payload: bytes | memoryview, count: int) -> np.ndarray:
@@ -404,12 +443,15 @@ class BlockInt4Quantizer(_BlockQuantizer):
         """
         return self._encode(values)[0]
 
-    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """The payload and what :meth:`decode` returns for it (the same codes times scales)."""
+    def encode_decoded(
+        self, values: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """The payload and what :meth:`decode` returns for it (the same codes times scales),
+        written into ``out`` if given (it may be ``values`` itself, read before it is written)."""
         payload, scales, nibbles = self._encode(values)
         codes = nibbles.view(np.int8)
         codes -= 8
-        return payload, self._scale_codes(codes, scales, codes.size)
+        return payload, self._scale_codes(codes, scales, codes.size, _out(out, codes.size))
 
     def _encode(self, values: np.ndarray) -> tuple[bytes, np.ndarray, npt.NDArray[np.uint8]]:
         """The payload, its scales and the ``count`` nibbles (codes + 8, one per byte)."""

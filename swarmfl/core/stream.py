@@ -58,6 +58,7 @@ PacketKind = Literal["key", "delta"]
 _F32 = np.dtype(np.float32)
 _LE_U4 = np.dtype("<u4")
 _LE_F32 = np.dtype("<f4")
+_ENERGY_CHUNK_VALUES = 65536
 
 
 def _check_positive_int(value: int, key: str, minimum: int) -> int:
@@ -220,7 +221,8 @@ class StreamEncoder:
         if self._density < 1.0 and self._quantizer.block_size:
             _keep_strongest_blocks(difference, self._quantizer.block_size, self._density)
         try:
-            payload, step = self._quantizer.encode_decoded(difference)
+            # The decoded step overwrites the difference: no second model-sized array.
+            payload, step = self._quantizer.encode_decoded(difference, out=difference)
         except NonFiniteError:
             return None  # x is not finite, or x - x_hat overflowed: a keyframe decides
         with np.errstate(over="ignore", invalid="ignore"):
@@ -242,13 +244,23 @@ def _keep_strongest_blocks(residual: np.ndarray, block_size: int, density: float
     keep = max(1, int(np.ceil(density * blocks)))
     if keep >= blocks:
         return
-    energy = np.add.reduceat(
-        np.square(residual, dtype=np.float64), block_starts(residual.size, block_size)
-    )
+    # Block energies in float64, chunk by chunk of whole blocks: a float64 square of the whole
+    # residual would be two models' worth of temporary memory.
+    energy = np.empty(blocks, dtype=np.float64)
+    chunk = block_size * max(1, _ENERGY_CHUNK_VALUES // block_size)
+    for first in range(0, residual.size, chunk):
+        part = residual[first : first + chunk]
+        done = first // block_size
+        energy[done : done + -(-part.size // block_size)] = np.add.reduceat(
+            np.square(part, dtype=np.float64), block_starts(part.size, block_size)
+        )
     dropped = np.argpartition(energy, blocks - keep)[: blocks - keep]
     mask = np.zeros(blocks, dtype=bool)
     mask[dropped] = True
-    residual[np.repeat(mask, block_size)[: residual.size]] = 0.0
+    full = residual.size // block_size
+    residual[: full * block_size].reshape(full, block_size)[mask[:full]] = 0.0
+    if full < blocks and mask[full]:
+        residual[full * block_size :] = 0.0
 
 
 class StreamDecoder:
