@@ -25,7 +25,7 @@ from swarmfl.radio.reassembly import Reassembler
 
 KEY = derive_swarm_key("copies", 3)
 SIG = b"copies-1"
-VALUES = 2**18  # a 1 MiB float32 model: fixed costs (objects, headers) are then negligible
+VALUES = 2**20  # a 4 MiB float32 model: fixed costs (objects, scratch) are then small
 OFFSETS = (0, VALUES // 2, VALUES - 10, VALUES)
 
 
@@ -184,7 +184,7 @@ def test_an_int8_sparse_delta_holds_no_float64_or_whole_model_temporaries():
 
 @pytest.mark.parametrize("codec", ["int8", "int4"])
 def test_chunked_quantisation_sends_the_bytes_one_pass_would(monkeypatch, codec):
-    values = 3 * 65536 + 1000 + 77  # three whole chunks, then a partial one with a partial block
+    values = 3 * quant._CHUNK_VALUES + 1077  # three whole chunks, then a partial one and block
     x = np.random.default_rng(4).standard_normal(values).astype(np.float32)
     x[70_000:70_300] = 0  # zero blocks inside a chunk
     sent = []
