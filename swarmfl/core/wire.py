@@ -156,7 +156,7 @@ class FrameSigner(Protocol):
 class SenderKeys(Protocol):
     """Checks senders' signatures (:class:`swarmfl.core.identity.RosterVerifier`)."""
 
-    def verify(self, drone_id: int, message: bytes, signature: bytes) -> bool:
+    def verify(self, drone_id: int, message: bytes | memoryview, signature: bytes) -> bool:
         """Whether ``signature`` over ``message`` is ``drone_id``'s."""
         ...
 
@@ -516,9 +516,8 @@ def _decode(
         end = size - TAG_BYTES
         if not signed:
             raise FrameDecodeError("unsigned: the swarm needs per-drone signatures")
-        if not senders.verify(
-            sender, view[: end - signed].tobytes(), view[end - signed : end].tobytes()
-        ):
+        # The signed bytes are verified in place (a view), not copied.
+        if not senders.verify(sender, view[: end - signed], view[end - signed : end].tobytes()):
             raise FrameDecodeError(f"bad signature: not drone {sender}'s per the roster")
     # Everything below is authenticated: a failure means a peer with the key is broken.
     if signature is not None and frame_signature != signature:
