@@ -68,7 +68,7 @@ class _Buffer:
         self.charge = 0
         self.received = 0
         # Only what arrived: a first fragment claiming a 4 MiB frame costs its own bytes.
-        self.parts: dict[int, bytes] = {}
+        self.parts: dict[int, bytes | memoryview] = {}
 
 
 class _Source:
@@ -402,7 +402,12 @@ class Reassembler:
         if index in parts:
             self._duplicates += 1
             return None
-        parts[index] = bytes(datagram[HEADER_SIZE:])
+        # A bytes datagram is immutable: hold a view of it rather than a copy of its payload, so
+        # the frame is copied once, by the join below. Anything else may be reused by the caller.
+        if type(datagram) is bytes:
+            parts[index] = memoryview(datagram)[HEADER_SIZE:]
+        else:
+            parts[index] = bytes(datagram[HEADER_SIZE:])
         buf.received += plen
         if len(parts) < count:
             received = buf.received

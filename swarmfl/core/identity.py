@@ -237,7 +237,7 @@ class RosterVerifier:
         self.roster = roster
         return True
 
-    def verify(self, drone_id: int, message: bytes, signature: bytes) -> bool:
+    def verify(self, drone_id: int, message: bytes | memoryview, signature: bytes) -> bool:
         """Whether ``signature`` is ``drone_id``'s (per the roster) over ``message``."""
         key = self._keys.get(drone_id)
         if key is None or len(signature) != SIGNATURE_BYTES:

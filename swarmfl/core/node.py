@@ -27,6 +27,7 @@ Stream rules (CHOCO-style model streams, one per sender):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from swarmfl.core.wire import (
     epoch_payload,
     nack_payload,
     nack_target,
+    payload_view,
     quantizer_for,
 )
 from swarmfl.errors import ConfigError, FrameDecodeError, StreamGapError
@@ -63,6 +65,8 @@ log = logging.getLogger(__name__)
 _MODEL_CHANNEL = 0
 _CONTROL_CHANNEL = 1
 _CONTROL_KINDS = frozenset({FrameKind.NACK, FrameKind.EPOCH, FrameKind.HELLO})
+_F32 = np.dtype(np.float32)
+_LE_F32 = np.dtype("<f4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +235,10 @@ class GossipNode:
         self.counter += 1
         values = x if self._all_layers else np.concatenate([x[s] for s in self._trained_slices])
         previous = self._encoder.replica
-        packet = self._encoder.encode(values)
+        # A lossless keyframe is lent, not copied: its payload is copied once, into the frame,
+        # and the replica is then a view of the frame's (immutable) bytes.
+        packet = self._encoder.encode(values, borrow=True)
+        lent = isinstance(packet.payload, memoryview)
         frame = Frame(
             kind=FrameKind.KEY if packet.kind == "key" else FrameKind.DELTA,
             swarm_id=self.config.swarm_id,
@@ -243,9 +250,13 @@ class GossipNode:
             samples=samples,
             codec=self._codec_id,
             block_size=self.config.block_size,
-            payload=packet.payload,
+            payload=b"" if lent else packet.payload,
         )
-        data = encode_frame(frame, self.config.key, self._signer)
+        data = encode_frame(frame, self.config.key, self._signer, payload=packet.payload)
+        if lent:
+            view = payload_view(data)
+            frame = dataclasses.replace(frame, payload=view)
+            self._encoder.adopt(np.frombuffer(view, dtype=_LE_F32).astype(_F32, copy=False))
         self.stats.frames_published += 1
         self.stats.payload_bytes += len(packet.payload)
         self.stats.frame_bytes += len(data)
@@ -393,7 +404,7 @@ class GossipNode:
         if identity is None:
             return
         try:
-            adopted = identity.offer(frame.payload)
+            adopted = identity.offer(bytes(frame.payload))
         except RosterError as exc:
             self.stats.rosters_refused += 1
             log.debug("drone %d: roster from %d: %s", self.config.drone_id, frame.sender, exc)

@@ -52,6 +52,7 @@ __all__ = [
     "Float32Quantizer",
     "NonFiniteError",
     "Quantizer",
+    "all_finite",
     "make_quantizer",
     "quantization_step",
 ]
@@ -65,6 +66,10 @@ _LE_F32 = np.dtype("<f4")
 _LE_U2 = np.dtype("<u2")
 _FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
+# Values quantised per pass: the float32 scratch (512 KB) stays in cache and is all the encoder
+# allocates beyond its payload, instead of two float32 arrays the size of the model.
+_CHUNK_VALUES = 131072
+_FINITE_CHUNK_VALUES = 262144
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -100,12 +105,15 @@ class Quantizer(Protocol):
         """Encode a 1-D float32 vector."""
         ...
 
-    def decode(self, payload: bytes, count: int) -> np.ndarray:
+    def decode(self, payload: bytes | memoryview, count: int) -> np.ndarray:
         """Decode ``count`` values from ``payload``."""
         ...
 
-    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """``encode(values)`` and, bit for bit, what ``decode`` makes of it, in one pass.
+    def encode_decoded(
+        self, values: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """``encode(values)`` and, bit for bit, what ``decode`` makes of it (in ``out`` if
+        given: a flat float32 array, which may be ``values`` itself), in one pass.
 
         The sender of a stream needs both (its replica is what receivers decode); taking the
         decoded values from the codes in hand skips parsing and re-checking its own payload.
@@ -121,6 +129,18 @@ def is_flat_float32(values: object) -> bool:
         and values.ndim == 1
         and values.flags.c_contiguous
     )
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """True if no value of the flat float array ``values`` is NaN or infinite.
+
+    Chunk by chunk: ``np.isfinite(values).all()`` would allocate a bool per value (a quarter of
+    a float32 model); a chunk's bools (256 KB) cost about the same time.
+    """
+    step = _FINITE_CHUNK_VALUES
+    if values.size <= step:
+        return bool(np.isfinite(values).all())
+    return all(np.isfinite(values[i : i + step]).all() for i in range(0, values.size, step))
 
 
 def _as_vector(values: np.ndarray) -> FloatArray:
@@ -143,13 +163,20 @@ def _non_finite_error(vector: FloatArray) -> NonFiniteError:
     )
 
 
+def _out(out: np.ndarray | None, count: int) -> FloatArray | None:
+    """``out`` checked to be a flat float32 array of ``count`` values (None stays None)."""
+    if out is not None and (not is_flat_float32(out) or out.size != count):
+        raise ConfigError(f"must be {count} contiguous float32 values", key="out")
+    return out
+
+
 def _check_count(count: int) -> int:
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
         raise FrameDecodeError(f"bad value count: {count!r}")
     return int(count)
 
 
-def _check_payload(payload: bytes, expected: int, name: str, count: int) -> memoryview:
+def _check_payload(payload: bytes | memoryview, expected: int, name: str, count: int) -> memoryview:
     try:
         view = memoryview(payload).cast("B")
     except TypeError as exc:
@@ -179,16 +206,35 @@ class Float32Quantizer:
         Raises :class:`NonFiniteError` on NaN/inf and :class:`ConfigError` if not 1-D.
         """
         vector = _as_vector(values)
-        if not np.isfinite(vector).all():
+        if not all_finite(vector):
             raise _non_finite_error(vector)
         return vector.astype(_LE_F32, copy=False).tobytes()
 
-    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """The payload and a fresh float32 copy of the values it holds (lossless)."""
-        payload = self.encode(values)
-        return payload, np.frombuffer(payload, dtype=_LE_F32).astype(_F32)
+    def encode_view(self, values: np.ndarray) -> memoryview:
+        """The payload as a read-only byte view of ``values`` itself when they are already
+        little-endian float32 (no copy; the view changes if ``values`` do), else of a copy.
 
-    def decode(self, payload: bytes, count: int) -> np.ndarray:
+        Raises :class:`NonFiniteError` on NaN/inf and :class:`ConfigError` if not 1-D.
+        """
+        vector = _as_vector(values)
+        if not all_finite(vector):
+            raise _non_finite_error(vector)
+        return vector.astype(_LE_F32, copy=False).data.cast("B").toreadonly()
+
+    def encode_decoded(
+        self, values: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """The payload and the values it holds (lossless): a fresh float32 copy, or ``out``."""
+        payload = self.encode(values)
+        decoded = np.frombuffer(payload, dtype=_LE_F32)
+        if out is None:
+            return payload, decoded.astype(_F32)
+        target = _out(out, decoded.size)
+        assert target is not None
+        target[:] = decoded
+        return payload, target
+
+    def decode(self, payload: bytes | memoryview, count: int) -> np.ndarray:
         """A fresh float32 array of ``count`` values.
 
         Raises :class:`FrameDecodeError` if the size is not ``4 * count`` or a value is not finite.
@@ -196,7 +242,7 @@ class Float32Quantizer:
         count = _check_count(count)
         view = _check_payload(payload, 4 * count, self.name, count)
         out = np.frombuffer(view, dtype=_LE_F32, count=count).astype(_F32)
-        if not np.isfinite(out).all():
+        if not all_finite(out):
             raise FrameDecodeError("fp32 payload contains NaN or infinity")
         return out
 
@@ -238,7 +284,7 @@ class _BlockQuantizer:
     def _code_bytes(self, count: int) -> int:
         raise NotImplementedError  # pragma: no cover - abstract, both subclasses override
 
-    def scales(self, payload: bytes, count: int) -> np.ndarray:
+    def scales(self, payload: bytes | memoryview, count: int) -> np.ndarray:
         """The per-block scales stored in ``payload`` (the quantization step of each block).
 
         Raises :class:`FrameDecodeError` if the payload size does not match ``count``.
@@ -247,16 +293,27 @@ class _BlockQuantizer:
         view = _check_payload(payload, self.payload_bytes(count), self.name, count)
         return np.frombuffer(view, dtype=_LE_F32, count=self.blocks(count)).astype(_F32)
 
-    def _quantize(self, vector: FloatArray, scales_out: np.ndarray, codes_out: FloatArray) -> None:
-        """Fill ``scales_out`` and ``codes_out`` (float32 holding rint'ed codes) for ``vector``.
+    def _quantize(self, vector: FloatArray, scales_out: np.ndarray, codes_out: np.ndarray) -> None:
+        """Fill ``scales_out`` and ``codes_out`` (the rint'ed codes, in its own dtype) for
+        ``vector``.
 
-        One pass over the whole vector, the partial last block included: block maxima by
-        ``maximum.reduceat`` and each value times its block's reciprocal scale, repeated.
+        Two passes, chunk by chunk of whole blocks through one float32 scratch (not a model's
+        worth): the block maxima (``maximum.reduceat``), then each value times its block's
+        reciprocal scale, rounded; the partial last block included.
         """
-        if vector.size == 0:
+        count = vector.size
+        if count == 0:
             return
         size = self.block_size
-        maxabs = np.maximum.reduceat(np.abs(vector, out=codes_out), block_starts(vector.size, size))
+        chunk = size * max(1, _CHUNK_VALUES // size)
+        scratch = np.empty(min(chunk, count), dtype=_F32)
+        maxabs = np.empty(self.blocks(count), dtype=_F32)
+        for first in range(0, count, chunk):
+            part = vector[first : first + chunk]
+            blocks = first // size
+            maxabs[blocks : blocks + -(-part.size // size)] = np.maximum.reduceat(
+                np.abs(part, out=scratch[: part.size]), block_starts(part.size, size)
+            )
         if not np.isfinite(maxabs).all():
             raise _non_finite_error(vector)
         zero = maxabs == 0
@@ -266,9 +323,21 @@ class _BlockQuantizer:
         # the rounding of the reciprocal moves x/s by a few ulps, far below half a step.
         inverse = np.reciprocal(np.where(zero, np.float32(1), scale))
         inverse[zero] = 0
-        np.multiply(vector, np.repeat(inverse, size)[: vector.size], out=codes_out)
-        np.rint(codes_out, out=codes_out)
         scales_out[:] = scale
+        for first in range(0, count, chunk):
+            part = vector[first : first + chunk]
+            work = scratch[: part.size]
+            blocks = first // size
+            full = part.size // size
+            np.multiply(
+                part[: full * size].reshape(full, size),
+                inverse[blocks : blocks + full, None],
+                out=work[: full * size].reshape(full, size),
+            )
+            if part.size > full * size:
+                np.multiply(part[full * size :], inverse[blocks + full], out=work[full * size :])
+            np.rint(work, out=work)
+            np.copyto(codes_out[first : first + part.size], work, casting="unsafe")
 
     def _decode_scales(self, view: memoryview, count: int) -> np.ndarray:
         scales = np.frombuffer(view, dtype=_LE_F32, count=self.blocks(count)).astype(_F32)
@@ -278,10 +347,15 @@ class _BlockQuantizer:
         return scales
 
     def _scale_codes(
-        self, codes: npt.NDArray[np.int8], scales: np.ndarray, count: int
+        self,
+        codes: npt.NDArray[np.int8],
+        scales: np.ndarray,
+        count: int,
+        out: FloatArray | None = None,
     ) -> FloatArray:
-        """``codes * scale`` of each block as a fresh float32 array."""
-        out = np.empty(count, dtype=_F32)
+        """``codes * scale`` of each block, in ``out`` or a fresh float32 array."""
+        if out is None:
+            out = np.empty(count, dtype=_F32)
         size = self.block_size
         full = count // size
         np.multiply(
@@ -329,25 +403,28 @@ class BlockInt8Quantizer(_BlockQuantizer):
         """
         return self._encode(values)[0].tobytes()
 
-    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """The payload and what :meth:`decode` returns for it (the same codes times scales)."""
+    def encode_decoded(
+        self, values: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """The payload and what :meth:`decode` returns for it (the same codes times scales),
+        written into ``out`` if given (it may be ``values`` itself, read before it is written)."""
         payload, nblocks = self._encode(values)
         codes = payload[4 * nblocks :].view(np.int8)
         scales = payload[: 4 * nblocks].view(_LE_F32)
-        return payload.tobytes(), self._scale_codes(codes, scales, codes.size)
+        return payload.tobytes(), self._scale_codes(
+            codes, scales, codes.size, _out(out, codes.size)
+        )
 
     def _encode(self, values: np.ndarray) -> tuple[npt.NDArray[np.uint8], int]:
         vector = _as_vector(values)
         nblocks = self.blocks(vector.size)
         payload = np.empty(4 * nblocks + vector.size, dtype=np.uint8)
         scales = payload[: 4 * nblocks].view(_LE_F32)
-        codes = np.empty(vector.size, dtype=_F32)
-        self._quantize(vector, scales, codes)
         # The codes are integers in [-127, 127] by construction, so the cast is exact.
-        np.copyto(payload[4 * nblocks :].view(np.int8), codes, casting="unsafe")
+        self._quantize(vector, scales, payload[4 * nblocks :].view(np.int8))
         return payload, nblocks
 
-    def decode(self, payload: bytes, count: int) -> np.ndarray:
+    def decode(self, payload: bytes | memoryview, count: int) -> np.ndarray:
         """A fresh float32 array of ``count`` values.
 
         Raises :class:`FrameDecodeError` on a size mismatch, a bad scale or the code -128.
@@ -381,12 +458,15 @@ class BlockInt4Quantizer(_BlockQuantizer):
         """
         return self._encode(values)[0]
 
-    def encode_decoded(self, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """The payload and what :meth:`decode` returns for it (the same codes times scales)."""
+    def encode_decoded(
+        self, values: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[bytes, np.ndarray]:
+        """The payload and what :meth:`decode` returns for it (the same codes times scales),
+        written into ``out`` if given (it may be ``values`` itself, read before it is written)."""
         payload, scales, nibbles = self._encode(values)
         codes = nibbles.view(np.int8)
         codes -= 8
-        return payload, self._scale_codes(codes, scales, codes.size)
+        return payload, self._scale_codes(codes, scales, codes.size, _out(out, codes.size))
 
     def _encode(self, values: np.ndarray) -> tuple[bytes, np.ndarray, npt.NDArray[np.uint8]]:
         """The payload, its scales and the ``count`` nibbles (codes + 8, one per byte)."""
@@ -406,7 +486,7 @@ class BlockInt4Quantizer(_BlockQuantizer):
         np.copyto(payload[4 * nblocks :], packed, casting="unsafe")
         return payload.tobytes(), scales, nibbles[:count]
 
-    def decode(self, payload: bytes, count: int) -> np.ndarray:
+    def decode(self, payload: bytes | memoryview, count: int) -> np.ndarray:
         """A fresh float32 array of ``count`` values.
 
         Raises :class:`FrameDecodeError` on a size mismatch, a bad scale or the nibble 0 (-8).

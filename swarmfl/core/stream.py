@@ -45,6 +45,7 @@ from swarmfl.core.quant import (
     Float32Quantizer,
     NonFiniteError,
     Quantizer,
+    all_finite,
     block_starts,
     is_flat_float32,
 )
@@ -57,6 +58,7 @@ PacketKind = Literal["key", "delta"]
 _F32 = np.dtype(np.float32)
 _LE_U4 = np.dtype("<u4")
 _LE_F32 = np.dtype("<f4")
+_ENERGY_CHUNK_VALUES = 65536
 
 
 def _check_positive_int(value: int, key: str, minimum: int) -> int:
@@ -79,12 +81,13 @@ def _is_lossless(quantizer: Quantizer) -> bool:
 class StreamPacket:
     """One frame of a model stream: what :meth:`StreamEncoder.encode` produced.
 
-    ``count`` is the number of float32 values the payload decodes to.
+    ``count`` is the number of float32 values the payload decodes to. ``payload`` is a
+    memoryview only for a borrowed lossless keyframe (see :meth:`StreamEncoder.encode`).
     """
 
     kind: PacketKind
     seq: int
-    payload: bytes
+    payload: bytes | memoryview
     count: int
 
 
@@ -113,6 +116,7 @@ class StreamEncoder:
         self._lossless = _is_lossless(quantizer)
         self._replica: np.ndarray | None = None
         self._force = False
+        self._lent = False
 
     @property
     def size(self) -> int:
@@ -138,13 +142,19 @@ class StreamEncoder:
         """Make the next frame a keyframe (for example when a neighbour NACKs)."""
         self._force = True
 
-    def encode(self, x: np.ndarray) -> StreamPacket:
+    def encode(self, x: np.ndarray, *, borrow: bool = False) -> StreamPacket:
         """The next frame for the current model ``x`` (any shape with ``size`` values).
 
         Updates the replica exactly as receivers will. Raises :class:`ConfigError` if ``x`` has
         the wrong number of values and :class:`~swarmfl.core.quant.NonFiniteError` if it holds NaN
         or infinity (the stream state is then unchanged).
+
+        With ``borrow``, a lossless keyframe is not copied: its payload is a read-only view of
+        ``x`` (valid until ``x`` changes) and the replica is unset until the caller, having
+        copied the payload where it goes (into a frame), hands that copy to :meth:`adopt`. A
+        caller that does not is sent a keyframe next time. Other frames ignore ``borrow``.
         """
+        self._lent = False
         if is_flat_float32(x):
             vector = x  # the common case (a learner's flat parameters): no conversion at all
         else:
@@ -158,10 +168,17 @@ class StreamEncoder:
         if not keyframe:
             packet = self._delta(vector, seq)
         if packet is None:
+            if self._lossless and borrow:
+                assert isinstance(self._quantizer, Float32Quantizer)
+                lent = self._quantizer.encode_view(vector)
+                self._replica, self._lent = None, True
+                self._next_seq = seq + 1
+                self._force = False
+                return StreamPacket("key", seq, lent, self._size)
             if self._lossless:
                 # A lossless keyframe decodes to exactly ``vector``: view the (immutable)
                 # payload bytes instead of decoding or copying them.
-                payload = self._quantizer.encode(vector)
+                payload: bytes = self._quantizer.encode(vector)
                 self._replica = np.frombuffer(payload, dtype=_LE_F32).astype(_F32, copy=False)
             else:
                 payload, self._replica = self._quantizer.encode_decoded(vector)
@@ -172,12 +189,28 @@ class StreamEncoder:
         self._force = False
         return packet
 
+    def adopt(self, values: np.ndarray) -> None:
+        """Take ``values`` as the replica after a borrowed keyframe (see :meth:`encode`):
+        the caller's immutable copy of its payload, read-only float32 of ``size`` values.
+
+        Raises :class:`ConfigError` if the last frame was not a borrowed keyframe or ``values``
+        is not such an array.
+        """
+        if not self._lent:
+            raise ConfigError("the last frame was not a borrowed keyframe", key="values")
+        if values.dtype != _F32 or values.shape != (self._size,) or values.flags.writeable:
+            raise ConfigError(
+                f"must be {self._size} read-only float32 values, got {values.shape} {values.dtype}",
+                key="values",
+            )
+        self._replica, self._lent = values, False
+
     def _delta(self, vector: np.ndarray, seq: int) -> StreamPacket | None:
         """A delta frame, updating the replica; None when a keyframe must be sent instead."""
         replica = self._replica
         assert replica is not None
         if self._lossless:
-            if not np.isfinite(vector).all():
+            if not all_finite(vector):
                 return None  # let the keyframe path refuse it with NonFiniteError
             bits = np.bitwise_xor(vector.view(np.uint32), replica.view(np.uint32))
             payload = bits.astype(_LE_U4, copy=False).tobytes()
@@ -188,12 +221,13 @@ class StreamEncoder:
         if self._density < 1.0 and self._quantizer.block_size:
             _keep_strongest_blocks(difference, self._quantizer.block_size, self._density)
         try:
-            payload, step = self._quantizer.encode_decoded(difference)
+            # The decoded step overwrites the difference: no second model-sized array.
+            payload, step = self._quantizer.encode_decoded(difference, out=difference)
         except NonFiniteError:
             return None  # x is not finite, or x - x_hat overflowed: a keyframe decides
         with np.errstate(over="ignore", invalid="ignore"):
             np.add(replica, step, out=step)
-        if not np.isfinite(step).all():
+        if not all_finite(step):
             return None
         self._replica = step
         return StreamPacket("delta", seq, payload, self._size)
@@ -210,13 +244,23 @@ def _keep_strongest_blocks(residual: np.ndarray, block_size: int, density: float
     keep = max(1, int(np.ceil(density * blocks)))
     if keep >= blocks:
         return
-    energy = np.add.reduceat(
-        np.square(residual, dtype=np.float64), block_starts(residual.size, block_size)
-    )
+    # Block energies in float64, chunk by chunk of whole blocks: a float64 square of the whole
+    # residual would be two models' worth of temporary memory.
+    energy = np.empty(blocks, dtype=np.float64)
+    chunk = block_size * max(1, _ENERGY_CHUNK_VALUES // block_size)
+    for first in range(0, residual.size, chunk):
+        part = residual[first : first + chunk]
+        done = first // block_size
+        energy[done : done + -(-part.size // block_size)] = np.add.reduceat(
+            np.square(part, dtype=np.float64), block_starts(part.size, block_size)
+        )
     dropped = np.argpartition(energy, blocks - keep)[: blocks - keep]
     mask = np.zeros(blocks, dtype=bool)
     mask[dropped] = True
-    residual[np.repeat(mask, block_size)[: residual.size]] = 0.0
+    full = residual.size // block_size
+    residual[: full * block_size].reshape(full, block_size)[mask[:full]] = 0.0
+    if full < blocks and mask[full]:
+        residual[full * block_size :] = 0.0
 
 
 class StreamDecoder:
@@ -257,7 +301,9 @@ class StreamDecoder:
         self._replica = None
         self._last_seq = None
 
-    def apply(self, kind: PacketKind, seq: int, payload: bytes, count: int) -> np.ndarray | None:
+    def apply(
+        self, kind: PacketKind, seq: int, payload: bytes | memoryview, count: int
+    ) -> np.ndarray | None:
         """Apply one frame; return a read-only view of the updated replica, or None if ignored.
 
         Raises :class:`StreamGapError` for a delta after a gap or before any keyframe (the
@@ -334,7 +380,7 @@ class StreamDecoder:
         self._last_seq = int(seq)
         return True
 
-    def _apply_delta(self, replica: np.ndarray, payload: bytes) -> np.ndarray:
+    def _apply_delta(self, replica: np.ndarray, payload: bytes | memoryview) -> np.ndarray:
         if self._lossless:
             try:
                 bits = np.frombuffer(payload, dtype=_LE_U4)
@@ -351,6 +397,6 @@ class StreamDecoder:
             updated = self._quantizer.decode(payload, self._size)
             with np.errstate(over="ignore", invalid="ignore"):
                 np.add(replica, updated, out=updated)
-        if not np.isfinite(updated).all():
+        if not all_finite(updated):
             raise FrameDecodeError("delta makes the replica overflow or NaN; replica dropped")
         return updated

@@ -85,6 +85,7 @@ __all__ = [
     "frame_overhead_bytes",
     "nack_payload",
     "nack_target",
+    "payload_view",
     "quantizer_for",
 ]
 
@@ -155,7 +156,7 @@ class FrameSigner(Protocol):
 class SenderKeys(Protocol):
     """Checks senders' signatures (:class:`swarmfl.core.identity.RosterVerifier`)."""
 
-    def verify(self, drone_id: int, message: bytes, signature: bytes) -> bool:
+    def verify(self, drone_id: int, message: bytes | memoryview, signature: bytes) -> bool:
         """Whether ``signature`` over ``message`` is ``drone_id``'s."""
         ...
 
@@ -216,7 +217,9 @@ class Frame:
     swarm_id, sender, samples u32; seq, counter u64; signature 8 bytes; layers sorted, unique,
     each < 65536, at most MAX_LAYERS; codec 0..2; block_size u16 and 64..256 for int8/int4;
     payload at most MAX_PAYLOAD_BYTES. Integers are stored as plain ints (numpy integers are
-    accepted), a list of layers as a tuple, a bytearray payload as bytes.
+    accepted), a list of layers as a tuple, a bytearray payload as bytes. A memoryview payload
+    over an immutable ``bytes`` object is kept as it is (read-only, no copy: a decoded model
+    frame's payload is such a view into the frame); any other memoryview is copied to bytes.
     """
 
     kind: FrameKind
@@ -229,7 +232,7 @@ class Frame:
     samples: int
     codec: int
     block_size: int
-    payload: bytes
+    payload: bytes | memoryview
 
     def __post_init__(self) -> None:
         if type(self.kind) is not FrameKind:
@@ -258,9 +261,15 @@ class Frame:
         problem = _block_problem(self.codec, self.block_size)
         if problem is not None:
             raise ConfigError(problem, key="codec" if "codec" in problem else "block_size")
-        if isinstance(self.payload, (bytearray, memoryview)):
-            object.__setattr__(self, "payload", bytes(self.payload))
-        if not isinstance(self.payload, bytes):
+        payload = self.payload
+        if isinstance(payload, bytearray) or (
+            isinstance(payload, memoryview)
+            and not (payload.readonly and isinstance(payload.obj, bytes) and payload.contiguous)
+        ):
+            object.__setattr__(self, "payload", bytes(payload))
+        elif isinstance(payload, memoryview):
+            object.__setattr__(self, "payload", payload.cast("B"))
+        if not isinstance(self.payload, (bytes, memoryview)):
             raise ConfigError("must be bytes", key="payload")
         if len(self.payload) > MAX_PAYLOAD_BYTES:
             raise ConfigError(
@@ -333,10 +342,19 @@ def frame_overhead_bytes(layers: int) -> int:
     return _HEAD.size + 2 * layers + _LENGTHS.size + TAG_BYTES
 
 
-def encode_frame(frame: Frame, key: bytes, signer: FrameSigner | None = None) -> bytes:
+def encode_frame(
+    frame: Frame,
+    key: bytes,
+    signer: FrameSigner | None = None,
+    *,
+    payload: bytes | memoryview | None = None,
+) -> bytes:
     """The authenticated wire bytes of ``frame`` (see the module docstring for the layout).
 
-    The payload is lz4-compressed when that makes it smaller, stored raw otherwise. Raises
+    ``payload``, if given, is sent instead of ``frame.payload``: any contiguous buffer (a
+    model's own memory), read during the call and copied once, into the frame; then
+    :func:`payload_view` gives a view of that copy. The payload is lz4-compressed when that
+    makes it smaller, stored raw otherwise. Raises
     :class:`ConfigError` for a key shorter than MIN_KEY_BYTES, a NACK whose payload is not 4
     bytes (an EPOCH frame's not 12), a ``signer`` of another drone than ``frame.sender``, or a
     result larger than MAX_FRAME_BYTES. With a ``signer`` the frame is signed (FLAG_SIGNED).
@@ -344,13 +362,15 @@ def encode_frame(frame: Frame, key: bytes, signer: FrameSigner | None = None) ->
     _check_key(key)
     if signer is not None and signer.drone_id != frame.sender:
         raise ConfigError(f"drone {signer.drone_id} cannot sign for {frame.sender}", key="signer")
+    raw = frame.payload if payload is None else memoryview(payload).cast("B")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise ConfigError(f"{len(raw)} bytes, at most {MAX_PAYLOAD_BYTES}", key="payload")
     fixed = _FIXED_PAYLOADS.get(frame.kind)
-    if fixed is not None and len(frame.payload) != fixed:
+    if fixed is not None and len(raw) != fixed:
         raise ConfigError(
             f"a {frame.kind.name} payload is {fixed} bytes (see nack_payload, epoch_payload)",
             key="payload",
         )
-    raw = frame.payload
     flags = 0
     stored = raw
     # Raw float32 mantissas do not compress; trying costs more than the rest of the encode.
@@ -395,6 +415,16 @@ def encode_frame(frame: Frame, key: bytes, signer: FrameSigner | None = None) ->
         raise ConfigError(f"a signature is {SIGNED_BYTES} bytes", key="signer")
     mac.update(signature)
     return b"".join((head, stored, signature, mac.digest()[:TAG_BYTES]))
+
+
+def payload_view(data: bytes) -> memoryview:
+    """A read-only view of the payload stored in frame ``data`` (which :func:`encode_frame`
+    made, so it is well formed; lz4-packed payloads are viewed packed). No copy."""
+    (nlayers,) = struct.unpack_from("<H", data, _HEAD.size - 2)
+    offset = _HEAD.size + 2 * nlayers
+    _, stored_len = _LENGTHS.unpack_from(data, offset)
+    start = offset + _LENGTHS.size
+    return memoryview(data)[start : start + stored_len]
 
 
 def decode_frame(
@@ -486,9 +516,8 @@ def _decode(
         end = size - TAG_BYTES
         if not signed:
             raise FrameDecodeError("unsigned: the swarm needs per-drone signatures")
-        if not senders.verify(
-            sender, view[: end - signed].tobytes(), view[end - signed : end].tobytes()
-        ):
+        # The signed bytes are verified in place (a view), not copied.
+        if not senders.verify(sender, view[: end - signed], view[end - signed : end].tobytes()):
             raise FrameDecodeError(f"bad signature: not drone {sender}'s per the roster")
     # Everything below is authenticated: a failure means a peer with the key is broken.
     if signature is not None and frame_signature != signature:
@@ -506,7 +535,10 @@ def _decode(
     if any(a >= b for a, b in itertools.pairwise(layers)):
         raise FrameDecodeError("bad layers: not sorted and unique")
     stored = view[payload_start : payload_start + stored_len]
-    payload = _unpack_payload(stored, flags, raw_len)
+    # A model payload stored raw in an immutable frame is not copied: the Frame holds a
+    # read-only view of it (the frame's bytes live as long as the Frame).
+    borrow = frame_kind in (FrameKind.KEY, FrameKind.DELTA) and isinstance(data, bytes)
+    payload = _unpack_payload(stored, flags, raw_len, borrow)
     fixed = _FIXED_PAYLOADS.get(frame_kind)
     if fixed is not None and len(payload) != fixed:
         raise FrameDecodeError(f"bad {frame_kind.name} payload: {len(payload)} bytes")
@@ -525,11 +557,13 @@ def _decode(
     )
 
 
-def _unpack_payload(stored: memoryview, flags: int, raw_len: int) -> bytes:
+def _unpack_payload(
+    stored: memoryview, flags: int, raw_len: int, borrow: bool
+) -> bytes | memoryview:
     if not flags & FLAG_LZ4:
         if len(stored) != raw_len:
             raise FrameDecodeError(f"length mismatch: raw payload {len(stored)} != {raw_len}")
-        return stored.tobytes()
+        return stored if borrow else stored.tobytes()
     if raw_len == 0 or len(stored) == 0:
         raise FrameDecodeError("length mismatch: empty compressed payload")
     if raw_len > _LZ4_MAX_RATIO * (len(stored) + 1):
