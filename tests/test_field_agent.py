@@ -211,6 +211,9 @@ async def test_a_stopped_agent_resumes_its_model_counter_and_streams(
     assert dict((r[0], r[1]) for r in restarted.replay) == dict((r[0], r[1]) for r in saved.replay)
     assert saved.replay
 
+    # A life's epoch reaches the disk once it starts (its radio open, before any frame): here,
+    # as if this one had flown. A start refused before that leaves nothing behind.
+    again.checkpoints.begin_life()
     fresh = FieldAgent(load_drone_config(paths[0]), resume=False)
     assert fresh.resumed_from is None and fresh.node.counter == 0
     assert not np.array_equal(fresh.learner.flat_parameters(), params)
