@@ -32,7 +32,7 @@ from swarmfl.config.drone_file import LoadedDroneConfig
 from swarmfl.drone import AssembledDrone, DeviceProfile, DroneAssembly, SwarmSettings
 from swarmfl.errors import ConfigError, RadioError, SwarmError
 from swarmfl.field.autopilot import AutopilotFeed
-from swarmfl.field.checkpoint import CheckpointStore
+from swarmfl.field.checkpoint import CheckpointStore, SaveFailures
 from swarmfl.field.footprint import check_process_budget, process_plan
 from swarmfl.field.identity import load_identity
 from swarmfl.field.journal import PeerPresence
@@ -181,7 +181,7 @@ class FieldAgent:
         self._last_checkpoint_round = self.rounds_total
         self._merge_lag = MergeLag()
         self._peer_memory = PeerMemory()
-        self.checkpoint_failures = 0
+        self.save_failures = SaveFailures()
         self.notifier = SystemdNotifier()
         self._presence = PeerPresence(lost_after_s=max(5 * config.gossip.period_s, 2.0))
         self._progress_mono = time.monotonic()
@@ -201,10 +201,16 @@ class FieldAgent:
     async def _save_quietly(self, checkpoint: Any) -> None:
         try:
             path = await asyncio.to_thread(self.checkpoints.store.save, checkpoint)
-        except SwarmError as exc:  # a full or read-only disk: keep flying, say so
-            self.checkpoint_failures += 1
-            log.warning("drone %d: %s", self.drone_id, exc)
+        except SwarmError as exc:  # a full or read-only disk: keep flying, say so once
+            line = self.save_failures.failed(exc)
+            if line is not None:
+                log.warning("drone %d: %s", self.drone_id, line)
+            else:
+                log.debug("drone %d: %s", self.drone_id, exc)
         else:
+            recovered = self.save_failures.succeeded()
+            if recovered is not None:
+                log.warning("drone %d: %s", self.drone_id, recovered)
             log.info(
                 "drone %d: checkpoint written: %s (%s rounds)",
                 self.drone_id,
@@ -283,7 +289,8 @@ class FieldAgent:
             "stream_gaps": stats.stream_gaps,
             "nacks_sent": stats.nacks_sent,
             "merge_lag_s": finite_or_none(self._merge_lag.take_mean_s(stats)),
-            "checkpoint_failures": self.checkpoint_failures,
+            "checkpoint_failures": self.save_failures.count,
+            "checkpoint_error": self.save_failures.reason,
             "uptime_s": round(time.monotonic() - self._started_mono, 1),
             **self._robustness_status(),
         }

@@ -12,34 +12,70 @@ checkpoints or the new one, plus perhaps a ``*.tmp`` file that the store ignores
 from __future__ import annotations
 
 import logging
-import os
 import re
-import secrets
 from pathlib import Path
 
 from swarmfl.core.checkpoint import Checkpoint, decode, encode
 from swarmfl.errors import CheckpointError, ConfigError
+from swarmfl.field.atomic import TEMP_SUFFIX, write_atomically
 
-__all__ = ["CheckpointStore"]
+__all__ = ["CheckpointStore", "CheckpointWriteError", "SaveFailures"]
 
 logger = logging.getLogger(__name__)
 
 _FILE_RE = re.compile(r"^ckpt-(\d{12})\.swfl$")
-_TMP_SUFFIX = ".tmp"
 
 
-def _fsync_directory(directory: Path) -> None:
-    # A rename is durable only once the directory entry is; not every platform can open one.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk, a file size limit, a read-only card).
+
+    ``path`` is the checkpoint that was not written and ``reason`` the operating system's words
+    (``"No space left on device"``); the files already on disk are untouched.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: cannot write checkpoint: {reason}")
+
+
+class SaveFailures:
+    """What a drone says about failing checkpoint saves: one line per kind of failure, not one
+    per round.
+
+    :meth:`failed` returns the line to log at WARNING for the first failure and for a failure
+    whose reason differs from the previous one, None for a repeat (the status counts them);
+    :meth:`succeeded` returns the one line saying saving works again, None if nothing failed.
+    ``count`` (all failures so far) and ``reason`` (the current failure's, None once a save
+    succeeds) are what the status reports.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.reason: str | None = None
+        self._since_success = 0
+
+    def failed(self, error: Exception) -> str | None:
+        """Count a failed save; the line to log, or None for a repeat of the same failure."""
+        reason = error.reason if isinstance(error, CheckpointWriteError) else str(error)
+        repeat = reason == self.reason
+        self.count += 1
+        self._since_success += 1
+        self.reason = reason
+        if repeat:
+            return None
+        return (
+            f"{error} (the previous checkpoint is kept; flying on, further failures are "
+            "counted in the status)"
+        )
+
+    def succeeded(self) -> str | None:
+        """Note a successful save; the recovery line if saves were failing until now."""
+        failures, self._since_success = self._since_success, 0
+        self.reason = None
+        if failures == 0:
+            return None
+        return f"checkpoints are written again, after {failures} failed"
 
 
 class CheckpointStore:
@@ -76,23 +112,16 @@ class CheckpointStore:
 
         Files with a higher counter than ``ckpt`` are removed, so the next :meth:`load_latest`
         returns what was saved last (they exist only if the drone restarted from an older
-        checkpoint because the newer ones were corrupt). Raises
-        :class:`~swarmfl.errors.CheckpointError` if the file cannot be written.
+        checkpoint because the newer ones were corrupt). Raises :class:`CheckpointWriteError`
+        (the files on disk untouched, no temporary file left) if the file cannot be written.
         """
         data = encode(ckpt)
         final = self.path_for(ckpt.counter)
-        tmp = self.directory / f".{final.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            write_atomically(final, data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise CheckpointError(f"{final}: cannot write checkpoint: {exc}") from exc
-        _fsync_directory(self.directory)
+            raise CheckpointWriteError(final, exc.strerror or str(exc)) from exc
         self._prune(ckpt.counter)
         return final
 
@@ -115,7 +144,7 @@ class CheckpointStore:
         if not self.directory.is_dir():
             return
         for entry in self.directory.iterdir():
-            if entry.name.endswith(_TMP_SUFFIX) and entry.is_file():
+            if entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
                 try:
                     entry.unlink()
                 except OSError as exc:

@@ -11,31 +11,17 @@ moves past.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from pathlib import Path
 
 from swarmfl.core.replay import MAX_EPOCH
 from swarmfl.errors import CheckpointError
+from swarmfl.field.atomic import write_atomically
 
 __all__ = ["BootEpochFile"]
 
 log = logging.getLogger(__name__)
 
 _MAX_FILE_BYTES = 64
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class BootEpochFile:
@@ -67,15 +53,10 @@ class BootEpochFile:
 
         Raises :class:`~swarmfl.errors.CheckpointError` if it cannot be written.
         """
-        tmp = self.directory / f".epoch.{secrets.token_hex(4)}.tmp"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "x", encoding="ascii") as f:
-                f.write(f"{int(epoch)}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomically(self.path, f"{int(epoch)}\n".encode("ascii"))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise CheckpointError(f"{self.path}: cannot write the boot epoch: {exc}") from exc
-        _fsync_directory(self.directory)
+            raise CheckpointError(
+                f"{self.path}: cannot write the boot epoch: {exc.strerror or exc}"
+            ) from exc

@@ -11,12 +11,11 @@ and prints it. Every file is written atomically (temporary file, fsync, rename).
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swarmfl.errors import ConfigError
+from swarmfl.field.atomic import write_atomically
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -46,16 +45,9 @@ def add_keys_parser(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, data, mode=mode)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
 
 
