@@ -65,7 +65,7 @@ class SaveFailures:
         if repeat:
             return None
         return (
-            f"{error} (the previous checkpoint is kept; flying on, further failures are "
+            f"{error} (older checkpoints are kept; flying on, further failures are "
             "counted in the status)"
         )
 
