@@ -56,6 +56,7 @@ from swarmfl.errors import ConfigError
 __all__ = [
     "DEFAULT_SECRET_ENV",
     "DroneConfig",
+    "IdentitySection",
     "LoadedDroneConfig",
     "VehicleSection",
     "load_drone_config",
@@ -312,21 +313,46 @@ class VehicleSection(Section):
     quiet_in_failsafe: bool = True
 
 
-class IdentitySection(Section):
-    """Per-drone keys (``swarmfl keys``): this drone's private key, the roster, and the swarm
-    authority's public key (64 hex digits). All three, or none (the swarm key alone)."""
+IDENTITY_KEYS = ("key_file", "roster_file", "authority")
+"""The ``[identity]`` keys of per-drone signatures (all three, or none)."""
 
+
+class IdentitySection(Section):
+    """Who vouches for this drone's frames.
+
+    ``mode = "per-drone"`` (the default): the drone signs its frames with its own Ed25519 key
+    (``swarmfl keys``), so a captured drone can speak only for itself and can be revoked. It
+    needs ``key_file`` (this drone's private key), ``roster_file`` (the signed roster) and
+    ``authority`` (the swarm authority's public key, 64 hex digits). The agent refuses to start
+    without them (:func:`swarmfl.field.identity.load_identity`); commands that only read the
+    config (``swarmfl plan --config``, ``swarmfl status --config``) do not need them.
+    ``mode = "swarm-key"``: frames carry the shared swarm key's HMAC alone and are not bound to
+    a drone (anyone holding the swarm secret can speak for every drone); the three keys are then
+    refused. The simulator always uses the swarm key.
+    """
+
+    mode: Literal["per-drone", "swarm-key"] = "per-drone"
     key_file: str | None = None
     roster_file: str | None = None
     authority: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
 
     @model_validator(mode="after")
-    def _all_or_none(self) -> IdentitySection:
-        given = [k for k in ("key_file", "roster_file", "authority") if getattr(self, k)]
-        if given and len(given) != 3:
-            missing = sorted({"key_file", "roster_file", "authority"} - set(given))
+    def _keys_fit_the_mode(self) -> IdentitySection:
+        given = [k for k in IDENTITY_KEYS if getattr(self, k)]
+        if self.mode == "swarm-key" and given:
+            raise KeyedValueError(
+                ("identity", given[0]),
+                'is not used with identity.mode = "swarm-key" (remove it, or remove identity.mode '
+                "to sign frames with this drone's own key)",
+            )
+        if given and len(given) != len(IDENTITY_KEYS):
+            missing = [k for k in IDENTITY_KEYS if k not in given]
             raise KeyedValueError(("identity", missing[0]), "needed with the other identity keys")
         return self
+
+    def keys_given(self) -> bool:
+        """Whether the per-drone keys are all set (the model refuses a partial set)."""
+        return all(getattr(self, k) for k in IDENTITY_KEYS)
 
 
 class DroneConfig(Section):
@@ -345,7 +371,7 @@ class DroneConfig(Section):
     checkpoint: CheckpointSection = CheckpointSection()
     status: StatusSection = StatusSection()
     vehicle: VehicleSection | None = None  # no [vehicle]: no autopilot, always train and send
-    identity: IdentitySection = IdentitySection()
+    identity: IdentitySection = IdentitySection()  # per-drone keys unless mode = "swarm-key"
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DroneConfig:

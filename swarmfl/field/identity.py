@@ -1,9 +1,12 @@
 """A field drone's identity from its drone.toml ``[identity]``: its key file and the roster.
 
-:func:`load_identity` reads the drone's Ed25519 private key (PEM, from ``swarmfl keys issue``),
-the roster file (``roster.json``, signed by the authority) and the authority's public key, and
-checks that they fit together: the roster is the authority's and of this swarm, and lists this
-drone with this key. Any problem is a :class:`~swarmfl.errors.ConfigError` naming the key.
+Per-drone signatures are the field default: a drone.toml without the ``[identity]`` keys is
+refused unless it opts out with ``identity.mode = "swarm-key"`` (frames then carry the shared
+swarm key's HMAC alone). :func:`load_identity` reads the drone's Ed25519 private key (PEM, from
+``swarmfl keys issue``), the roster file (``roster.json``, signed by the authority) and the
+authority's public key, and checks that they fit together: the roster is the authority's and of
+this swarm, and lists this drone with this key. Any problem is a
+:class:`~swarmfl.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -21,7 +24,20 @@ from swarmfl.core.identity import (
 )
 from swarmfl.errors import ConfigError
 
-__all__ = ["load_identity"]
+__all__ = ["NO_IDENTITY_PROBLEM", "SWARM_KEY_WARNING", "load_identity"]
+
+NO_IDENTITY_PROBLEM = (
+    "per-drone keys are the field default and none are set: run `swarmfl keys init` and "
+    "`swarmfl keys issue`, then set identity.key_file, identity.roster_file and "
+    'identity.authority; or set identity.mode = "swarm-key" to fly on the shared swarm key alone'
+)
+"""Why an agent without ``[identity]`` keys is refused (the key named is ``identity``)."""
+
+SWARM_KEY_WARNING = (
+    'drone %d: identity.mode = "swarm-key": frames are not bound to a drone (anyone holding the '
+    "swarm secret can speak for every drone, and no drone can be revoked)"
+)
+"""The one warning an agent that opted out of per-drone keys logs at start."""
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +58,17 @@ def _read(path: Path, limit: int, *, source: str, key: str) -> bytes:
 
 
 def load_identity(config: DroneConfig, *, source: str) -> DroneIdentity | None:
-    """The drone's identity, or None if ``[identity]`` is not set. Raises ConfigError."""
+    """The drone's identity, or None with ``identity.mode = "swarm-key"``.
+
+    Raises :class:`ConfigError` naming ``source`` and the key: ``identity`` when per-drone mode
+    (the default) has no keys set, ``identity.key_file`` / ``identity.roster_file`` when a file
+    cannot be read, is not a key or roster, or does not list this drone with this key.
+    """
     section = config.identity
-    if section.key_file is None or section.roster_file is None or section.authority is None:
+    if section.mode == "swarm-key":
         return None
+    if section.key_file is None or section.roster_file is None or section.authority is None:
+        raise ConfigError(NO_IDENTITY_PROBLEM, source=source, key="identity")
     key_path = Path(section.key_file)
     key = load_private_key(
         _read(key_path, _MAX_KEY_FILE_BYTES, source=source, key="identity.key_file"),
