@@ -127,8 +127,6 @@ class FieldAgent:
         self.swarm_id = config.swarm.swarm_id
         # First: a drone without its keys is refused before any work or any other log line.
         self.identity = load_identity(config, source=str(loaded.source))
-        if self.identity is None:
-            log.warning(SWARM_KEY_WARNING, self.drone_id)
         if config.training.threads is not None:  # torch backend only (the config refuses it)
             import torch
 
@@ -468,6 +466,8 @@ class FieldAgent:
         self._state = "running"
         started = self.started_line()
         log.info("%s", started)
+        if self.identity is None:  # opted out: said once, after start-up can no longer fail
+            log.warning(SWARM_KEY_WARNING, self.drone_id)
         self.notifier.ready(started)
         crash: BaseException | None = None
         tasks = [
