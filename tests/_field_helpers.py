@@ -154,7 +154,7 @@ def drone_identity(folder: Path, drone: int, swarm_id: int) -> dict[str, Any]:
     return {
         "key_file": str(key),
         "roster_file": str(authority / "roster.json"),
-        "authority": (authority / "authority.pub").read_text(encoding="utf-8").strip(),
+        "authority_file": str(authority / "authority.pub"),
     }
 
 

@@ -181,6 +181,17 @@ def test_identity_defaults_to_per_drone_keys_and_refuses_keys_with_swarm_key(
     with pytest.raises(ConfigError) as info:
         load_drone_config(write(tmp_path, MINIMAL + "[identity]\nmode = 'none'\n"))
     assert info.value.key == "identity.mode"
+    files = "[identity]\nkey_file = 'd.key'\nroster_file = 'roster.json'\n"
+    with pytest.raises(ConfigError) as info:
+        load_drone_config(write(tmp_path, MINIMAL + files))
+    assert info.value.key == "identity.authority"
+    both = files + f"authority = '{'ab' * 32}'\nauthority_file = 'authority.pub'\n"
+    with pytest.raises(ConfigError) as info:
+        load_drone_config(write(tmp_path, MINIMAL + both))
+    assert info.value.key == "identity.authority_file"
+    # Paths are taken from the config's folder; the files are read only when the agent starts.
+    loaded = load_drone_config(write(tmp_path, MINIMAL + files + "authority_file = 'a.pub'\n"))
+    assert loaded.config.identity.authority_file == str(tmp_path.resolve() / "a.pub")
 
 
 def test_an_agent_without_identity_keys_is_one_line_naming_identity(

@@ -12,6 +12,7 @@ this swarm, and lists this drone with this key. Any problem is a
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from swarmfl.config.drone_file import DroneConfig
@@ -29,7 +30,8 @@ __all__ = ["NO_IDENTITY_PROBLEM", "SWARM_KEY_WARNING", "load_identity"]
 NO_IDENTITY_PROBLEM = (
     "per-drone keys are the field default and none are set: run `swarmfl keys init` and "
     "`swarmfl keys issue`, then set identity.key_file, identity.roster_file and "
-    'identity.authority; or set identity.mode = "swarm-key" to fly on the shared swarm key alone'
+    'identity.authority_file; or set identity.mode = "swarm-key" to fly on the shared swarm key '
+    "alone"
 )
 """Why an agent without ``[identity]`` keys is refused (the key named is ``identity``)."""
 
@@ -57,6 +59,21 @@ def _read(path: Path, limit: int, *, source: str, key: str) -> bytes:
     return data
 
 
+def _authority_key(text: str | None, path: str | None, *, source: str) -> bytes:
+    if text is None:
+        assert path is not None  # the model refuses neither
+        raw = _read(Path(path), 1024, source=source, key="identity.authority_file")
+        text = raw.decode("ascii", errors="replace").strip()
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+            raise ConfigError(
+                f"{path} does not hold a public key (64 hex digits, as in the authority.pub "
+                "`swarmfl keys init` writes)",
+                source=source,
+                key="identity.authority_file",
+            )
+    return bytes.fromhex(text)
+
+
 def load_identity(config: DroneConfig, *, source: str) -> DroneIdentity | None:
     """The drone's identity, or None with ``identity.mode = "swarm-key"``.
 
@@ -67,8 +84,9 @@ def load_identity(config: DroneConfig, *, source: str) -> DroneIdentity | None:
     section = config.identity
     if section.mode == "swarm-key":
         return None
-    if section.key_file is None or section.roster_file is None or section.authority is None:
+    if section.key_file is None or section.roster_file is None or not section.keys_given():
         raise ConfigError(NO_IDENTITY_PROBLEM, source=source, key="identity")
+    authority = _authority_key(section.authority, section.authority_file, source=source)
     key_path = Path(section.key_file)
     key = load_private_key(
         _read(key_path, _MAX_KEY_FILE_BYTES, source=source, key="identity.key_file"),
@@ -84,7 +102,7 @@ def load_identity(config: DroneConfig, *, source: str) -> DroneIdentity | None:
     try:
         identity = DroneIdentity(
             signer,
-            bytes.fromhex(section.authority),
+            authority,
             roster_bytes,
             swarm_id=config.swarm.swarm_id,
         )
