@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from swarmfl.core.identity import DroneSigner, load_private_key
 from swarmfl.field.keys import init_authority, issue_drone_keys
 
 SECRET = "field-test-secret"
@@ -156,6 +157,12 @@ def drone_identity(folder: Path, drone: int, swarm_id: int) -> dict[str, Any]:
         "roster_file": str(authority / "roster.json"),
         "authority_file": str(authority / "authority.pub"),
     }
+
+
+def drone_signer(folder: Path, drone: int, swarm_id: int) -> DroneSigner:
+    """What signs as ``drone`` (its key from :func:`drone_identity`): for a test's own node."""
+    key_file = Path(drone_identity(folder, drone, swarm_id)["key_file"])
+    return DroneSigner(drone, load_private_key(key_file.read_bytes(), source=str(key_file)))
 
 
 def write_config(folder: Path, drone: int, tables: dict[str, dict[str, Any]]) -> Path:
