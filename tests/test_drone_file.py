@@ -207,6 +207,15 @@ def test_an_agent_without_identity_keys_is_one_line_naming_identity(
         assert "swarmfl keys init" in err[0] and 'identity.mode = "swarm-key"' in err[0]
 
 
+def test_plan_reads_a_config_without_keys(
+    tmp_path: Path, secret_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Planning is done on the ground, from the config alone: no drone key needed."""
+    path = write(tmp_path, MINIMAL)
+    assert main(["plan", "--config", str(path)]) == 0
+    assert "peak RSS" in capsys.readouterr().out
+
+
 def test_overrides_apply_before_validation(tmp_path: Path, secret_env: str) -> None:
     path = write(tmp_path, MINIMAL)
     loaded = load_drone_config(path, ["radio.udp.port=47999", "gossip.codec='int4'"])
