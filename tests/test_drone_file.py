@@ -207,6 +207,22 @@ def test_an_agent_without_identity_keys_is_one_line_naming_identity(
         assert "swarmfl keys init" in err[0] and 'identity.mode = "swarm-key"' in err[0]
 
 
+def test_check_says_a_swarm_key_drone_is_not_bound_to_a_drone(
+    tmp_path: Path, secret_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MINIMAL + (
+        f"[radio.udp]\nhost = '127.0.0.1'\nport = 0\n[checkpoint]\ndir = '{tmp_path / 'c'}'\n"
+        "[status]\nlog = ''\n[identity]\nmode = 'swarm-key'\n"
+    )
+    assert main(["agent", "--config", str(write(tmp_path, text)), "--check"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    said = [line for line in out if line.startswith("ok  identity: ")]
+    assert said == [
+        'ok  identity: the swarm key alone (identity.mode = "swarm-key"): frames are not bound '
+        "to a drone"
+    ]
+
+
 def test_plan_reads_a_config_without_keys(
     tmp_path: Path, secret_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

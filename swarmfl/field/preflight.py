@@ -52,7 +52,10 @@ def _checks(loaded: LoadedDroneConfig) -> list[str]:
     ]
     identity = load_identity(config, source=str(loaded.source))
     if identity is None:
-        lines.append('identity: WARNING identity.mode = "swarm-key": frames not bound to a drone')
+        lines.append(
+            'identity: the swarm key alone (identity.mode = "swarm-key"): frames are not bound '
+            "to a drone"
+        )
     else:
         lines.append(
             f"identity: per-drone key of drone {config.drone.id}, in roster version "
