@@ -73,8 +73,12 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
+SWARM_KEY_ONLY = '[identity]\nmode = "swarm-key"\n'
+"""The swarm key's HMAC alone: the baseline bench_agent_signatures.py compares signatures to."""
+
+
 def agent_config(
-    folder: Path, swarm_id: int, mavlink_port: int | None = None, identity: str = ""
+    folder: Path, swarm_id: int, mavlink_port: int | None = None, identity: str = SWARM_KEY_ONLY
 ) -> Path:
     text = f"""
 [drone]
@@ -116,7 +120,7 @@ interval_s = 1.0
 connection = "udpin:{LOOPBACK}:{mavlink_port}"
 train_when = "landed_only"
 """
-    text += identity  # an [identity] table: per-drone signatures (bench_agent_signatures.py)
+    text += identity  # [identity]: the swarm key alone, or per-drone keys (signatures bench)
     path = folder / "drone0.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -457,6 +461,8 @@ peers = [{peers}]
 dir = "ckpt-{drone}"
 [status]
 log = ""
+[identity]
+mode = "swarm-key"
 """
     path = folder / f"drone{drone}.toml"
     path.write_text(text, encoding="utf-8")

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import psutil
 from bench_agent import (  # the agent measurement both benchmarks share
+    SWARM_KEY_ONLY,
     Peer,
     agent_config,
     bare_torch_rss_bytes,
@@ -93,7 +94,7 @@ async def bench(window_s: float, signed: bool) -> None:
     swarm_id = secrets.randbelow(2**31)
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         folder = Path(tmp)
-        table, peer_identities = identities(folder, swarm_id) if signed else ("", {})
+        table, peer_identities = identities(folder, swarm_id) if signed else (SWARM_KEY_ONLY, {})
         config = agent_config(folder, swarm_id, identity=table)
         status_path = folder / "status.jsonl"
         agent = subprocess.Popen(

@@ -188,6 +188,8 @@ interval_rounds = 1000
 [status]
 log = "status-{drone}.jsonl"
 interval_s = 0.5
+[identity]
+mode = "swarm-key"
 """
     path = folder / f"drone{drone}.toml"
     path.write_text(text, encoding="utf-8")

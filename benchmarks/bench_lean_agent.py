@@ -90,6 +90,7 @@ def write_config(folder: Path, drone: int, swarm_id: int, model: str, backend: s
         "discovery": {"interfaces": ["127.0.0.1"]},
         "checkpoint": {"dir": f"ckpt-{drone}", "interval_rounds": 10},
         "status": {"log": f"status-{drone}.jsonl", "interval_s": 0.5},
+        "identity": {"mode": "swarm-key"},  # as measured before per-drone keys were the default
     }
     if backend == "torch":
         tables["training"]["threads"] = 1

@@ -1,7 +1,7 @@
 """A captured drone for the field tests: valid keys, the real node and UDP radio, poison models.
 
 Run as ``python tests/_field_attacker.py CONFIG FACTOR PERIOD_S PEER_ID:PORT ...``: it builds
-drone CONFIG's gossip node exactly as a field agent does (same key, signature and shard), and
+drone CONFIG's gossip node exactly as a field agent does (same keys, signature and shard), and
 every PERIOD_S publishes FACTOR times its (untrained) model to the listed peers over UDP on
 127.0.0.1, through the real wire encoding and link layer. It never trains nor merges. It stops
 on SIGTERM.
@@ -20,14 +20,16 @@ import numpy as np
 from swarmfl.config.drone_file import load_drone_config
 from swarmfl.drone import DroneAssembly
 from swarmfl.field.agent import drone_settings, field_device
+from swarmfl.field.identity import load_identity
 from swarmfl.radio.udp import UdpRadio
 
 
 async def main(config: str, factor: float, period_s: float, peers: list[str]) -> None:
     loaded = load_drone_config(config)
     drone_id = loaded.config.drone.id
+    identity = load_identity(loaded.config, source=config)  # its own key, as a captured drone's
     parts = DroneAssembly(drone_settings(loaded)).build(
-        drone_id, loaded.config.data.shard, field_device(loaded)
+        drone_id, loaded.config.data.shard, field_device(loaded), identity=identity
     )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

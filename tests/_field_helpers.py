@@ -1,8 +1,9 @@
 """Helpers for the field tests: agent processes, their configs and status logs, a mosquitto.
 
-Everything runs on loopback: UDP on 127.0.0.1, zeroconf on 127.0.0.1, a mosquitto the test
-starts on a free port. Tests wait on conditions read from the agents' status logs, with
-timeouts, never on fixed sleeps.
+Agents sign their frames with per-drone keys (the field default) issued by an authority of the
+test's own folder, unless a test asks for ``identity="swarm-key"``. Everything runs on loopback:
+UDP on 127.0.0.1, zeroconf on 127.0.0.1, a mosquitto the test starts on a free port. Tests wait
+on conditions read from the agents' status logs, with timeouts, never on fixed sleeps.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from swarmfl.core.identity import DroneSigner, load_private_key
+from swarmfl.field.keys import init_authority, issue_drone_keys
 
 SECRET = "field-test-secret"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -81,9 +85,14 @@ def agent_tables(
     port: int = 0,
     broker_port: int | None = None,
     period_s: float = 0.3,
+    identity: Literal["per-drone", "swarm-key"] = "per-drone",
     extra: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """A small, fast agent config: digits shard, tiny MLP, short gossip period."""
+    """A small, fast agent config: digits shard, tiny MLP, short gossip period.
+
+    ``identity``: per-drone keys (:func:`drone_identity`; the field default) or the shared
+    swarm key alone. An ``identity`` table in ``extra`` is used as given instead.
+    """
     tables: dict[str, dict[str, Any]] = {
         "drone": {"id": drone},
         "swarm": {"swarm_id": swarm_id},
@@ -111,9 +120,49 @@ def agent_tables(
             "backoff_initial_s": 0.2,
             "backoff_max_s": 1.0,
         }
+    if extra is None or "identity" not in extra:
+        tables["identity"] = (
+            drone_identity(folder, drone, swarm_id)
+            if identity == "per-drone"
+            else {"mode": "swarm-key"}
+        )
     for table, values in (extra or {}).items():
         tables.setdefault(table, {}).update(values)
     return tables
+
+
+IDENTITY_DRONES = range(8)
+"""The drones a test folder's authority issues keys to at once (others get theirs on demand)."""
+
+
+def drone_identity(folder: Path, drone: int, swarm_id: int) -> dict[str, Any]:
+    """The ``[identity]`` table of ``drone`` in swarm ``swarm_id``, its files under ``folder``.
+
+    The first call for a swarm creates its authority (``folder/keys/swarm-<id>``) and issues
+    keys to drones 0-7 in one roster, so every agent of a test reads the same roster whenever
+    its config is written; a drone beyond those gets its key (and a newer roster) on demand.
+    Uses the Python API of ``swarmfl keys`` (no subprocess).
+    """
+    keys = folder / "keys"
+    authority = keys / f"swarm-{swarm_id}"
+    key = keys / f"drone{drone}-swarm-{swarm_id}.key"
+    if not (authority / "authority.key").exists():
+        init_authority(authority, swarm_id)
+        drones = sorted({*IDENTITY_DRONES, drone})
+        issue_drone_keys(authority, {d: keys / f"drone{d}-swarm-{swarm_id}.key" for d in drones})
+    elif not key.exists():
+        issue_drone_keys(authority, {drone: key})
+    return {
+        "key_file": str(key),
+        "roster_file": str(authority / "roster.json"),
+        "authority_file": str(authority / "authority.pub"),
+    }
+
+
+def drone_signer(folder: Path, drone: int, swarm_id: int) -> DroneSigner:
+    """What signs as ``drone`` (its key from :func:`drone_identity`): for a test's own node."""
+    key_file = Path(drone_identity(folder, drone, swarm_id)["key_file"])
+    return DroneSigner(drone, load_private_key(key_file.read_bytes(), source=str(key_file)))
 
 
 def write_config(folder: Path, drone: int, tables: dict[str, dict[str, Any]]) -> Path:

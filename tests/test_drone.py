@@ -59,6 +59,7 @@ def field_drone(tmp_path: Path, drone_id: int, *, budget: int | None) -> FieldAg
         "swarm": {"swarm_id": 1, "secret": SECRET, "allow_secret_in_file": True},
         "discovery": {"interfaces": ["127.0.0.1"]},
         "status": {"log": ""},
+        "identity": {"mode": "swarm-key"},  # as in the simulator, which flies on the swarm key
     }
     path = tmp_path / f"drone{drone_id}.toml"
     path.write_text(to_toml(tables), encoding="utf-8")

@@ -157,6 +157,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(
         text = MINIMAL + (
             f"[radio.udp]\nhost = '127.0.0.1'\nport = {port}\n"
             f"[checkpoint]\ndir = '{tmp_path / 'ckpt'}'\n[status]\nlog = ''\n"
+            "[identity]\nmode = 'swarm-key'\n"
         )
         path = write(tmp_path, text)
         code = main(["agent", "--config", str(path)])
@@ -165,6 +166,70 @@ def test_a_port_in_use_is_one_line_and_exit_2(
     assert len(err) == 1  # no start-up line before it
     assert err[0].startswith(f"swarmfl: error: {path.resolve()}: key 'radio.udp.port': UDP port")
     assert "in use" in err[0]
+
+
+def test_identity_defaults_to_per_drone_keys_and_refuses_keys_with_swarm_key(
+    tmp_path: Path, secret_env: str
+) -> None:
+    assert load_drone_config(write(tmp_path, MINIMAL)).config.identity.mode == "per-drone"
+    swarm_key = MINIMAL + "[identity]\nmode = 'swarm-key'\n"
+    assert load_drone_config(write(tmp_path, swarm_key)).config.identity.mode == "swarm-key"
+    with pytest.raises(ConfigError) as info:
+        load_drone_config(write(tmp_path, swarm_key + "roster_file = 'roster.json'\n"))
+    assert info.value.key == "identity.roster_file"
+    assert "swarm-key" in info.value.problem
+    with pytest.raises(ConfigError) as info:
+        load_drone_config(write(tmp_path, MINIMAL + "[identity]\nmode = 'none'\n"))
+    assert info.value.key == "identity.mode"
+    files = "[identity]\nkey_file = 'd.key'\nroster_file = 'roster.json'\n"
+    with pytest.raises(ConfigError) as info:
+        load_drone_config(write(tmp_path, MINIMAL + files))
+    assert info.value.key == "identity.authority"
+    both = files + f"authority = '{'ab' * 32}'\nauthority_file = 'authority.pub'\n"
+    with pytest.raises(ConfigError) as info:
+        load_drone_config(write(tmp_path, MINIMAL + both))
+    assert info.value.key == "identity.authority_file"
+    # Paths are taken from the config's folder; the files are read only when the agent starts.
+    loaded = load_drone_config(write(tmp_path, MINIMAL + files + "authority_file = 'a.pub'\n"))
+    assert loaded.config.identity.authority_file == str(tmp_path.resolve() / "a.pub")
+
+
+def test_an_agent_without_identity_keys_is_one_line_naming_identity(
+    tmp_path: Path, secret_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    for check in ([], ["--check"]):
+        assert main(["agent", "--config", str(path), *check]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and not captured.out  # no banner, no "ok" line before it
+        assert err[0].startswith(f"swarmfl: error: {path.resolve()}: key 'identity': ")
+        assert "swarmfl keys init" in err[0] and 'identity.mode = "swarm-key"' in err[0]
+
+
+def test_check_says_a_swarm_key_drone_is_not_bound_to_a_drone(
+    tmp_path: Path, secret_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MINIMAL + (
+        f"[radio.udp]\nhost = '127.0.0.1'\nport = 0\n[checkpoint]\ndir = '{tmp_path / 'c'}'\n"
+        "[status]\nlog = ''\n[identity]\nmode = 'swarm-key'\n"
+    )
+    assert main(["agent", "--config", str(write(tmp_path, text)), "--check"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    said = [line for line in out if line.startswith("ok  identity: ")]
+    assert said == [
+        'ok  identity: the swarm key alone (identity.mode = "swarm-key"): frames are not bound '
+        "to a drone"
+    ]
+
+
+def test_plan_reads_a_config_without_keys(
+    tmp_path: Path, secret_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Planning is done on the ground, from the config alone: no drone key needed."""
+    path = write(tmp_path, MINIMAL)
+    assert main(["plan", "--config", str(path)]) == 0
+    assert "peak RSS" in capsys.readouterr().out
 
 
 def test_overrides_apply_before_validation(tmp_path: Path, secret_env: str) -> None:

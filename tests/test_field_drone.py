@@ -117,8 +117,15 @@ def test_a_drone_with_a_memory_budget_trains_and_sends_only_what_fits(
         i for i in range(len(offsets) - 1) if (params != before)[offsets[i] : offsets[i + 1]].any()
     ]
     assert tuple(changed) == trained
-    (data,) = small.node.publish(params, small.learner.sample_count, 0.0)
-    frame = decode_frame(data, small.loaded.key, swarm_id=small.swarm_id, signature=None)
+    data = small.node.publish(params, small.learner.sample_count, 0.0)[0]  # then the roster
+    assert small.identity is not None  # per-drone keys: the field default
+    frame = decode_frame(
+        data,
+        small.loaded.key,
+        swarm_id=small.swarm_id,
+        signature=None,
+        senders=small.identity.senders,
+    )
     assert frame.layers == trained
 
 

@@ -20,12 +20,14 @@ from _field_helpers import (
     AgentProcess,
     agent_tables,
     agents,
+    drone_signer,
     free_port,
     unique_swarm_id,
     wait_until,
     write_config,
 )
 
+from swarmfl.core.identity import DroneSigner
 from swarmfl.core.wire import (
     Frame,
     FrameKind,
@@ -43,11 +45,13 @@ LOOPBACK = "127.0.0.1"
 
 
 class Sniffer:
-    """A swarm member's UDP socket (drone 9, holding the swarm key): a drone lists it as a
-    static peer, and once its HELLO confirms it, sends it every frame. It records them all."""
+    """A swarm member's UDP socket (drone 9, holding the swarm key and its own key, which signs
+    its HELLOs): a drone lists it as a static peer, and once its HELLO confirms it, sends it
+    every frame. It records them all."""
 
-    def __init__(self, swarm_id: int) -> None:
+    def __init__(self, swarm_id: int, signer: DroneSigner) -> None:
         self.key = derive_swarm_key(SECRET, swarm_id)
+        self.signer = signer
         self.swarm_id = swarm_id
         self._fragmenter = Fragmenter(9, 1472)
         self._reassembler = Reassembler(
@@ -98,7 +102,7 @@ class Sniffer:
             block_size=128,
             payload=nack_payload(0),  # a HELLO names the drone it is for
         )
-        for part in self._fragmenter.split(encode_frame(hello, self.key)):
+        for part in self._fragmenter.split(encode_frame(hello, self.key, self.signer)):
             self.sock.sendto(part, (LOOPBACK, self.sender_port))
 
     def __enter__(self) -> Sniffer:
@@ -155,7 +159,7 @@ def first_line_after(process: AgentProcess, count: int, state: str) -> dict[str,
 def test_frames_captured_before_a_restart_are_all_refused_after_it(tmp_path: Path) -> None:
     swarm_id = unique_swarm_id()
     ports = {0: free_port(), 1: free_port()}
-    with Sniffer(swarm_id) as sniffer:
+    with Sniffer(swarm_id, drone_signer(tmp_path, 9, swarm_id)) as sniffer:
         sniffer.sender_port = ports[0]
         # Drone 0 sends to drone 1 and to the sniffer (an eavesdropper that is on its peer list).
         sender = AgentProcess(

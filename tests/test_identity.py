@@ -142,6 +142,29 @@ def test_the_keys_command_creates_issues_revokes_and_shows(tmp_path: Path) -> No
     assert "roster" in tampered.stderr
 
 
+def test_the_keys_api_issues_many_drones_in_one_roster_version(tmp_path: Path) -> None:
+    from swarmfl.errors import ConfigError
+    from swarmfl.field.keys import init_authority, issue_drone_keys, revoke_drone
+
+    folder = tmp_path / "authority"
+    public = bytes.fromhex(init_authority(folder, 7))
+    outs = {d: tmp_path / f"drone{d}.key" for d in (0, 1, 2)}
+    assert issue_drone_keys(folder, outs) == 2  # one version newer for the three
+    roster = decode_roster((folder / "roster.json").read_bytes(), public, swarm_id=7)
+    for drone, out in outs.items():
+        key = load_private_key(out.read_bytes(), source=str(out))
+        assert roster.drones[drone] == public_key_bytes(key)
+        assert out.stat().st_mode & 0o077 == 0
+    assert revoke_drone(folder, 1) == 3
+    with pytest.raises(ConfigError, match="revoked"):
+        issue_drone_keys(folder, {1: tmp_path / "again.key"})
+    with pytest.raises(ConfigError, match="never overwritten"):
+        issue_drone_keys(folder, {3: outs[0]})
+    assert not (tmp_path / "again.key").exists()  # nothing written by a refused issue
+    roster = decode_roster((folder / "roster.json").read_bytes(), public, swarm_id=7)
+    assert roster.version == 3 and sorted(roster.drones) == [0, 2] and roster.revoked == {1}
+
+
 # -- frames signed per drone, checked against the roster, rosters spreading (sans-IO) ----------
 
 SWARM = 5

@@ -139,6 +139,14 @@ def test_the_readme_command_runs_as_a_systemd_service_and_writes_nothing_in_the_
     source = tmp_path / "src"
     (source / "examples").mkdir(parents=True)
     shutil.copy(ROOT / "examples" / "drone.toml", source / "examples" / "drone.toml")
+    swarm_id = unique_swarm_id()  # our swarm, so parallel runs do not meet
+    # The README's key steps, as written (with our swarm id): the example needs its keys.
+    for keys in (
+        ("init", "--dir", "examples/keys", "--swarm-id", str(swarm_id)),
+        ("issue", "--dir", "examples/keys", "--drone", "0", "--out", "examples/keys/drone0.key"),
+    ):
+        made = swarmfl_cli("keys", *keys, cwd=source)
+        assert made.returncode == 0, made.stderr
     before = tree(source)
     state = tmp_path / "state"
     notify_path = tmp_path / "notify.sock"
@@ -161,7 +169,7 @@ def test_the_readme_command_runs_as_a_systemd_service_and_writes_nothing_in_the_
             sys.executable, "-m", "swarmfl.cli", "--log-format", "json", "agent",
             "--config", "examples/drone.toml",
             "--set", "radio.udp.port=0",
-            "--set", f"swarm.swarm_id={unique_swarm_id()}",
+            "--set", f"swarm.swarm_id={swarm_id}",
             "--set", "checkpoint.interval_rounds=2",
             "--set", "gossip.period_s=0.3",
             "--set", "run.eval_interval_s=0.5",

@@ -172,6 +172,11 @@ def test_unit_is_a_hardened_notify_service_running_the_agent() -> None:
     families = unit["RestrictAddressFamilies"][0].split()
     assert sorted(families) == ["AF_INET", "AF_INET6", "AF_NETLINK", "AF_UNIX"]
     assert "MemoryDenyWriteExecute" not in unit  # torch's JIT kernels need W+X pages
+    # The two secrets (the swarm's, the drone's own key) reach the agent as credentials only.
+    assert unit["LoadCredential"] == [
+        "swarm.secret:/etc/swarmfl/swarm.secret",
+        "drone.key:/etc/swarmfl/drone.key",
+    ]
     sysusers = (UNIT.parent / "swarmfl.sysusers.conf").read_text().split()
     assert sysusers[:2] == ["u", "swarmfl"]
 

@@ -56,6 +56,7 @@ from swarmfl.errors import ConfigError
 __all__ = [
     "DEFAULT_SECRET_ENV",
     "DroneConfig",
+    "IdentitySection",
     "LoadedDroneConfig",
     "VehicleSection",
     "load_drone_config",
@@ -313,20 +314,54 @@ class VehicleSection(Section):
 
 
 class IdentitySection(Section):
-    """Per-drone keys (``swarmfl keys``): this drone's private key, the roster, and the swarm
-    authority's public key (64 hex digits). All three, or none (the swarm key alone)."""
+    """Who vouches for this drone's frames.
 
+    ``mode = "per-drone"`` (the default): the drone signs its frames with its own Ed25519 key
+    (``swarmfl keys``), so a captured drone can speak only for itself and can be revoked. It
+    needs ``key_file`` (this drone's private key), ``roster_file`` (the signed roster) and the
+    swarm authority's public key: ``authority`` (64 hex digits) or ``authority_file`` (the
+    ``authority.pub`` ``swarmfl keys init`` writes). The agent refuses to start without them
+    (:func:`swarmfl.field.identity.load_identity`); commands that only read the config
+    (``swarmfl plan --config``, ``swarmfl status --config``) do not need them.
+    ``mode = "swarm-key"``: frames carry the shared swarm key's HMAC alone and are not bound to
+    a drone (anyone holding the swarm secret can speak for every drone); the keys are then
+    refused. The simulator always uses the swarm key.
+    """
+
+    mode: Literal["per-drone", "swarm-key"] = "per-drone"
     key_file: str | None = None
     roster_file: str | None = None
     authority: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    authority_file: str | None = None
 
     @model_validator(mode="after")
-    def _all_or_none(self) -> IdentitySection:
-        given = [k for k in ("key_file", "roster_file", "authority") if getattr(self, k)]
-        if given and len(given) != 3:
-            missing = sorted({"key_file", "roster_file", "authority"} - set(given))
-            raise KeyedValueError(("identity", missing[0]), "needed with the other identity keys")
+    def _keys_fit_the_mode(self) -> IdentitySection:
+        keys = ("key_file", "roster_file", "authority", "authority_file")
+        given = [k for k in keys if getattr(self, k)]
+        if self.mode == "swarm-key" and given:
+            raise KeyedValueError(
+                ("identity", given[0]),
+                'is not used with identity.mode = "swarm-key" (remove it, or remove identity.mode '
+                "to sign frames with this drone's own key)",
+            )
+        if self.authority and self.authority_file:
+            raise KeyedValueError(
+                ("identity", "authority_file"), "give authority or authority_file, not both"
+            )
+        if given:
+            for key in ("key_file", "roster_file"):
+                if key not in given:
+                    raise KeyedValueError(("identity", key), "needed with the other identity keys")
+            if not (self.authority or self.authority_file):
+                raise KeyedValueError(
+                    ("identity", "authority"),
+                    "needed with the other identity keys (or authority_file)",
+                )
         return self
+
+    def keys_given(self) -> bool:
+        """Whether the per-drone keys are set (the model refuses a partial set)."""
+        return bool(self.key_file and self.roster_file and (self.authority or self.authority_file))
 
 
 class DroneConfig(Section):
@@ -345,7 +380,7 @@ class DroneConfig(Section):
     checkpoint: CheckpointSection = CheckpointSection()
     status: StatusSection = StatusSection()
     vehicle: VehicleSection | None = None  # no [vehicle]: no autopilot, always train and send
-    identity: IdentitySection = IdentitySection()
+    identity: IdentitySection = IdentitySection()  # per-drone keys unless mode = "swarm-key"
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DroneConfig:
@@ -406,6 +441,7 @@ DRONE_PATH_KEYS: list[tuple[str, ...]] = [
     ("status", "log"),
     ("identity", "key_file"),
     ("identity", "roster_file"),
+    ("identity", "authority_file"),
 ]
 """Keys holding paths: relative ones written in drone.toml are taken from its folder."""
 

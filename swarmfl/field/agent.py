@@ -34,7 +34,7 @@ from swarmfl.errors import ConfigError, RadioError, SwarmError
 from swarmfl.field.autopilot import AutopilotFeed
 from swarmfl.field.checkpoint import CheckpointStore, SaveFailures
 from swarmfl.field.footprint import check_process_budget, process_plan
-from swarmfl.field.identity import load_identity
+from swarmfl.field.identity import SWARM_KEY_WARNING, load_identity
 from swarmfl.field.journal import PeerPresence
 from swarmfl.field.radios import FieldRadio, open_discovery, open_radio
 from swarmfl.field.resume import DroneCheckpoints
@@ -125,12 +125,13 @@ class FieldAgent:
         self.config = config
         self.drone_id = config.drone.id
         self.swarm_id = config.swarm.swarm_id
+        # First: a drone without its keys is refused before any work or any other log line.
+        self.identity = load_identity(config, source=str(loaded.source))
         if config.training.threads is not None:  # torch backend only (the config refuses it)
             import torch
 
             torch.set_num_threads(config.training.threads)
         self.assembly = DroneAssembly(drone_settings(loaded))
-        self.identity = load_identity(config, source=str(loaded.source))
         self.parts: AssembledDrone = self.assembly.build(
             self.drone_id, config.data.shard, field_device(loaded), identity=self.identity
         )
@@ -472,6 +473,8 @@ class FieldAgent:
         self._state = "running"
         started = self.started_line()
         log.info("%s", started)
+        if self.identity is None:  # opted out: said once, after start-up can no longer fail
+            log.warning(SWARM_KEY_WARNING, self.drone_id)
         self.notifier.ready(started)
         crash: BaseException | None = None
         tasks = [

@@ -6,6 +6,8 @@ configured with) and ``roster.json`` (the signed roster, see :mod:`swarmfl.core.
 ``issue`` writes a drone's private key to ``--out`` (mode 0600) and a roster one version newer;
 ``revoke`` writes a roster one version newer without the drone; ``show`` verifies the roster
 and prints it. Every file is written atomically (temporary file, fsync, rename).
+:func:`init_authority`, :func:`issue_drone_keys` and :func:`revoke_drone` are the same actions
+as a Python API (provisioning scripts, tests).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
     from swarmfl.core.identity import Roster
 
-__all__ = ["add_keys_parser", "run_keys"]
+__all__ = ["add_keys_parser", "init_authority", "issue_drone_keys", "revoke_drone", "run_keys"]
 
 _MAX_KEY_FILE_BYTES = 64 * 1024
 
@@ -87,50 +89,94 @@ def _check_drone(value: int) -> int:
     return value
 
 
-def run_keys(args: argparse.Namespace) -> int:
-    """Run one ``swarmfl keys`` action; return the exit code. Raises :class:`ConfigError`."""
-    # Imported here: the rest of the CLI need not load OpenSSL.
+def init_authority(folder: Path, swarm_id: int) -> str:
+    """Create swarm ``swarm_id``'s authority in ``folder``; return its public key (64 hex digits).
+
+    Writes ``authority.key`` (0600), ``authority.pub`` and an empty ``roster.json`` (version 1).
+    Raises :class:`ConfigError` for a swarm id out of range, a folder that already holds an
+    authority, or one that cannot be created or written.
+    """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from swarmfl.core.identity import Roster, encode_roster, private_key_bytes, public_key_bytes
 
+    if not 0 <= swarm_id < 2**32:
+        raise ConfigError(f"must be in [0, 2**32), got {swarm_id}", key="--swarm-id")
+    if (folder / "authority.key").exists():
+        raise ConfigError("already holds an authority.key", source=str(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create: {exc.strerror}", source=str(folder)) from None
+    authority = Ed25519PrivateKey.generate()
+    _write_atomically(folder / "authority.key", private_key_bytes(authority), 0o600)
+    public_hex = public_key_bytes(authority).hex()
+    _write_atomically(folder / "authority.pub", (public_hex + "\n").encode(), 0o644)
+    _write_atomically(folder / "roster.json", encode_roster(Roster(swarm_id, 1), authority), 0o644)
+    return public_hex
+
+
+def issue_drone_keys(folder: Path, outs: dict[int, Path]) -> int:
+    """Create a key for each drone of ``outs`` (drone id -> private key file, written 0600) and
+    list them all in one roster, one version newer; return that version.
+
+    Raises :class:`ConfigError` for a drone id out of range or revoked, a key file that already
+    exists (a drone key is never overwritten), or a file that cannot be read or written.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from swarmfl.core.identity import Roster, encode_roster, private_key_bytes, public_key_bytes
+
+    authority = _authority(folder)
+    roster = _roster(folder, authority)
+    keys = {}
+    for drone, out in outs.items():
+        _check_drone(drone)
+        if out.exists():
+            raise ConfigError("already exists (a drone key is never overwritten)", key="--out")
+        keys[drone] = Ed25519PrivateKey.generate()
+    newer = roster
+    for drone, key in keys.items():
+        newer = newer.with_drone(drone, public_key_bytes(key))  # refuses a revoked drone
+    if keys:  # one version newer, however many drones were added
+        newer = Roster(roster.swarm_id, roster.version + 1, newer.drones, newer.revoked)
+    for drone, key in keys.items():
+        _write_atomically(outs[drone], private_key_bytes(key), 0o600)
+    _write_atomically(folder / "roster.json", encode_roster(newer, authority), 0o644)
+    return newer.version
+
+
+def revoke_drone(folder: Path, drone: int) -> int:
+    """Write a roster one version newer without ``drone`` (revoked); return that version.
+
+    Raises :class:`ConfigError` for a drone id out of range or a file that cannot be read or
+    written.
+    """
+    from swarmfl.core.identity import encode_roster
+
+    authority = _authority(folder)
+    newer = _roster(folder, authority).without_drone(_check_drone(drone))
+    _write_atomically(folder / "roster.json", encode_roster(newer, authority), 0o644)
+    return newer.version
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    """Run one ``swarmfl keys`` action; return the exit code. Raises :class:`ConfigError`."""
     folder: Path = args.dir
     action = args.keys_action
     if action == "init":
-        if not 0 <= args.swarm_id < 2**32:
-            raise ConfigError(f"must be in [0, 2**32), got {args.swarm_id}", key="--swarm-id")
-        if (folder / "authority.key").exists():
-            raise ConfigError("already holds an authority.key", source=str(folder))
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create: {exc.strerror}", source=str(folder)) from None
-        authority = Ed25519PrivateKey.generate()
-        _write_atomically(folder / "authority.key", private_key_bytes(authority), 0o600)
-        public_hex = public_key_bytes(authority).hex()
-        _write_atomically(folder / "authority.pub", (public_hex + "\n").encode(), 0o644)
-        roster = Roster(args.swarm_id, 1)
-        _write_atomically(folder / "roster.json", encode_roster(roster, authority), 0o644)
+        public_hex = init_authority(folder, args.swarm_id)
         print(f"authority of swarm {args.swarm_id}: public key {public_hex}")
         return 0
-    authority = _authority(folder)
-    roster = _roster(folder, authority)
     if action == "issue":
-        drone = _check_drone(args.drone)
-        if args.out.exists():
-            raise ConfigError("already exists (a drone key is never overwritten)", key="--out")
-        key = Ed25519PrivateKey.generate()
-        newer = roster.with_drone(drone, public_key_bytes(key))
-        _write_atomically(args.out, private_key_bytes(key), 0o600)
-        _write_atomically(folder / "roster.json", encode_roster(newer, authority), 0o644)
-        print(f"drone {drone}: key {args.out}, roster version {newer.version}")
+        version = issue_drone_keys(folder, {args.drone: args.out})
+        print(f"drone {args.drone}: key {args.out}, roster version {version}")
         return 0
     if action == "revoke":
-        drone = _check_drone(args.drone)
-        newer = roster.without_drone(drone)
-        _write_atomically(folder / "roster.json", encode_roster(newer, authority), 0o644)
-        print(f"drone {drone} revoked: roster version {newer.version}")
+        version = revoke_drone(folder, args.drone)
+        print(f"drone {args.drone} revoked: roster version {version}")
         return 0
+    roster = _roster(folder, _authority(folder))
     print(f"swarm {roster.swarm_id}, roster version {roster.version} (signature verified)")
     for drone, public in sorted(roster.drones.items()):
         print(f"  drone {drone:>10}  {public.hex()}")

@@ -1,11 +1,12 @@
 """``swarmfl agent --check``: everything the agent needs, verified without side effects.
 
 :func:`preflight` reads and validates the config, the swarm secret (and the broker password),
-the ``[vehicle]`` settings, builds the drone's data shard, model and memory plan exactly as the
-agent would, inspects the checkpoint folder (the newest checkpoint must belong to this drone,
-swarm and model) and whether the state folders can be created, and test-binds the ports the
-agent will listen on (then releases them). It writes nothing: no folder, no file, no status
-line; every problem is a :class:`~swarmfl.errors.ConfigError` naming the file and key.
+the drone's key and roster (``[identity]``), the ``[vehicle]`` settings, builds the drone's
+data shard, model and memory plan exactly as the agent would, inspects the checkpoint folder
+(the newest checkpoint must belong to this drone, swarm and model) and whether the state folders
+can be created, and test-binds the ports the agent will listen on (then releases them). It
+writes nothing: no folder, no file, no status line; every problem is a
+:class:`~swarmfl.errors.ConfigError` naming the file and key.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from swarmfl.errors import CheckpointError, ConfigError
 from swarmfl.field.agent import drone_settings, field_device
 from swarmfl.field.autopilot import vehicle_settings
 from swarmfl.field.checkpoint import CheckpointStore
+from swarmfl.field.identity import load_identity
 from swarmfl.field.radios import mqtt_settings
 
 __all__ = ["preflight"]
@@ -48,6 +50,17 @@ def _checks(loaded: LoadedDroneConfig) -> list[str]:
         "swarm secret: read, "
         + ("from the config file" if config.swarm.secret else "from " + _secret_source(loaded)),
     ]
+    identity = load_identity(config, source=str(loaded.source))
+    if identity is None:
+        lines.append(
+            'identity: the swarm key alone (identity.mode = "swarm-key"): frames are not bound '
+            "to a drone"
+        )
+    else:
+        lines.append(
+            f"identity: per-drone key of drone {config.drone.id}, in roster version "
+            f"{identity.version}"
+        )
     if config.radio.kind == "mqtt":
         settings = mqtt_settings(loaded)
         for key in ("ca_file", "cert_file", "key_file"):
