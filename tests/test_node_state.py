@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _node_helpers import SwarmSettings
 
-from swarmfl.core.node import GossipNode, NodeConfig, NodeState
+from swarmfl.core.node import GossipNode, NodeState
 from swarmfl.core.replay import epoch_start_seq
-from swarmfl.core.wire import FrameKind, decode_frame, epoch_payload
+from swarmfl.core.wire import FrameKind, epoch_payload
 from swarmfl.errors import ConfigError
 
 KEY = bytes(range(32))
@@ -15,23 +16,15 @@ SIG = b"sig12345"
 OFFSETS = (0, 300, 310)
 
 
+SWARM = SwarmSettings(swarm_id=1, signature=SIG, key=KEY, layer_offsets=OFFSETS)
+
+
 def node(drone_id: int, codec: str = "int8") -> GossipNode:
-    return GossipNode(
-        NodeConfig(
-            drone_id=drone_id,
-            swarm_id=1,
-            signature=SIG,
-            key=KEY,
-            layer_offsets=OFFSETS,
-            trained_layers=(0, 1),
-            codec=codec,
-            keyframe_interval=5,
-        )
-    )
+    return SWARM.node(drone_id, trained_layers=(0, 1), codec=codec, keyframe_interval=5)
 
 
 def kind(frame: bytes) -> FrameKind:
-    return decode_frame(frame, KEY, swarm_id=1, signature=SIG).kind
+    return SWARM.decode(frame).kind
 
 
 def test_a_restarted_sender_is_replayed_unless_it_continues_its_numbers() -> None:
