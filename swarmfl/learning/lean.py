@@ -83,7 +83,7 @@ class LeanLearner(FlatLearner):
         self._plan = plan
         self._offsets = spec.layer_offsets
         self._x = _samples(x, spec, "data")
-        self._y = _labels(y, spec, "data")
+        self._y = self._as_labels(y)
         self._flat = _own_parameters(spec, parameters)
         self._trained = _trained_indexes(spec, config, trained_layers, plan)
         self._generator = np.random.default_rng(seed & ((1 << 64) - 1))
@@ -117,23 +117,12 @@ class LeanLearner(FlatLearner):
         self._largest_micro_batch = 0  # the micro-batch size _peak_saved_bytes was measured at
 
     @property
-    def sample_count(self) -> int:
-        """Number of local training samples."""
-        return len(self._y)
-
-    @property
     def labels(self) -> np.ndarray:
         """The local training labels (a copy)."""
         return self._y.copy()
 
-    def replace_labels(self, y: np.ndarray) -> None:
-        """Train on ``y`` from now on (a simulated label-poisoning insider).
-
-        Raises :class:`ConfigError` unless ``y`` holds one label per valid local sample.
-        """
-        if len(y) != len(self._y):
-            raise ConfigError(f"{len(y)} labels for {len(self._y)} samples", key="data")
-        self._y = _labels(y, self.spec, "data")
+    def _as_labels(self, y: np.ndarray) -> np.ndarray:
+        return _labels(y, self.spec, "data")
 
     @property
     def peak_saved_activation_bytes(self) -> int:
@@ -148,14 +137,8 @@ class LeanLearner(FlatLearner):
         """All parameters as one float32 numpy vector: the live weights, not a copy."""
         return self._flat
 
-    def _epoch_batches(self, count: int, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        if count <= batch:
-            return [(self._x, self._y)]
-        order = self._generator.permutation(count)
-        return [
-            (self._x[order[s : s + batch]], self._y[order[s : s + batch]])
-            for s in range(0, count, batch)
-        ]
+    def _permutation(self, count: int) -> np.ndarray:
+        return self._generator.permutation(count)
 
     def _batch_loss(self, x: np.ndarray, y: np.ndarray) -> float:
         return self._accumulate(x, y)
