@@ -11,7 +11,7 @@ and how one batch's gradient is computed. Torch-free: the lean learner builds on
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -84,6 +84,7 @@ class FlatLearner(ABC):
     _sgd: FlatSGD
     _x: Any
     _y: Any
+    _micro_batch: int
 
     @property
     def layer_offsets(self) -> tuple[int, ...]:
@@ -146,6 +147,14 @@ class FlatLearner(ABC):
     @abstractmethod
     def _permutation(self, count: int) -> Any:
         """``range(count)`` shuffled by the learner's seeded generator, as ``_x`` is indexed."""
+
+    def _micro_batches(self, x: Any, y: Any) -> Iterator[tuple[Any, Any, float]]:
+        """A batch in slices of at most ``_micro_batch`` samples, in order, each with its share
+        of the batch (the weight of its mean loss in the batch's mean loss)."""
+        count = len(y)
+        for start in range(0, count, self._micro_batch):
+            yb = y[start : start + self._micro_batch]
+            yield x[start : start + self._micro_batch], yb, len(yb) / count
 
     @abstractmethod
     def _batch_loss(self, x: Any, y: Any) -> float:

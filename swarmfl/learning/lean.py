@@ -198,12 +198,8 @@ class LeanLearner(FlatLearner):
         One micro-batch at a time; what a micro-batch keeps for backward is dropped by its
         backward before the next one runs.
         """
-        count = len(y)
         loss_sum = 0.0
-        for start in range(0, count, self._micro_batch):
-            xb = x[start : start + self._micro_batch]
-            yb = y[start : start + self._micro_batch]
-            share = len(yb) / count
+        for index, (xb, yb, share) in enumerate(self._micro_batches(x, y)):
             saved: list[Saved] = []
             logits = self._forward(xb, record=True, saved=saved)
             if len(yb) > self._largest_micro_batch:  # measuring costs; sizes repeat
@@ -211,7 +207,7 @@ class LeanLearner(FlatLearner):
                 self._peak_saved_bytes = max(self._peak_saved_bytes, _distinct_bytes(saved))
             loss, grad = softmax_cross_entropy(logits, yb, share)
             loss_sum += loss * share
-            first = start == 0
+            first = index == 0
             graded = self._layers[self._first_graded :]
             for offset in range(len(graded) - 1, -1, -1):
                 back = graded[offset].backward(grad, saved.pop(), offset > 0, not first)

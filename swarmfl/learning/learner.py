@@ -254,12 +254,8 @@ class TorchLearner(FlatLearner):
         Each micro-batch's graph (and so its saved activations) is freed by its backward before
         the next one runs: at most one micro-batch's activations are alive at a time.
         """
-        count = len(y)
         loss_sum = 0.0
-        for start in range(0, count, self._micro_batch):
-            xb = x[start : start + self._micro_batch]
-            yb = y[start : start + self._micro_batch]
-            share = len(yb) / count
+        for xb, yb, share in self._micro_batches(x, y):
             loss = self._loss(self._forward(xb), yb)
             (loss * share).backward()
             loss_sum += loss.item() * share
