@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 from matplotlib.axes import Axes
@@ -59,29 +60,28 @@ def plot_accuracy(
     ax.plot(t, [p.min for p in series], linewidth=0.8, linestyle="--", label="min")
     if any(p.honest_mean is not None for p in series):
         # insiders: the honest drones are what counts; the attackers are drawn apart
-        ax.plot(
-            t,
-            [np.nan if p.honest_mean is None else p.honest_mean for p in series],
-            linewidth=2,
-            color="tab:green",
-            label="honest mean",
-        )
-        ax.plot(
-            t,
-            [np.nan if p.honest_min is None else p.honest_min for p in series],
-            linewidth=0.8,
-            color="tab:green",
-            linestyle="--",
-            label="honest min",
-        )
-        ax.plot(
-            t,
-            [np.nan if p.attacker_mean is None else p.attacker_mean for p in series],
-            linewidth=1.2,
-            color="tab:red",
-            linestyle=":",
-            label="attackers' mean",
-        )
+        insider_lines: list[tuple[list[float | None], dict[str, Any]]] = [
+            (
+                [p.honest_mean for p in series],
+                {"linewidth": 2, "color": "tab:green", "label": "honest mean"},
+            ),
+            (
+                [p.honest_min for p in series],
+                {"linewidth": 0.8, "color": "tab:green", "linestyle": "--", "label": "honest min"},
+            ),
+            (
+                [p.attacker_mean for p in series],
+                {
+                    "linewidth": 1.2,
+                    "color": "tab:red",
+                    "linestyle": ":",
+                    "label": "attackers' mean",
+                },
+            ),
+        ]
+        for values, style in insider_lines:
+            # a gap (NaN) where no drone of the kind is up
+            ax.plot(t, [np.nan if v is None else v for v in values], **style)
     ax.set_ylim(0, 1)
     _finish_time_plot(fig, ax, path, title=title, ylabel="test accuracy")
 

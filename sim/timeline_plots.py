@@ -41,22 +41,14 @@ def mark_events(ax: Axes, scenario: Scenario) -> None:
             alpha=0.08,
             label="partition" if index == 0 else None,
         )
-    for index, crash in enumerate(faults.crashes):
-        ax.axvline(
-            crash.at_s,
-            color="tab:red",
-            linewidth=0.8,
-            linestyle=":",
-            label="scripted crash" if index == 0 else None,
-        )
-    for index, removal in enumerate(faults.removals):
-        ax.axvline(
-            removal.at_s,
-            color="black",
-            linewidth=0.8,
-            linestyle=":",
-            label="removal" if index == 0 else None,
-        )
+    for times, color, label in (
+        ([crash.at_s for crash in faults.crashes], "tab:red", "scripted crash"),
+        ([removal.at_s for removal in faults.removals], "black", "removal"),
+    ):
+        for index, at_s in enumerate(times):
+            ax.axvline(
+                at_s, color=color, linewidth=0.8, linestyle=":", label=label if index == 0 else None
+            )
 
 
 def plot_groups(timeline: Timeline, scenario: Scenario, path: Path, *, title: str) -> None:

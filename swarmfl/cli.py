@@ -44,6 +44,38 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _add_repeatable(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    metavar: str,
+    help: str,
+    dest: str | None = None,
+    unset_is_none: bool = False,
+) -> None:
+    """A repeatable option: each use appends its value to a list, which is ``[]`` when the
+    option is never given (``None`` with ``unset_is_none``, for "use the default")."""
+    parser.add_argument(
+        flag,
+        dest=dest,
+        action="append",
+        default=None if unset_is_none else [],
+        metavar=metavar,
+        help=help,
+    )
+
+
+def _add_overrides(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--set KEY.PATH=VALUE`` (repeatable) into ``args.overrides``: override ``what``."""
+    _add_repeatable(
+        parser,
+        "--set",
+        dest="overrides",
+        metavar="KEY.PATH=VALUE",
+        help=f"override {what} (repeatable)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="swarmfl",
@@ -73,14 +105,7 @@ def _build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="scenario TOML file (default: the bundled quickstart)",
     )
-    sim.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a scenario key (repeatable)",
-    )
+    _add_overrides(sim, "a scenario key")
     sim.add_argument("--seed", type=int, help="override run.seed")
     sim.add_argument(
         "--out",
@@ -111,22 +136,14 @@ def _add_experiment_commands(commands: argparse._SubParsersAction[_OneLineParser
         "Writes runs.csv, variants.csv (mean, std, 95 %% CI) and overlay plots.",
     )
     sweep.add_argument("scenario", type=Path, help="scenario TOML file (may hold [sweep])")
-    sweep.add_argument(
+    _add_repeatable(
+        sweep,
         "--grid",
-        action="append",
-        default=[],
         metavar="KEY.PATH=V1,V2",
         help="values to try for a scenario key (repeatable: the cross-product runs)",
     )
     sweep.add_argument("--seeds", type=int, help="seeds per variant: run.seed, run.seed+1, ...")
-    sweep.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a scenario key in every run (repeatable)",
-    )
+    _add_overrides(sweep, "a scenario key in every run")
     sweep.add_argument("--out", type=Path, help="experiment folder (default runs/<name>-sweep)")
     sweep.add_argument("--executor", choices=["local", "ray"], help="where runs execute (local)")
     sweep.add_argument("--workers", type=int, help="runs at once (default: every core)")
@@ -222,14 +239,7 @@ def _add_field_commands(commands: argparse._SubParsersAction[_OneLineParser]) ->
         help="continue from the newest good checkpoint if there is one (the default); "
         "--no-resume starts from scratch",
     )
-    agent.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config key (repeatable)",
-    )
+    _add_overrides(agent, "a config key")
     agent.add_argument(
         "--check",
         action="store_true",
@@ -250,21 +260,20 @@ def _add_field_commands(commands: argparse._SubParsersAction[_OneLineParser]) ->
     status.add_argument("--broker", help="MQTT broker URL (mqtt://host:port)")
     status.add_argument("--topic-prefix", default=None, help="MQTT topic prefix (swarmfl)")
     status.add_argument("--swarm-id", type=int, help="the swarm to show")
-    status.add_argument(
+    _add_repeatable(
+        status,
         "--peer",
         dest="peers",
-        action="append",
-        default=[],
         metavar="HOST:PORT",
         help="ask this agent over UDP (repeatable; default: find agents by zeroconf)",
     )
-    status.add_argument(
+    _add_repeatable(
+        status,
         "--interface",
         dest="interfaces",
-        action="append",
-        default=None,
         metavar="IP",
         help="address to run mDNS on (repeatable; default: all)",
+        unset_is_none=True,
     )
     status.add_argument(
         "--wait-s",

@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
+from _node_helpers import SwarmSettings
 
 from swarmfl.agent import Agent
 from swarmfl.clock import ChargedCompute, LoopClock
 from swarmfl.core.merge import MergeRule, staleness_weight
-from swarmfl.core.node import GossipNode, NodeConfig
-from swarmfl.core.wire import FrameKind, decode_frame, derive_swarm_key
+from swarmfl.core.node import GossipNode
+from swarmfl.core.wire import FrameKind, derive_swarm_key
 from swarmfl.learning.learner import StepResult
 from swarmfl.radio.base import ReceivedFrame, UnicastRadio
 from swarmfl.radio.discovery import PeerDown, PeerInfo, PeerUp
@@ -24,18 +25,11 @@ SIG = b"model-01"
 OFFSETS = (0, 6, 8)  # two layers, eight values
 
 
+SWARM = SwarmSettings(swarm_id=7, signature=SIG, key=KEY, layer_offsets=OFFSETS)
+
+
 def node(drone_id: int) -> GossipNode:
-    return GossipNode(
-        NodeConfig(
-            drone_id=drone_id,
-            swarm_id=7,
-            signature=SIG,
-            key=KEY,
-            layer_offsets=OFFSETS,
-            trained_layers=(0, 1),
-            period_s=10.0,
-        )
-    )
+    return SWARM.node(drone_id, trained_layers=(0, 1), period_s=10.0)
 
 
 class StepLearner:
@@ -143,7 +137,7 @@ def agent(learner: StepLearner, radio: RecordingRadio, drone_id: int = 1, **kw: 
 
 
 def values(frame: bytes) -> np.ndarray:
-    decoded = decode_frame(frame, KEY, swarm_id=7, signature=SIG)
+    decoded = SWARM.decode(frame)
     return np.frombuffer(decoded.payload, np.float32)
 
 
@@ -250,7 +244,7 @@ def test_discovery_hints_a_unicast_radio_and_authenticated_frames_confirm_peers(
     assert radio.confirmed == {2: ("127.0.0.1", 47999)}
     # The hinted address was sent a HELLO of ours, so the drone there can confirm us.
     (hello,) = radio.probes
-    assert decode_frame(hello, KEY, swarm_id=7, signature=SIG).kind == FrameKind.HELLO
+    assert SWARM.decode(hello).kind == FrameKind.HELLO
     # A goodbye is unauthenticated: the replica stays until the merge cut-off ages it out.
     assert heard == {2}
 

@@ -6,15 +6,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from _node_helpers import SwarmSettings
 
 from swarmfl.core import quant, stream
-from swarmfl.core.node import GossipNode, NodeConfig
+from swarmfl.core.node import GossipNode
 from swarmfl.core.quant import Float32Quantizer, make_quantizer
 from swarmfl.core.stream import StreamEncoder
 from swarmfl.core.wire import (
-    Frame,
-    FrameKind,
-    decode_frame,
     derive_swarm_key,
     encode_frame,
     payload_view,
@@ -29,18 +27,11 @@ VALUES = 2**20  # a 4 MiB float32 model: fixed costs (objects, scratch) are then
 OFFSETS = (0, VALUES // 2, VALUES - 10, VALUES)
 
 
+SWARM = SwarmSettings(swarm_id=3, signature=SIG, key=KEY, layer_offsets=OFFSETS)
+
+
 def make_node(drone_id: int, codec: str = "fp32") -> GossipNode:
-    return GossipNode(
-        NodeConfig(
-            drone_id=drone_id,
-            swarm_id=3,
-            signature=SIG,
-            key=KEY,
-            layer_offsets=OFFSETS,
-            trained_layers=(0, 1, 2),
-            codec=codec,
-        )
-    )
+    return SWARM.node(drone_id, trained_layers=(0, 1, 2), codec=codec)
 
 
 def peak_over(model_bytes: int, call):
@@ -96,22 +87,7 @@ def test_a_lent_keyframe_is_the_same_frame_as_a_copied_one():
     sender = make_node(1)
     x = model(2)
     (data,) = sender.publish(x, 10, 0.0)
-    expected = encode_frame(
-        Frame(
-            kind=FrameKind.KEY,
-            swarm_id=3,
-            sender=1,
-            signature=SIG,
-            seq=0,
-            counter=1,
-            layers=(0, 1, 2),
-            samples=10,
-            codec=0,
-            block_size=128,
-            payload=x.astype("<f4").tobytes(),
-        ),
-        KEY,
-    )
+    expected = encode_frame(SWARM.keyframe(1, (0, 1, 2), 10, x.astype("<f4").tobytes()), KEY)
     assert data == expected
     assert payload_view(data) == x.astype("<f4").tobytes()
 
@@ -148,24 +124,11 @@ def test_adopt_refuses_a_writable_or_misshapen_replica():
 
 def test_a_decoded_payload_never_changes_with_the_callers_buffer():
     payload = np.arange(8, dtype="<f4").tobytes()
-    frame = Frame(
-        kind=FrameKind.KEY,
-        swarm_id=3,
-        sender=1,
-        signature=SIG,
-        seq=0,
-        counter=1,
-        layers=(0,),
-        samples=1,
-        codec=0,
-        block_size=128,
-        payload=payload,
-    )
-    data = encode_frame(frame, KEY)
-    from_bytes = decode_frame(data, KEY, swarm_id=3, signature=SIG)
+    data = encode_frame(SWARM.keyframe(1, (0,), 1, payload), KEY)
+    from_bytes = SWARM.decode(data)
     assert isinstance(from_bytes.payload, memoryview)  # a view of the immutable frame: no copy
     buffer = bytearray(data)
-    from_bytearray = decode_frame(buffer, KEY, swarm_id=3, signature=SIG)
+    from_bytearray = SWARM.decode(buffer)
     buffer[-40:-20] = bytes(20)  # the caller reuses its receive buffer
     assert from_bytes.payload == payload and from_bytearray.payload == payload
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from swarmfl.errors import ConfigError
+from swarmfl.learning.backends import build_torch_model
 from swarmfl.learning.datasets import load_builtin
 from swarmfl.learning.lean import EVALUATION_CHUNK, LeanLearner
 from swarmfl.learning.learner import TorchLearner, TrainingConfig
@@ -62,20 +63,6 @@ def spec_of(name: str, seed: int = 0) -> ModelSpec:
     return model_spec(kind, shape, CLASSES, seed=seed, **kwargs)
 
 
-def torch_twin(spec: ModelSpec, flat: np.ndarray) -> nn.Sequential:
-    """The torch model ``spec`` describes, holding the weights of ``flat``."""
-    model = build_model(
-        spec.kind,
-        spec.input_shape,
-        spec.num_classes,
-        hidden=spec.hidden,
-        channels=spec.channels,
-        seed=spec.seed,
-    )
-    nn.utils.vector_to_parameters(torch.from_numpy(flat.copy()), model.parameters())
-    return model
-
-
 def batch_for(spec: ModelSpec, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, *spec.input_shape)).astype(np.float32)
@@ -86,7 +73,7 @@ def torch_gradient(
     spec: ModelSpec, flat: np.ndarray, x: np.ndarray, y: np.ndarray, plan: Plan | None
 ) -> np.ndarray:
     """Autograd's gradient of the whole batch's mean loss over the trained values, flat."""
-    model = torch_twin(spec, flat)
+    model = build_torch_model(spec, flat)
     trained = set(plan.trained_parameters if plan else spec.parameter_names)
     for name, param in model.named_parameters():
         param.requires_grad_(name in trained)
@@ -275,7 +262,7 @@ def test_max_pool_ties_go_to_the_first_maximum_as_in_torch(name: str) -> None:
 @pytest.mark.parametrize("name", ["mlp", "cnn2d"])
 def test_gradient_with_every_planner_candidate_equals_autograd(name: str) -> None:
     spec = spec_of(name)
-    model = torch_twin(spec, initial_parameters(spec))
+    model = build_torch_model(spec, initial_parameters(spec))
     candidates = MemoryPlan.candidates(model, spec.input_shape, 6, 0)
     assert {plan.mode for plan in candidates} == {"full", "suffix", "bias"}
     x, y = batch_for(spec, 6)
@@ -304,7 +291,7 @@ def test_steps_with_momentum_and_weight_decay_equal_torch_learner(
     plan = make_plan(spec, mode, first, micro, 8)
     ours = lean(spec, x, y, config=config, plan=plan)
     torch_learner = TorchLearner(
-        torch_twin(spec, ours.flat_parameters()),
+        build_torch_model(spec, ours.flat_parameters()),
         x,
         y,
         config,
@@ -409,7 +396,7 @@ def test_evaluate_equals_torch_in_chunks() -> None:
     spec = spec_of("cnn1d")
     x, y = batch_for(spec, EVALUATION_CHUNK + 37)
     learner = lean(spec, x[:4], y[:4])
-    model = torch_twin(spec, learner.flat_parameters())
+    model = build_torch_model(spec, learner.flat_parameters())
     with torch.no_grad():
         logits = model(torch.from_numpy(x))
     ours = learner.evaluate(x.astype(np.float64), y)

@@ -1,15 +1,17 @@
 """The sans-IO gossip node, driven through a fake lossy link (no sockets, no event loop)."""
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from _node_helpers import SwarmSettings
 
 from swarmfl.core.merge import MergeRule, merge_into
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.quant import NonFiniteError
 from swarmfl.core.verifier import FrameVerifier
-from swarmfl.core.wire import Frame, FrameKind, decode_frame, derive_swarm_key, encode_frame
+from swarmfl.core.wire import FrameKind, derive_swarm_key, encode_frame
 from swarmfl.errors import ConfigError
 
 KEY = derive_swarm_key("test swarm", 7)
@@ -17,19 +19,12 @@ SIG = b"model-01"
 OFFSETS = (0, 512, 576, 1216, 1226)  # four layers
 
 
+SWARM = SwarmSettings(swarm_id=7, signature=SIG, key=KEY, layer_offsets=OFFSETS)
+
+
 def make_node(drone_id, *, codec="fp32", trained=(0, 1, 2, 3), key=KEY, swarm=7, **kw):
-    return GossipNode(
-        NodeConfig(
-            drone_id=drone_id,
-            swarm_id=swarm,
-            signature=SIG,
-            key=key,
-            layer_offsets=OFFSETS,
-            trained_layers=trained,
-            codec=codec,
-            **kw,
-        )
-    )
+    swarm_settings = replace(SWARM, key=key, swarm_id=swarm)
+    return swarm_settings.node(drone_id, trained_layers=trained, codec=codec, **kw)
 
 
 class LossyLink:
@@ -107,26 +102,14 @@ def test_bad_frames_are_counted_and_dropped_never_raised():
     # The same frame again: a replay. The sender is told the newest number heard from it (a
     # sender that restarted without its epoch would move past it; this one sent it, and ignores it).
     (hint,) = receiver.receive(good, 2.0)
-    assert decode_frame(hint, KEY, swarm_id=7, signature=SIG).kind == FrameKind.EPOCH
+    assert SWARM.decode(hint).kind == FrameKind.EPOCH
     assert receiver.receive(good, 2.5) == []  # at most one hint per period per sender
     assert receiver.stats.frames_accepted == 1
     assert receiver.stats.frames_replayed == 2
 
 
 def test_frames_naming_unknown_layers_are_rejected():
-    frame = Frame(
-        kind=FrameKind.KEY,
-        swarm_id=7,
-        sender=9,
-        signature=SIG,
-        seq=0,
-        counter=1,
-        layers=(7,),
-        samples=1,
-        codec=0,
-        block_size=128,
-        payload=b"\0" * 4,
-    )
+    frame = SWARM.keyframe(9, (7,), 1, b"\0" * 4)
     receiver = make_node(2)
     receiver.receive(encode_frame(frame, KEY), 0.0)
     assert receiver.stats.frames_rejected == 1

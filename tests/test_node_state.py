@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _node_helpers import SwarmSettings
 
-from swarmfl.core.node import GossipNode, NodeConfig, NodeState
+from swarmfl.core.node import GossipNode, NodeState
 from swarmfl.core.replay import epoch_start_seq
-from swarmfl.core.wire import FrameKind, decode_frame, epoch_payload
+from swarmfl.core.wire import FrameKind, epoch_payload
 from swarmfl.errors import ConfigError
 
 KEY = bytes(range(32))
@@ -15,23 +16,15 @@ SIG = b"sig12345"
 OFFSETS = (0, 300, 310)
 
 
+SWARM = SwarmSettings(swarm_id=1, signature=SIG, key=KEY, layer_offsets=OFFSETS)
+
+
 def node(drone_id: int, codec: str = "int8") -> GossipNode:
-    return GossipNode(
-        NodeConfig(
-            drone_id=drone_id,
-            swarm_id=1,
-            signature=SIG,
-            key=KEY,
-            layer_offsets=OFFSETS,
-            trained_layers=(0, 1),
-            codec=codec,
-            keyframe_interval=5,
-        )
-    )
+    return SWARM.node(drone_id, trained_layers=(0, 1), codec=codec, keyframe_interval=5)
 
 
 def kind(frame: bytes) -> FrameKind:
-    return decode_frame(frame, KEY, swarm_id=1, signature=SIG).kind
+    return SWARM.decode(frame).kind
 
 
 def test_a_restarted_sender_is_replayed_unless_it_continues_its_numbers() -> None:
@@ -78,13 +71,23 @@ def deliver(frames: list[bytes], to: GossipNode, now: float) -> list[bytes]:
     return replies
 
 
-def test_a_receiver_restored_from_its_state_refuses_what_it_heard_before() -> None:
-    x = np.random.default_rng(1).normal(size=310).astype(np.float32)
+def heard_in_epoch(
+    epoch: int, rounds: int, seed: int
+) -> tuple[np.ndarray, GossipNode, GossipNode, list[list[bytes]]]:
+    """Drone 1, in ``epoch``, publishes a random model at t = 0, 1, ... ``rounds`` times and
+    drone 2 hears every frame. Returns the model, the sender, the receiver, each round's frames.
+    """
+    x = np.random.default_rng(seed).normal(size=OFFSETS[-1]).astype(np.float32)
     sender, receiver = node(1), node(2)
-    sender.start_epoch(3)
-    heard = [sender.publish(x, 10, float(t)) for t in range(6)]
-    for t, frames in enumerate(heard):
+    sender.start_epoch(epoch)
+    sent = [sender.publish(x, 10, float(t)) for t in range(rounds)]
+    for t, frames in enumerate(sent):
         deliver(frames, receiver, float(t))
+    return x, sender, receiver, sent
+
+
+def test_a_receiver_restored_from_its_state_refuses_what_it_heard_before() -> None:
+    _, _, receiver, heard = heard_in_epoch(3, rounds=6, seed=1)
     assert receiver.stats.frames_accepted == 6
     saved = receiver.export_state()
 
@@ -104,11 +107,7 @@ def test_a_receiver_restored_from_its_state_refuses_what_it_heard_before() -> No
 
 
 def test_a_sender_restarted_in_an_older_epoch_is_told_and_taken_back_within_a_period() -> None:
-    x = np.random.default_rng(2).normal(size=310).astype(np.float32)
-    sender, receiver = node(1), node(2)
-    sender.start_epoch(5)
-    for t in range(4):
-        deliver(sender.publish(x, 10, float(t)), receiver, float(t))
+    x, _, receiver, _ = heard_in_epoch(5, rounds=4, seed=2)
     assert receiver.stats.frames_accepted == 4
 
     persisted: list[int] = []
@@ -141,12 +140,7 @@ def test_an_epoch_hint_for_another_drone_or_an_older_epoch_is_ignored() -> None:
 
 
 def test_a_sender_restarted_in_the_same_epoch_moves_on_but_a_replay_of_its_frame_does_not() -> None:
-    x = np.random.default_rng(3).normal(size=310).astype(np.float32)
-    sender, receiver = node(1), node(2)
-    sender.start_epoch(1)
-    old = [sender.publish(x, 10, float(t)) for t in range(5)]
-    for t, frames in enumerate(old):
-        deliver(frames, receiver, float(t))
+    x, sender, receiver, old = heard_in_epoch(1, rounds=5, seed=3)
     # A replay of the live sender's own frame earns a hint that the sender ignores.
     hint = deliver(old[0], receiver, 5.0)
     assert [kind(h) for h in hint] == [FrameKind.EPOCH]

@@ -30,6 +30,13 @@ from swarmfl.learning.plan import (
     plan_table_rows,
     planner_optimizer,
 )
+from swarmfl.learning.plan_search import (
+    ActivationLine,
+    ParameterCost,
+    candidate_plans,
+    choose_plan,
+)
+from swarmfl.learning.trainplan import PlanMode
 
 # every optimizer and codec appears at least once
 GOSSIP_SETTINGS: list[PlanSettings] = [
@@ -239,3 +246,65 @@ def test_replica_scope_model_sizes_neighbour_replicas_by_the_whole_model() -> No
         assert real == plan.predicted
     with pytest.raises(ConfigError, match="replica_scope"):
         MemoryPlan.choose(model, CNN_INPUT, 4, 10**9, replica_scope="all")  # type: ignore[arg-type]
+
+
+class _RecordingCosts:
+    """A backend's cost model with made-up bytes: three blocks, the middle one without a bias."""
+
+    num_blocks = 3
+    weights_bytes = 1000
+
+    def __init__(self) -> None:
+        self.parameters = [
+            ParameterCost("0.weight", 0, 10, 40),
+            ParameterCost("0.bias", 0, 2, 8),
+            ParameterCost("1.weight", 1, 6, 24),
+            ParameterCost("2.weight", 2, 4, 16),
+            ParameterCost("2.bias", 2, 1, 4),
+        ]
+        self.asked: list[tuple[str, int, tuple[str, ...]]] = []
+
+    def activation_line(
+        self, mode: PlanMode, first_trained_block: int, trained_names: tuple[str, ...]
+    ) -> ActivationLine:
+        self.asked.append((mode, first_trained_block, trained_names))
+        return ActivationLine(constant=100 * (3 - first_trained_block), per_sample=10)
+
+
+def test_the_shared_search_asks_the_backend_once_per_trained_set_and_adds_its_bytes() -> None:
+    costs = _RecordingCosts()
+    settings: PlanSettings = {"optimizer": "sgd_momentum", "neighbour_replicas": 2}
+    plans = candidate_plans(costs, 4, 1250, **settings)
+    # bias-only from block 1 trains what bias-only from block 2 trains: asked once, as block 2
+    assert costs.asked == [
+        ("full", 0, ("0.weight", "0.bias", "1.weight", "2.weight", "2.bias")),
+        ("suffix", 1, ("1.weight", "2.weight", "2.bias")),
+        ("suffix", 2, ("2.weight", "2.bias")),
+        ("bias", 0, ("0.bias", "2.bias")),
+        ("bias", 2, ("2.bias",)),
+    ]
+    assert [(p.mode, p.first_trained_block, p.micro_batch) for p in plans] == [
+        (mode, first, micro) for mode, first, _ in costs.asked for micro in (4, 2, 1)
+    ]
+    suffix_at_2 = plans[4]  # suffix from block 1 at micro-batch 2: 11 values, 44 gradient bytes
+    assert suffix_at_2.predicted.as_dict() == {
+        "weights": 1000,
+        "gradients": 44,
+        "optimizer_state": 44,  # momentum: one value per trained value
+        "activations": 200 + 10 * 2,
+        "replicas": 2 * 11 * 4,
+        "codec_buffers": 11 * 4 + 11 * 4,  # fp32 replica and payload
+        "per_sample_gradients": 0,
+        "total": 1000 + 44 + 44 + 220 + 88 + 88,
+    }
+    # the most values within 1250 bytes: the suffix from block 2 (5 values), which needs 1260
+    # bytes at micro-batch 4 and 1240 at micro-batch 2
+    chosen = choose_plan(plans, 1250)
+    assert (chosen.mode, chosen.first_trained_block, chosen.micro_batch) == ("suffix", 2, 2)
+    # the least any plan needs: one bias at micro-batch 1, 1000 + 4 + 4 + 110 + 8 + 8 bytes
+    with pytest.raises(
+        PlanError,
+        match=r"feasible lean plan \(bias-only from block 2, micro-batch 1\) "
+        r"which needs 0.00108 MiB \(1134 bytes\)",
+    ):
+        choose_plan(candidate_plans(costs, 4, 1000, **settings), 1000, noun="lean plan")

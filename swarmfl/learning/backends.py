@@ -68,16 +68,9 @@ def build_torch_model(spec: ModelSpec, parameters: np.ndarray | None = None) -> 
     initialisation). Imports torch."""
     import torch
 
-    from swarmfl.learning.models import build_model
+    from swarmfl.learning.models import model_from_spec
 
-    model = build_model(
-        spec.kind,
-        spec.input_shape,
-        spec.num_classes,
-        hidden=spec.hidden,
-        channels=spec.channels,
-        seed=spec.seed,
-    )
+    model = model_from_spec(spec)
     if parameters is not None:
         with torch.no_grad():
             for param, start, stop in zip(

@@ -11,7 +11,7 @@ and how one batch's gradient is computed. Torch-free: the lean learner builds on
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,8 +43,9 @@ class FlatLearner(ABC):
     """A learner whose parameters live in one flat float32 vector, trained by :class:`FlatSGD`.
 
     Subclasses set ``config``, ``flops_per_sample``, ``_offsets`` (each parameter tensor's offset
-    in the flat vector, plus the total), ``_trained`` (the trained tensors' indexes), ``_plan``
-    and ``_sgd``, and implement :meth:`_epoch_batches` and :meth:`_batch_loss`.
+    in the flat vector, plus the total), ``_trained`` (the trained tensors' indexes), ``_plan``,
+    ``_sgd`` and the local shard ``_x``/``_y`` (numpy arrays or tensors), and implement
+    :meth:`_as_labels`, :meth:`_permutation` and :meth:`_batch_loss`.
     """
 
     #: DP-SGD's privacy ledger (None: no DP; only the torch learner offers DP-SGD)
@@ -60,12 +61,20 @@ class FlatLearner(ABC):
     def labels(self) -> np.ndarray:
         """The local training labels (a copy)."""
 
-    @abstractmethod
     def replace_labels(self, y: np.ndarray) -> None:
         """Train on ``y`` from now on (a simulated label-poisoning insider).
 
-        Raises :class:`ConfigError` unless ``y`` holds one label per local sample.
+        Raises :class:`ConfigError` unless ``y`` holds one label per local sample, and what
+        :meth:`_as_labels` raises.
         """
+        if len(y) != len(self._y):
+            raise ConfigError(f"{len(y)} labels for {len(self._y)} samples", key="data")
+        self._y = self._as_labels(y)
+
+    @abstractmethod
+    def _as_labels(self, y: np.ndarray) -> Any:
+        """``y`` as this learner keeps its training labels (raises :class:`ConfigError` for
+        labels it cannot train on)."""
 
     config: TrainingConfig
     flops_per_sample: float
@@ -73,6 +82,9 @@ class FlatLearner(ABC):
     _trained: tuple[int, ...]
     _plan: PlanFields | None
     _sgd: FlatSGD
+    _x: Any
+    _y: Any
+    _micro_batch: int
 
     @property
     def layer_offsets(self) -> tuple[int, ...]:
@@ -90,9 +102,9 @@ class FlatLearner(ABC):
         return self._plan
 
     @property
-    @abstractmethod
     def sample_count(self) -> int:
         """Number of local training samples."""
+        return len(self._y)
 
     @abstractmethod
     def flat_parameters(self) -> np.ndarray:
@@ -121,10 +133,28 @@ class FlatLearner(ABC):
     def _start_round(self) -> None:  # noqa: B027 (a hook: most learners need nothing here)
         """Called before each round (the torch learner puts its model in training mode)."""
 
-    @abstractmethod
     def _epoch_batches(self, count: int, batch: int) -> list[tuple[Any, Any]]:
         """One epoch's ``(inputs, labels)`` batches, shuffled (in order when one batch holds
         the whole shard: the mean loss, and so the step, does not depend on the order)."""
+        if count <= batch:
+            return [(self._x, self._y)]
+        order = self._permutation(count)
+        return [
+            (self._x[order[s : s + batch]], self._y[order[s : s + batch]])
+            for s in range(0, count, batch)
+        ]
+
+    @abstractmethod
+    def _permutation(self, count: int) -> Any:
+        """``range(count)`` shuffled by the learner's seeded generator, as ``_x`` is indexed."""
+
+    def _micro_batches(self, x: Any, y: Any) -> Iterator[tuple[Any, Any, float]]:
+        """A batch in slices of at most ``_micro_batch`` samples, in order, each with its share
+        of the batch (the weight of its mean loss in the batch's mean loss)."""
+        count = len(y)
+        for start in range(0, count, self._micro_batch):
+            yb = y[start : start + self._micro_batch]
+            yield x[start : start + self._micro_batch], yb, len(yb) / count
 
     @abstractmethod
     def _batch_loss(self, x: Any, y: Any) -> float:

@@ -83,7 +83,7 @@ class LeanLearner(FlatLearner):
         self._plan = plan
         self._offsets = spec.layer_offsets
         self._x = _samples(x, spec, "data")
-        self._y = _labels(y, spec, "data")
+        self._y = self._as_labels(y)
         self._flat = _own_parameters(spec, parameters)
         self._trained = _trained_indexes(spec, config, trained_layers, plan)
         self._generator = np.random.default_rng(seed & ((1 << 64) - 1))
@@ -117,23 +117,12 @@ class LeanLearner(FlatLearner):
         self._largest_micro_batch = 0  # the micro-batch size _peak_saved_bytes was measured at
 
     @property
-    def sample_count(self) -> int:
-        """Number of local training samples."""
-        return len(self._y)
-
-    @property
     def labels(self) -> np.ndarray:
         """The local training labels (a copy)."""
         return self._y.copy()
 
-    def replace_labels(self, y: np.ndarray) -> None:
-        """Train on ``y`` from now on (a simulated label-poisoning insider).
-
-        Raises :class:`ConfigError` unless ``y`` holds one label per valid local sample.
-        """
-        if len(y) != len(self._y):
-            raise ConfigError(f"{len(y)} labels for {len(self._y)} samples", key="data")
-        self._y = _labels(y, self.spec, "data")
+    def _as_labels(self, y: np.ndarray) -> np.ndarray:
+        return _labels(y, self.spec, "data")
 
     @property
     def peak_saved_activation_bytes(self) -> int:
@@ -148,14 +137,8 @@ class LeanLearner(FlatLearner):
         """All parameters as one float32 numpy vector: the live weights, not a copy."""
         return self._flat
 
-    def _epoch_batches(self, count: int, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        if count <= batch:
-            return [(self._x, self._y)]
-        order = self._generator.permutation(count)
-        return [
-            (self._x[order[s : s + batch]], self._y[order[s : s + batch]])
-            for s in range(0, count, batch)
-        ]
+    def _permutation(self, count: int) -> np.ndarray:
+        return self._generator.permutation(count)
 
     def _batch_loss(self, x: np.ndarray, y: np.ndarray) -> float:
         return self._accumulate(x, y)
@@ -215,12 +198,8 @@ class LeanLearner(FlatLearner):
         One micro-batch at a time; what a micro-batch keeps for backward is dropped by its
         backward before the next one runs.
         """
-        count = len(y)
         loss_sum = 0.0
-        for start in range(0, count, self._micro_batch):
-            xb = x[start : start + self._micro_batch]
-            yb = y[start : start + self._micro_batch]
-            share = len(yb) / count
+        for index, (xb, yb, share) in enumerate(self._micro_batches(x, y)):
             saved: list[Saved] = []
             logits = self._forward(xb, record=True, saved=saved)
             if len(yb) > self._largest_micro_batch:  # measuring costs; sizes repeat
@@ -228,7 +207,7 @@ class LeanLearner(FlatLearner):
                 self._peak_saved_bytes = max(self._peak_saved_bytes, _distinct_bytes(saved))
             loss, grad = softmax_cross_entropy(logits, yb, share)
             loss_sum += loss * share
-            first = start == 0
+            first = index == 0
             graded = self._layers[self._first_graded :]
             for offset in range(len(graded) - 1, -1, -1):
                 back = graded[offset].backward(grad, saved.pop(), offset > 0, not first)

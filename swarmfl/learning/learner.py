@@ -174,7 +174,7 @@ class TorchLearner(FlatLearner):
         for index, p in enumerate(params):
             p.requires_grad_(index in self._trained)
         self._x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        self._y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+        self._y = self._as_labels(y)
         self._generator = torch.Generator().manual_seed(seed)
         # Gradients live in one flat buffer too, holding the trained tensors only (back to
         # back, in parameter order): autograd accumulates into the preassigned ``.grad`` views
@@ -215,11 +215,6 @@ class TorchLearner(FlatLearner):
         """The memory plan this learner follows (None: every parameter, whole batches)."""
         return self._train_plan
 
-    @property
-    def sample_count(self) -> int:
-        """Number of local training samples."""
-        return len(self._y)
-
     def flat_parameters(self) -> np.ndarray:
         """All parameters as one float32 numpy vector aliasing the model."""
         return self._flat_np
@@ -229,27 +224,15 @@ class TorchLearner(FlatLearner):
         """The local training labels (a copy)."""
         return self._y.numpy().copy()
 
-    def replace_labels(self, y: np.ndarray) -> None:
-        """Train on ``y`` from now on (a simulated label-poisoning insider).
-
-        Raises :class:`ConfigError` unless ``y`` holds one label per local sample.
-        """
-        if len(y) != len(self._y):
-            raise ConfigError(f"{len(y)} labels for {len(self._y)} samples", key="data")
-        self._y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+    def _as_labels(self, y: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
     def _start_round(self) -> None:
         if not self.model.training:  # train() walks every module: skip it when it's a no-op
             self.model.train()
 
-    def _epoch_batches(self, count: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if count <= batch:
-            return [(self._x, self._y)]
-        order = torch.randperm(count, generator=self._generator)
-        return [
-            (self._x[order[s : s + batch]], self._y[order[s : s + batch]])
-            for s in range(0, count, batch)
-        ]
+    def _permutation(self, count: int) -> torch.Tensor:
+        return torch.randperm(count, generator=self._generator)
 
     def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
         if self._dp is not None and self.privacy is not None:
@@ -271,12 +254,8 @@ class TorchLearner(FlatLearner):
         Each micro-batch's graph (and so its saved activations) is freed by its backward before
         the next one runs: at most one micro-batch's activations are alive at a time.
         """
-        count = len(y)
         loss_sum = 0.0
-        for start in range(0, count, self._micro_batch):
-            xb = x[start : start + self._micro_batch]
-            yb = y[start : start + self._micro_batch]
-            share = len(yb) / count
+        for xb, yb, share in self._micro_batches(x, y):
             loss = self._loss(self._forward(xb), yb)
             (loss * share).backward()
             loss_sum += loss.item() * share

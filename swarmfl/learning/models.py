@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
-from swarmfl.learning.spec import KERNEL_SIZE, POOL_SIZE, LayerSpec, model_spec, signature_digest
+from swarmfl.learning.spec import (
+    KERNEL_SIZE,
+    POOL_SIZE,
+    LayerSpec,
+    ModelSpec,
+    model_spec,
+    signature_digest,
+)
 from swarmfl.learning.spec import MODEL_KINDS as MODEL_KINDS
 from swarmfl.learning.spec import SIGNATURE_BYTES as SIGNATURE_BYTES
 from swarmfl.learning.spec import TRAINING_FLOPS_FACTOR as TRAINING_FLOPS_FACTOR
@@ -54,12 +61,21 @@ def build_model(
         ConfigError: unknown ``kind`` (the message lists the valid ones), an ``input_shape`` the
             kind cannot take (a CNN needs rank 2 or 3), or non-positive sizes.
     """
-    spec = model_spec(kind, input_shape, num_classes, hidden=hidden, channels=channels, seed=seed)
+    return model_from_spec(
+        model_spec(kind, input_shape, num_classes, hidden=hidden, channels=channels, seed=seed)
+    )
+
+
+def model_from_spec(spec: ModelSpec) -> nn.Sequential:
+    """The torch model ``spec`` describes (see :func:`build_model`), initialised from ``spec.seed``.
+
+    Initialisation uses a forked torch RNG: the global RNG is neither read nor advanced.
+    """
     # fork_rng(devices=[]) saves and restores only the CPU generator: no CUDA is touched.
     with torch.random.fork_rng(devices=[]):
         # Seed only the CPU generator: torch.manual_seed also queues lazy seeding of every
         # accelerator backend, capturing a traceback each time (half of building a small model).
-        torch.default_generator.manual_seed(seed)
+        torch.default_generator.manual_seed(spec.seed)
         # Layers are created (and so initialised) in forward order, as the spec lists them.
         return nn.Sequential(
             *(

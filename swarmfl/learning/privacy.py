@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from swarmfl.errors import ConfigError
+from swarmfl.learning.trainplan import per_sample_gradient_bytes
 
 __all__ = ["DPConfig", "DPSGDGradient", "PrivacyLedger", "per_sample_gradient_bytes"]
 
@@ -98,12 +99,6 @@ class PrivacyLedger:
             value = float(self._accountant.get_epsilon(delta=self.config.delta))
             self._cached = (self.steps, value)
         return self._cached[1]
-
-
-def per_sample_gradient_bytes(trained_values: int, micro_batch: int) -> int:
-    """Bytes DP-SGD's per-sample gradients take: ``micro_batch`` float32 copies of the trained
-    values (their clipped sum reuses the learner's gradient buffer)."""
-    return 4 * trained_values * micro_batch
 
 
 class DPSGDGradient:

@@ -57,6 +57,7 @@ __all__ = [
     "TrainPlan",
     "check_gossip_settings",
     "codec_buffer_bytes",
+    "per_sample_gradient_bytes",
     "plan_table_rows",
     "planner_optimizer",
 ]
@@ -260,6 +261,12 @@ def codec_buffer_bytes(numels: Sequence[int], codec: str, block_size: int) -> in
     else:
         payload = sum(math.ceil(n / 2) + _SCALE_BYTES * math.ceil(n / block_size) for n in numels)
     return replica + payload
+
+
+def per_sample_gradient_bytes(trained_values: int, micro_batch: int) -> int:
+    """Bytes DP-SGD's per-sample gradients take: ``micro_batch`` float32 copies of the trained
+    values (their clipped sum reuses the learner's gradient buffer)."""
+    return _FLOAT32_BYTES * trained_values * micro_batch
 
 
 def plan_table_rows(plans: Sequence[TrainPlan]) -> list[dict[str, object]]:
