@@ -220,13 +220,17 @@ def test_mean_through_robust_merge_into_is_merge_into_bit_for_bit():
 @pytest.mark.parametrize("rule", ["mean", "clip", "trimmed_mean", "median"])
 def test_excluded_replicas_are_measured_but_not_merged(rule):
     x = np.zeros(2, np.float32)
-    contributions = [replica([1.0, 1.0], layers=(0, 1)), replica([50.0, 50.0], layers=(0, 1))]
-    outcomes = robust_merge_into(x, (0, 1, 2), contributions, MergeRule(rule=rule), excluded=[1])
-    np.testing.assert_allclose(x, [0.5, 0.5])
-    assert outcomes[1].excluded and not outcomes[1].clipped
+    contributions = [
+        replica([1.0, 1.0], layers=(0, 1)),
+        replica([-1.0, -1.0], layers=(0, 1)),
+        replica([50.0, 50.0], layers=(0, 1)),
+    ]
+    outcomes = robust_merge_into(x, (0, 1, 2), contributions, MergeRule(rule=rule), excluded=[2])
+    np.testing.assert_allclose(x, [0.0, 0.0], atol=1e-7)  # every rule: 0 with the third left out
+    assert outcomes[2].excluded and not outcomes[2].clipped
     if rule != "mean":
-        assert outcomes[1].distance == pytest.approx(50 * math.sqrt(2))
-        assert outcomes[1].outlier
+        assert outcomes[2].distance == pytest.approx(50 * math.sqrt(2))
+        assert outcomes[2].outlier and not outcomes[0].outlier
 
 
 def outcome(outlier, weight=1.0, clipped=False, trimmed=0):

@@ -170,8 +170,16 @@ class PeerReplica:
     counter: int = 0
     samples: int = 0
     heard_at: float = float("-inf")
+    changed_at: float = float("-inf")  # when its values last changed (see GossipNode.mix)
     nacked_at: float = float("-inf")
     merged_heard_at: float = float("-inf")  # heard_at of the replica last merged
+
+
+def _same_values(previous: np.ndarray | None, values: np.ndarray) -> bool:
+    """True if a peer's new replica ``values`` equals its ``previous`` one, value for value."""
+    return (
+        previous is not None and previous.shape == values.shape and np.array_equal(previous, values)
+    )
 
 
 class GossipNode:
@@ -443,6 +451,7 @@ class GossipNode:
                 frame.block_size,
             )
             self._peers[frame.sender] = peer
+        previous = peer.decoder.replica
         try:
             if frame.kind == FrameKind.KEY:
                 decoded = self._verifier.keyframe_values(frame, peer.quantizer, peer.decoder.size)
@@ -472,16 +481,23 @@ class GossipNode:
         peer.counter = frame.counter
         peer.samples = frame.samples
         peer.heard_at = now
+        # Under a robust rule a model sent again unchanged (a free rider's) keeps its age.
+        if self.config.merge.rule == "mean" or not _same_values(previous, values):
+            peer.changed_at = now
         return []
 
     # -- merging ------------------------------------------------------------------------------
 
     def staleness(self, peer_id: int, now: float) -> float:
-        """Age of what we hold of ``peer_id``, in gossip periods (inf if we hold nothing)."""
+        """Age of what we hold of ``peer_id``, in gossip periods (inf if we hold nothing).
+
+        Under a robust ``merge.rule`` the age runs from when its values last changed: a peer
+        that sends the same model again brings nothing new (see :meth:`mix`).
+        """
         peer = self._peers.get(peer_id)
         if peer is None or peer.decoder.replica is None:
             return float("inf")
-        return (now - peer.heard_at) / self.config.period_s
+        return (now - peer.changed_at) / self.config.period_s
 
     def mix(self, x: np.ndarray, now: float) -> int:
         """Merge every live replica into ``x`` in place; return how many contributed.
@@ -490,6 +506,14 @@ class GossipNode:
         keyframe if they come back). A robust ``merge.rule`` also counts, per peer, how its
         replica fared (see :meth:`conduct` and :meth:`suspects`), and with
         ``merge.exclude_suspects`` leaves suspected peers out; ``mean`` counts nothing.
+
+        Under a robust rule a replica's staleness weight is that of its *values*: a peer that
+        keeps sending the same model (a free rider re-sending its initial or an old model)
+        gets the weight of when that model was first heard, so past the cut-off it is left
+        out, however often it sends. Such a model is not far from a drone it has already
+        pulled back to it (a drone with two free riders among four neighbours), so distance
+        alone does not catch it; an honest drone's model changes every period (it trains and
+        merges).
         """
         peer_ids, contributions, expired = self._live(now, merging=True)
         for peer_id in expired:
@@ -543,6 +567,12 @@ class GossipNode:
             if weight == 0.0:
                 expired.append(peer_id)
                 continue
+            if peer.changed_at < peer.heard_at:  # heard again, unchanged: its values' age
+                weight = staleness_weight(
+                    (now - peer.changed_at) / self.config.period_s, self.config.merge
+                )
+                if weight == 0.0:
+                    continue
             if merging and peer.merged_heard_at != peer.heard_at:
                 peer.merged_heard_at = peer.heard_at
                 self.stats.replicas_merged += 1

@@ -146,15 +146,29 @@ def _run_values(run: _Run, contributions: Sequence[Contribution], k: int) -> np.
     return contributions[run.carriers[k]].values[position : position + run.stop - run.start]
 
 
+MEDIAN_RADIUS_RATIO = 2.0
+"""The adaptive radius is at most this many times the median distance (see
+:func:`adaptive_radius`)."""
+
+
 def adaptive_radius(distances: np.ndarray, tolerate: int) -> float:
     """The clipping radius leaving at most ``tolerate`` of ``distances`` beyond it.
 
     It is the ``(tolerate+1)``-th largest distance, or the smallest when there are no more
     distances than ``tolerate`` (one replica alone is then never clipped: with nothing to
-    compare it with, a drone cannot tell an attacker from an honest neighbour).
+    compare it with, a drone cannot tell an attacker from an honest neighbour). With
+    ``tolerate`` > 0 it is also at most :data:`MEDIAN_RADIUS_RATIO` times the median distance:
+    a drone with more attacking neighbours than ``tolerate`` (a clique's members next to a
+    bridge, say) would otherwise take an attacker's distance for the radius and let the others
+    through unclipped, while the median is an honest neighbour's distance as long as honest
+    neighbours are the majority. With no attacker the cap rarely binds (honest distances
+    seldom reach twice their median).
     """
     ordered = np.sort(np.asarray(distances, dtype=np.float64))
-    return float(ordered[max(ordered.size - 1 - tolerate, 0)])
+    radius = float(ordered[max(ordered.size - 1 - tolerate, 0)])
+    if tolerate > 0 and ordered.size > 0:
+        radius = min(radius, MEDIAN_RADIUS_RATIO * float(np.median(ordered)))
+    return radius
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +177,9 @@ class _Blocks:
 
     ``members`` maps each block (the contributions carrying it) to its runs (indices into
     ``runs``); ``scales`` gives, per block, ``min(1, tau / d_k)`` for each carrier.
-    ``distance`` and ``scale`` are per contribution (``scale`` the smallest over its blocks).
+    ``distance`` and ``scale`` are per contribution (``scale`` the smallest over its blocks);
+    ``spread`` is, per contribution, its largest distance over its blocks' reference distances
+    (see :func:`_reference`): it is an outlier from ``outlier_ratio`` up.
     """
 
     runs: list[_Run]
@@ -171,6 +187,7 @@ class _Blocks:
     scales: dict[tuple[int, ...], np.ndarray]
     distance: np.ndarray
     scale: np.ndarray
+    spread: np.ndarray
 
 
 def _blocks(
@@ -200,6 +217,7 @@ def _blocks(
             block[k] += float(np.dot(buffer, buffer))
     total_squared = np.zeros(len(contributions), dtype=np.float64)
     scale = np.ones(len(contributions), dtype=np.float64)
+    spread = np.zeros(len(contributions), dtype=np.float64)
     scales = {}
     for carriers, block_squared in squared.items():
         chosen = list(carriers)
@@ -209,9 +227,26 @@ def _blocks(
         with np.errstate(divide="ignore", invalid="ignore"):
             scales[carriers] = np.where(distance > tau, tau / distance, 1.0)
         scale[chosen] = np.minimum(scale[chosen], scales[carriers])
+        reference = tau if radius > 0.0 else _reference(distance, tau)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = np.where(distance > 0.0, distance / reference, 0.0)
+        spread[chosen] = np.maximum(spread[chosen], relative)
     live = np.array([c.weight > 0.0 for c in contributions], dtype=bool)
     distance = np.where(live, np.sqrt(total_squared), np.nan)
-    return _Blocks(runs, members, scales, distance, scale)
+    return _Blocks(runs, members, scales, distance, scale, spread)
+
+
+def _reference(distances: np.ndarray, radius: float) -> float:
+    """The distance an outlier is judged against: the adaptive ``radius``, or the median of
+    ``distances`` if that is larger.
+
+    The radius alone is too strict a yardstick when a drone has few live replicas: with two of
+    them and ``tolerate`` = 1 it is the nearer one's distance, and an honest neighbour that
+    merely disagrees twice as much (non-IID shards) would be named again and again, then left
+    out, cutting the drone off. Against the median, one of two replicas is never an outlier
+    (with two, a drone cannot tell which one is wrong) and an attacker among several still is.
+    """
+    return max(radius, float(np.median(distances)))
 
 
 def clip_merge_into(
@@ -261,7 +296,7 @@ def _outcomes(
             distance=float(blocks.distance[i]),
             clip_scale=float(blocks.scale[i]) if clipping else 1.0,
             trimmed_values=int(trimmed[i]) if trimmed is not None else 0,
-            outlier=bool(c.weight > 0.0 and blocks.scale[i] * outlier_ratio <= 1.0),
+            outlier=bool(c.weight > 0.0 and blocks.spread[i] >= outlier_ratio),
             excluded=c.weight > 0.0 and i in excluded,
         )
         for i, c in enumerate(contributions)
