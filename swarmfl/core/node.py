@@ -509,13 +509,14 @@ class GossipNode:
 
         Under a robust rule a replica's staleness weight is that of its *values*: a peer that
         keeps sending the same model (a free rider re-sending its initial or an old model)
-        gets the weight of when that model was first heard, so past the cut-off it is left
-        out, however often it sends. Such a model is not far from a drone it has already
-        pulled back to it (a drone with two free riders among four neighbours), so distance
-        alone does not catch it; an honest drone's model changes every period (it trains and
+        gets the weight of when that model was first heard. Past the cut-off its replica is
+        measured but not merged, and judged an outlier, so a peer that does so for most of its
+        recent merges is named a suspect. Such a model is not always far from us: a drone with
+        two free riders among four neighbours is pulled back to their model, so distance alone
+        does not catch them; an honest drone's model changes every period (it trains and
         merges).
         """
-        peer_ids, contributions, expired = self._live(now, merging=True)
+        peer_ids, contributions, expired, repeated = self._live(now, merging=True)
         for peer_id in expired:
             del self._peers[peer_id]
         if self.config.merge.rule == "mean":
@@ -525,13 +526,16 @@ class GossipNode:
             return len(contributions)
         if not contributions:
             return 0
-        excluded: tuple[int, ...] = ()
+        left_out = set(repeated)
         if self.config.merge.exclude_suspects:
-            suspects = set(self._ledger.suspects())
-            excluded = tuple(k for k, peer_id in enumerate(peer_ids) if peer_id in suspects)
+            left_out.update(self._ledger.suspects())
+        excluded = tuple(k for k, peer_id in enumerate(peer_ids) if peer_id in left_out)
         outcomes = robust_merge_into(
             x, self.config.layer_offsets, contributions, self.config.merge, excluded=excluded
         )
+        for k, peer_id in enumerate(peer_ids):
+            if peer_id in repeated:
+                outcomes[k] = dataclasses.replace(outcomes[k], outlier=True)
         self._ledger.record(peer_ids, outcomes)
         self.stats.robust_merges += 1
         self.stats.replicas_clipped += sum(o.clipped for o in outcomes)
@@ -544,19 +548,26 @@ class GossipNode:
 
         The values are read-only views of what this node decoded from the frames it heard.
         """
-        peer_ids, contributions, _ = self._live(now, merging=False)
-        return dict(zip(peer_ids, contributions, strict=True))
+        peer_ids, contributions, _, repeated = self._live(now, merging=False)
+        return {
+            peer_id: contribution
+            for peer_id, contribution in zip(peer_ids, contributions, strict=True)
+            if peer_id not in repeated
+        }
 
     def _live(
         self, now: float, *, merging: bool
-    ) -> tuple[list[int], list[Contribution], list[int]]:
-        """Live peers and their contributions at ``now``, and the peers past the cut-off.
+    ) -> tuple[list[int], list[Contribution], list[int], set[int]]:
+        """Live peers and their contributions at ``now``, the peers past the cut-off, and the
+        live peers whose values are past it (``repeated``: they sent them again unchanged;
+        their contribution has the weight of their last frame).
 
         ``merging`` counts each fresh replica's wait in the merge-lag statistics.
         """
         peer_ids = []
         contributions = []
         expired = []
+        repeated = set()
         for peer_id, peer in self._peers.items():
             replica = peer.decoder.replica
             if replica is None:
@@ -568,18 +579,20 @@ class GossipNode:
                 expired.append(peer_id)
                 continue
             if peer.changed_at < peer.heard_at:  # heard again, unchanged: its values' age
-                weight = staleness_weight(
+                age = staleness_weight(
                     (now - peer.changed_at) / self.config.period_s, self.config.merge
                 )
-                if weight == 0.0:
-                    continue
-            if merging and peer.merged_heard_at != peer.heard_at:
+                if age == 0.0:
+                    repeated.add(peer_id)
+                else:
+                    weight = age
+            if merging and peer_id not in repeated and peer.merged_heard_at != peer.heard_at:
                 peer.merged_heard_at = peer.heard_at
                 self.stats.replicas_merged += 1
                 self.stats.merge_lag_s += now - peer.heard_at
             contributions.append(Contribution(peer.layers, replica, weight))
             peer_ids.append(peer_id)
-        return peer_ids, contributions, expired
+        return peer_ids, contributions, expired, repeated
 
     def adopt_neighbours(self, x: np.ndarray, now: float) -> int:
         """Replace ``x`` (a diverged model) by the merge of the live replicas alone.
