@@ -33,7 +33,9 @@ def raw_scenario(rule: str = "mean", **extra: Any) -> dict[str, Any]:
         "swarm": {"drones": 12},
         "model": {"hidden": [32]},
         "topology": {"kind": "random_regular", "degree": 4},
-        "merge": {"rule": rule},
+        # the bench's settings (bench_byzantine.py): two neighbours may be attackers, and a
+        # suspect is left out until it behaves
+        "merge": {"rule": rule, "tolerate": 2, "exclude_suspects": True},
     }
     raw.update(extra)
     return raw

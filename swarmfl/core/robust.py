@@ -237,16 +237,19 @@ def _blocks(
 
 
 def _reference(distances: np.ndarray, radius: float) -> float:
-    """The distance an outlier is judged against: the adaptive ``radius``, or the median of
-    ``distances`` if that is larger.
+    """The distance an outlier is judged against: the adaptive ``radius``, or the median
+    distance of all the models merged, ours (at distance 0) included, if that is larger.
 
-    The radius alone is too strict a yardstick when a drone has few live replicas: with two of
-    them and ``tolerate`` = 1 it is the nearer one's distance, and an honest neighbour that
-    merely disagrees twice as much (non-IID shards) would be named again and again, then left
-    out, cutting the drone off. Against the median, one of two replicas is never an outlier
-    (with two, a drone cannot tell which one is wrong) and an attacker among several still is.
+    The radius alone is too strict a yardstick when a drone has few live replicas for its
+    ``tolerate``: with three and ``tolerate`` = 2 it is the nearest one's distance, and an honest
+    neighbour that merely disagrees twice as much (non-IID shards) would be named again and
+    again, then left out, cutting the drone off. Counting our own model keeps the median
+    robust with two replicas: it is then the nearer one's distance (the self-centred view: the
+    replica closer to us is the one we trust).
     """
-    return max(radius, float(np.median(distances)))
+    ordered = np.sort(distances)
+    median = float(np.median(np.concatenate(([0.0], ordered))))
+    return max(radius, median)
 
 
 def clip_merge_into(
