@@ -632,9 +632,10 @@ class GossipNode:
         """Peers judged outliers in most of their recent robust merges: suspected attackers.
 
         A peer is suspected when at least ``merge.suspect_fraction`` of its last
-        ``merge.suspect_window`` merges judged it an outlier (clipped to half its distance or
-        less, or trimmed far more often than the other values; see
-        :mod:`swarmfl.core.robust`). Under ``merge.rule = "mean"`` nothing is judged, so nobody
+        ``merge.suspect_window`` merges judged it an outlier (``merge.suspect_ratio`` times
+        farther from our model than the radius or the median distance, see
+        :mod:`swarmfl.core.robust`; or sending a model again unchanged past the cut-off, see
+        :meth:`mix`). Under ``merge.rule = "mean"`` nothing is judged, so nobody
         is suspected.
         """
         return self._ledger.suspects()

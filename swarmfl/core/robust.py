@@ -20,7 +20,13 @@ neighbours' spread, ``tau_i^2 = (1/delta_i) sum_{j honest} W_ij ||x_i - x_j||^2`
 drone cannot compute since it does not know who is honest. The count rule tracks the same
 thing: with at most ``b`` attackers, the radius is an honest replica's distance, so an
 attacker moves ``x`` by at most ``a_j * tau`` per merge -- no more than an honest neighbour --
-whatever it sends, and the radius shrinks as the honest drones agree.
+whatever it sends, and the radius shrinks as the honest drones agree. With more attackers
+around a drone than ``b`` (a clique's members next to a bridge, where a dissensus attack
+gathers), the ``(b+1)``-th largest distance is an attacker's; so the radius is also at most
+twice the median distance (:data:`MEDIAN_RADIUS_RATIO`), an honest distance while honest
+neighbours are the majority. (Two cliques of 16 joined by three edges, five dissensus
+attackers in one clique, ``b = 2``: honest mean 0.57 without the cap, 0.92 with it; with no
+attack the cap never bound.)
 
 ``trimmed_mean`` -- coordinate-wise: for every coordinate, the ``b`` lowest and ``b`` highest
 of the values (own included) are dropped and the rest averaged with their weights.
@@ -35,16 +41,18 @@ codec brought them.
 
 Every robust merge returns a :class:`ReplicaOutcome` per replica: its distance, by how much it
 was clipped, how many of its values were trimmed, and whether it was an *outlier*: at least
-``MergeRule.suspect_ratio`` (default 2) times as far from our model as its block's radius
-(under ``clip``: cut to half its length or less). The coordinate-wise rules apply the same
-test with the adaptive radius, so an outlier means the same under every robust rule. (Trim
+``MergeRule.suspect_ratio`` (default 2) times as far from our model as its block's radius or
+the median distance of the block's models, ours (at 0) included, whichever is larger (see
+:func:`_reference`). The coordinate-wise rules apply the same test with the adaptive radius,
+so an outlier means the same under every robust rule. (Trim
 counts are a poor test: under a median every replica but one is left out of each coordinate,
 and honest drones that disagree are trimmed as often as an attacker.) A :class:`MergeLedger`
 (:mod:`swarmfl.core.ledger`) counts the outcomes per peer and names the peers that were
 outliers in most of their recent merges.
 
 Heterogeneous fleets: a drone that trains only a few layers (bias-only) differs from the
-others in those layers by design. In the test harness its distance was 1.6 to 1.9 radii
+others in those layers by design. In the test harness (measured against the radius alone,
+before the median was its floor) its distance was 1.6 to 1.9 radii
 (median), 3.6 at most; the attackers' medians were 5 radii or more for sign flip, scaling,
 noise, IPM, dissensus and free riding, and about 3 for label flip and ALIE (z = 4). With such
 drones in the swarm, raise ``suspect_ratio`` to 4: the strong attacks are still named, the
