@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         saved = []
         for path in args.table:
             with open(path, encoding="utf-8") as lines:
-                saved += [r for r in map(json.loads, lines) if r.get("bench") == "byzantine"]
+                # a full run's output: JSON lines, then its table (skipped)
+                records = [json.loads(line) for line in lines if line.startswith("{")]
+                saved += [r for r in records if r.get("bench") == "byzantine"]
         print(table(saved))
         print(json.dumps(targets(saved)))
         return 0

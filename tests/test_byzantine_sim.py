@@ -2,9 +2,11 @@
 the agents, the simulated radio, the codec and the staleness weights.
 
 12 drones (MLP 64-32-10 on digits, Dirichlet 0.5) on a random 4-regular graph, drones 0 and 6
-attacking from the start, 30 virtual seconds (a few wall seconds per run). Honest mean
-accuracy measured when the thresholds were set (seed 3), plain mean / clip: no attack
-0.948 / 0.944; under each attack, see the comment above ``SHIFTS``.
+attacking from the start, 30 virtual seconds (a few wall seconds per run), the robust rules
+with the bench's settings (``tolerate = 2``, ``exclude_suspects``). Honest mean accuracy
+measured when the thresholds were set (seed 3), plain mean / clip: no attack 0.938 / 0.931;
+under each attack, see the comment above ``SHIFTS``. The thresholds are issue 12's: clip
+within a point of the mean with no attack, within 5 points of it under every attack.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def raw_scenario(rule: str = "mean", **extra: Any) -> dict[str, Any]:
         "swarm": {"drones": 12},
         "model": {"hidden": [32]},
         "topology": {"kind": "random_regular", "degree": 4},
-        "merge": {"rule": rule},
+        # the bench's settings (bench_byzantine.py): two neighbours may be attackers, and a
+        # suspect is left out until it behaves
+        "merge": {"rule": rule, "tolerate": 2, "exclude_suspects": True},
     }
     raw.update(extra)
     return raw
@@ -127,9 +131,9 @@ def test_fractions_draw_distinct_drones_deterministically_and_stateful_attacks_p
 # -- through the simulator ----------------------------------------------------------------------
 
 # Honest mean accuracy (seed 3), plain mean / clip, when the thresholds were set (no attack:
-# 0.948 / 0.944): sign flip 0.18 / 0.89, scaling 0.24 / 0.94, gaussian 0.68 / 0.94, ALIE (z = 4)
-# 0.76 / 0.91, IPM 0.48 / 0.89, dissensus 0.76 / 0.94, label flip 0.91 / 0.92, free riding
-# 0.68 / 0.88.
+# 0.938 / 0.931): sign flip 0.18 / 0.92, scaling 0.24 / 0.93, gaussian 0.68 / 0.92, ALIE (z = 4)
+# 0.77 / 0.92, IPM 0.49 / 0.92, dissensus 0.78 / 0.93, label flip 0.907 / 0.908, free riding
+# 0.69 / 0.92.
 SHIFTS: dict[str, tuple[dict[str, float], float]] = {
     # kind: (parameters, the least the plain mean loses)
     "sign_flip": ({}, 0.3),
@@ -146,7 +150,7 @@ SHIFTS: dict[str, tuple[dict[str, float], float]] = {
 def test_with_no_attacker_clip_learns_as_well_as_the_mean() -> None:
     mean, clip = honest_accuracy("mean", None), honest_accuracy("clip", None)
     assert mean > 0.9
-    assert abs(clip - mean) <= 0.02
+    assert abs(clip - mean) <= 0.01
 
 
 @pytest.mark.parametrize("kind", list(SHIFTS))
@@ -156,11 +160,10 @@ def test_each_attack_shifts_the_plain_mean_and_not_clipping(kind: str) -> None:
     mean = honest_accuracy("mean", kind, json.dumps(params))
     clip = honest_accuracy("clip", kind, json.dumps(params))
     assert baseline - mean >= least_loss, (baseline, mean)
-    # within 7 points of the swarm with no attacker: part of the gap is the attackers' shards
-    # (Dirichlet 0.5: some labels live mostly on them), which the honest drones never learn from
-    assert clip >= baseline - 0.07, (baseline, clip)
-    # label flip is the weakest attack here (plain mean loses 0.035, clip 0.029)
-    assert clip > mean if kind != "label_flip" else clip >= mean - 0.01
+    assert clip >= baseline - 0.05, (baseline, clip)
+    # label flip is the weakest attack here: the poison is in the training, and a flipped
+    # model is not far from the others (plain mean and clip both lose 3 points)
+    assert clip > mean, (mean, clip)
 
 
 def partial_fleet(rule: str, attack: list[dict[str, Any]], out: Any = None) -> dict[str, Any]:
@@ -179,11 +182,10 @@ def test_partial_layer_drones_merge_robustly_in_the_simulator(tmp_path) -> None:
     mean = partial_fleet("mean", flips)["honest_accuracy"]["mean"]
     summary = partial_fleet("clip", flips, tmp_path)
     clip = summary["honest_accuracy"]["mean"]
-    # Measured: clean 0.87, plain mean 0.14, clip 0.65. Clipping keeps most of the swarm, but a
-    # suffix-training drone whose first layer comes from two neighbours, one an attacker,
-    # cannot tell which to follow (honest min 0.23): layers with few carriers are where partial
-    # training and robustness meet their limit.
-    assert clip - mean >= 0.3 and clip >= clean - 0.3, (clean, mean, clip)
+    # Measured: clean 0.877, plain mean 0.14, clip 0.844 (honest min 0.79). With one of two
+    # replicas an attacker (a suffix-training drone's first layer), the one nearer to us is
+    # trusted and the other named and left out.
+    assert clip - mean >= 0.3 and clip >= clean - 0.05, (clean, mean, clip)
     assert summary["replicas_clipped"] > 0
     assert set(ATTACKERS) <= {int(s) for s in summary["suspects"]}
     with (tmp_path / "metrics.jsonl").open() as lines:

@@ -37,6 +37,41 @@ def test_adaptive_radius_leaves_at_most_b_distances_beyond_it():
     assert adaptive_radius(np.array([4.0]), 1) == 4.0  # one replica alone is never clipped
 
 
+def test_more_attackers_than_tolerated_are_cut_to_twice_the_median_distance():
+    # a clique member next to the bridge: 3 of 7 neighbours attack, tolerate = 2
+    distances = np.array([1.0, 1.1, 0.9, 1.2, 50.0, 60.0, 70.0])
+    assert adaptive_radius(distances, 2) == pytest.approx(2 * 1.2)  # not 50, an attacker's
+    assert adaptive_radius(distances, 0) == 70.0  # tolerate 0: nothing is clipped
+    x = np.zeros(2, np.float32)
+    honest = [replica([d, 0.0]) for d in distances[:4]]
+    attackers = [replica([0.0, -d]) for d in distances[4:]]
+    outcomes = clip_merge_into(x, (0, 2), [*honest, *attackers], tolerate=2)
+    # each attacker pulls x by at most a_j * 2.4 (a_j = 1/8) straight down: the honest pull wins
+    # in x[0] and the three together move x[1] by no more than 3 * 2.4 / 8
+    assert x[1] == pytest.approx(-3 * 2.4 / 8, rel=1e-5)
+    assert [o.clipped for o in outcomes] == [False] * 4 + [True] * 3
+    assert [o.outlier for o in outcomes] == [False] * 4 + [True] * 3
+
+
+def test_an_outlier_is_judged_against_the_median_distance_ours_included():
+    # Three replicas, tolerate = 2: the radius is the nearest one's distance (1). Against it the
+    # second (2.2, an honest neighbour on another shard, say) would be named; against the
+    # median of 0 (ours), 1, 2.2 and 5, that is 1.6, only the far one is.
+    three = [replica([1.0]), replica([-2.2]), replica([5.0])]
+    outcomes = clip_merge_into(np.zeros(1, np.float32), (0, 1), three, tolerate=2)
+    assert [o.clipped for o in outcomes] == [False, True, True]
+    assert [o.outlier for o in outcomes] == [False, False, True]
+    # Two replicas: our own model makes the median the nearer one's distance, so a replica 100
+    # times farther is still named (the self-centred view: the one closer to us is trusted).
+    two = [replica([1.0]), replica([-100.0])]
+    outcomes = clip_merge_into(np.zeros(1, np.float32), (0, 1), two, tolerate=1)
+    assert [o.outlier for o in outcomes] == [False, True]
+    # Two attackers of four (tolerate = 2) are still named: the median is an honest distance.
+    four = [replica([1.0]), replica([-1.2]), replica([6.0]), replica([7.0])]
+    outcomes = clip_merge_into(np.zeros(1, np.float32), (0, 1), four, tolerate=2)
+    assert [o.outlier for o in outcomes] == [False, False, True, True]
+
+
 def test_clip_cuts_only_the_farthest_replica_to_the_radius():
     x = np.zeros(2, np.float32)
     near, mid, far = replica([1.0, 0.0]), replica([0.0, 2.0]), replica([30.0, 40.0])  # |far|=50
@@ -220,13 +255,17 @@ def test_mean_through_robust_merge_into_is_merge_into_bit_for_bit():
 @pytest.mark.parametrize("rule", ["mean", "clip", "trimmed_mean", "median"])
 def test_excluded_replicas_are_measured_but_not_merged(rule):
     x = np.zeros(2, np.float32)
-    contributions = [replica([1.0, 1.0], layers=(0, 1)), replica([50.0, 50.0], layers=(0, 1))]
-    outcomes = robust_merge_into(x, (0, 1, 2), contributions, MergeRule(rule=rule), excluded=[1])
-    np.testing.assert_allclose(x, [0.5, 0.5])
-    assert outcomes[1].excluded and not outcomes[1].clipped
+    contributions = [
+        replica([1.0, 1.0], layers=(0, 1)),
+        replica([-1.0, -1.0], layers=(0, 1)),
+        replica([50.0, 50.0], layers=(0, 1)),
+    ]
+    outcomes = robust_merge_into(x, (0, 1, 2), contributions, MergeRule(rule=rule), excluded=[2])
+    np.testing.assert_allclose(x, [0.0, 0.0], atol=1e-7)  # every rule: 0 with the third left out
+    assert outcomes[2].excluded and not outcomes[2].clipped
     if rule != "mean":
-        assert outcomes[1].distance == pytest.approx(50 * math.sqrt(2))
-        assert outcomes[1].outlier
+        assert outcomes[2].distance == pytest.approx(50 * math.sqrt(2))
+        assert outcomes[2].outlier and not outcomes[0].outlier
 
 
 def outcome(outlier, weight=1.0, clipped=False, trimmed=0):

@@ -43,11 +43,12 @@ class MergeRule:
 
     * ``tolerate``: how many of a drone's neighbours may be Byzantine (``b`` in the papers).
       ``trimmed_mean`` drops ``b`` values from each side of every coordinate; ``clip``'s adaptive
-      radius is the ``(b+1)``-th largest distance, so at most ``b`` replicas lie beyond it.
+      radius is the ``(b+1)``-th largest distance, so at most ``b`` replicas lie beyond it
+      (and at most twice the median distance, for drones with more attacking neighbours).
     * ``clip_radius``: a fixed clipping radius in parameter-space L2 units; 0 (the default)
       makes it adaptive.
-    * ``suspect_ratio``: a replica at least this many times the radius away from our model is
-      an *outlier* in that merge (under ``clip``: cut to ``1 / suspect_ratio`` of its length).
+    * ``suspect_ratio``: a replica at least this many times the radius (or the median
+      distance, if larger) away from our model is an *outlier* in that merge.
     * ``suspect_window``, ``suspect_fraction``: a peer judged an outlier in at least
       ``suspect_fraction`` of its last ``suspect_window`` merges is a suspected attacker.
     * ``exclude_suspects``: leave suspected peers out of the merge (they are still measured,

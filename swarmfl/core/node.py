@@ -170,8 +170,16 @@ class PeerReplica:
     counter: int = 0
     samples: int = 0
     heard_at: float = float("-inf")
+    changed_at: float = float("-inf")  # when its values last changed (see GossipNode.mix)
     nacked_at: float = float("-inf")
     merged_heard_at: float = float("-inf")  # heard_at of the replica last merged
+
+
+def _same_values(previous: np.ndarray | None, values: np.ndarray) -> bool:
+    """True if a peer's new replica ``values`` equals its ``previous`` one, value for value."""
+    return (
+        previous is not None and previous.shape == values.shape and np.array_equal(previous, values)
+    )
 
 
 class GossipNode:
@@ -443,6 +451,7 @@ class GossipNode:
                 frame.block_size,
             )
             self._peers[frame.sender] = peer
+        previous = peer.decoder.replica
         try:
             if frame.kind == FrameKind.KEY:
                 decoded = self._verifier.keyframe_values(frame, peer.quantizer, peer.decoder.size)
@@ -472,16 +481,23 @@ class GossipNode:
         peer.counter = frame.counter
         peer.samples = frame.samples
         peer.heard_at = now
+        # Under a robust rule a model sent again unchanged (a free rider's) keeps its age.
+        if self.config.merge.rule == "mean" or not _same_values(previous, values):
+            peer.changed_at = now
         return []
 
     # -- merging ------------------------------------------------------------------------------
 
     def staleness(self, peer_id: int, now: float) -> float:
-        """Age of what we hold of ``peer_id``, in gossip periods (inf if we hold nothing)."""
+        """Age of what we hold of ``peer_id``, in gossip periods (inf if we hold nothing).
+
+        Under a robust ``merge.rule`` the age runs from when its values last changed: a peer
+        that sends the same model again brings nothing new (see :meth:`mix`).
+        """
         peer = self._peers.get(peer_id)
         if peer is None or peer.decoder.replica is None:
             return float("inf")
-        return (now - peer.heard_at) / self.config.period_s
+        return (now - peer.changed_at) / self.config.period_s
 
     def mix(self, x: np.ndarray, now: float) -> int:
         """Merge every live replica into ``x`` in place; return how many contributed.
@@ -490,8 +506,17 @@ class GossipNode:
         keyframe if they come back). A robust ``merge.rule`` also counts, per peer, how its
         replica fared (see :meth:`conduct` and :meth:`suspects`), and with
         ``merge.exclude_suspects`` leaves suspected peers out; ``mean`` counts nothing.
+
+        Under a robust rule a replica's staleness weight is that of its *values*: a peer that
+        keeps sending the same model (a free rider re-sending its initial or an old model)
+        gets the weight of when that model was first heard. Past the cut-off its replica is
+        measured but not merged, and judged an outlier, so a peer that does so for most of its
+        recent merges is named a suspect. Such a model is not always far from us: a drone with
+        two free riders among four neighbours is pulled back to their model, so distance alone
+        does not catch them; an honest drone's model changes every period (it trains and
+        merges).
         """
-        peer_ids, contributions, expired = self._live(now, merging=True)
+        peer_ids, contributions, expired, repeated = self._live(now, merging=True)
         for peer_id in expired:
             del self._peers[peer_id]
         if self.config.merge.rule == "mean":
@@ -501,13 +526,16 @@ class GossipNode:
             return len(contributions)
         if not contributions:
             return 0
-        excluded: tuple[int, ...] = ()
+        left_out = set(repeated)
         if self.config.merge.exclude_suspects:
-            suspects = set(self._ledger.suspects())
-            excluded = tuple(k for k, peer_id in enumerate(peer_ids) if peer_id in suspects)
+            left_out.update(self._ledger.suspects())
+        excluded = tuple(k for k, peer_id in enumerate(peer_ids) if peer_id in left_out)
         outcomes = robust_merge_into(
             x, self.config.layer_offsets, contributions, self.config.merge, excluded=excluded
         )
+        for k, peer_id in enumerate(peer_ids):
+            if peer_id in repeated:
+                outcomes[k] = dataclasses.replace(outcomes[k], outlier=True)
         self._ledger.record(peer_ids, outcomes)
         self.stats.robust_merges += 1
         self.stats.replicas_clipped += sum(o.clipped for o in outcomes)
@@ -520,19 +548,26 @@ class GossipNode:
 
         The values are read-only views of what this node decoded from the frames it heard.
         """
-        peer_ids, contributions, _ = self._live(now, merging=False)
-        return dict(zip(peer_ids, contributions, strict=True))
+        peer_ids, contributions, _, repeated = self._live(now, merging=False)
+        return {
+            peer_id: contribution
+            for peer_id, contribution in zip(peer_ids, contributions, strict=True)
+            if peer_id not in repeated
+        }
 
     def _live(
         self, now: float, *, merging: bool
-    ) -> tuple[list[int], list[Contribution], list[int]]:
-        """Live peers and their contributions at ``now``, and the peers past the cut-off.
+    ) -> tuple[list[int], list[Contribution], list[int], set[int]]:
+        """Live peers and their contributions at ``now``, the peers past the cut-off, and the
+        live peers whose values are past it (``repeated``: they sent them again unchanged;
+        their contribution has the weight of their last frame).
 
         ``merging`` counts each fresh replica's wait in the merge-lag statistics.
         """
         peer_ids = []
         contributions = []
         expired = []
+        repeated = set()
         for peer_id, peer in self._peers.items():
             replica = peer.decoder.replica
             if replica is None:
@@ -543,13 +578,21 @@ class GossipNode:
             if weight == 0.0:
                 expired.append(peer_id)
                 continue
-            if merging and peer.merged_heard_at != peer.heard_at:
+            if peer.changed_at < peer.heard_at:  # heard again, unchanged: its values' age
+                age = staleness_weight(
+                    (now - peer.changed_at) / self.config.period_s, self.config.merge
+                )
+                if age == 0.0:
+                    repeated.add(peer_id)
+                else:
+                    weight = age
+            if merging and peer_id not in repeated and peer.merged_heard_at != peer.heard_at:
                 peer.merged_heard_at = peer.heard_at
                 self.stats.replicas_merged += 1
                 self.stats.merge_lag_s += now - peer.heard_at
             contributions.append(Contribution(peer.layers, replica, weight))
             peer_ids.append(peer_id)
-        return peer_ids, contributions, expired
+        return peer_ids, contributions, expired, repeated
 
     def adopt_neighbours(self, x: np.ndarray, now: float) -> int:
         """Replace ``x`` (a diverged model) by the merge of the live replicas alone.
@@ -589,9 +632,10 @@ class GossipNode:
         """Peers judged outliers in most of their recent robust merges: suspected attackers.
 
         A peer is suspected when at least ``merge.suspect_fraction`` of its last
-        ``merge.suspect_window`` merges judged it an outlier (clipped to half its distance or
-        less, or trimmed far more often than the other values; see
-        :mod:`swarmfl.core.robust`). Under ``merge.rule = "mean"`` nothing is judged, so nobody
+        ``merge.suspect_window`` merges judged it an outlier (``merge.suspect_ratio`` times
+        farther from our model than the radius or the median distance, see
+        :mod:`swarmfl.core.robust`; or sending a model again unchanged past the cut-off, see
+        :meth:`mix`). Under ``merge.rule = "mean"`` nothing is judged, so nobody
         is suspected.
         """
         return self._ledger.suspects()

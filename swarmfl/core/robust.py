@@ -20,7 +20,13 @@ neighbours' spread, ``tau_i^2 = (1/delta_i) sum_{j honest} W_ij ||x_i - x_j||^2`
 drone cannot compute since it does not know who is honest. The count rule tracks the same
 thing: with at most ``b`` attackers, the radius is an honest replica's distance, so an
 attacker moves ``x`` by at most ``a_j * tau`` per merge -- no more than an honest neighbour --
-whatever it sends, and the radius shrinks as the honest drones agree.
+whatever it sends, and the radius shrinks as the honest drones agree. With more attackers
+around a drone than ``b`` (a clique's members next to a bridge, where a dissensus attack
+gathers), the ``(b+1)``-th largest distance is an attacker's; so the radius is also at most
+twice the median distance (:data:`MEDIAN_RADIUS_RATIO`), an honest distance while honest
+neighbours are the majority. (Two cliques of 16 joined by three edges, five dissensus
+attackers in one clique, ``b = 2``: honest mean 0.57 without the cap, 0.92 with it; with no
+attack the cap never bound.)
 
 ``trimmed_mean`` -- coordinate-wise: for every coordinate, the ``b`` lowest and ``b`` highest
 of the values (own included) are dropped and the rest averaged with their weights.
@@ -35,16 +41,18 @@ codec brought them.
 
 Every robust merge returns a :class:`ReplicaOutcome` per replica: its distance, by how much it
 was clipped, how many of its values were trimmed, and whether it was an *outlier*: at least
-``MergeRule.suspect_ratio`` (default 2) times as far from our model as its block's radius
-(under ``clip``: cut to half its length or less). The coordinate-wise rules apply the same
-test with the adaptive radius, so an outlier means the same under every robust rule. (Trim
+``MergeRule.suspect_ratio`` (default 2) times as far from our model as its block's radius or
+the median distance of the block's models, ours (at 0) included, whichever is larger (see
+:func:`_reference`). The coordinate-wise rules apply the same test with the adaptive radius,
+so an outlier means the same under every robust rule. (Trim
 counts are a poor test: under a median every replica but one is left out of each coordinate,
 and honest drones that disagree are trimmed as often as an attacker.) A :class:`MergeLedger`
 (:mod:`swarmfl.core.ledger`) counts the outcomes per peer and names the peers that were
 outliers in most of their recent merges.
 
 Heterogeneous fleets: a drone that trains only a few layers (bias-only) differs from the
-others in those layers by design. In the test harness its distance was 1.6 to 1.9 radii
+others in those layers by design. In the test harness (measured against the radius alone,
+before the median was its floor) its distance was 1.6 to 1.9 radii
 (median), 3.6 at most; the attackers' medians were 5 radii or more for sign flip, scaling,
 noise, IPM, dissensus and free riding, and about 3 for label flip and ALIE (z = 4). With such
 drones in the swarm, raise ``suspect_ratio`` to 4: the strong attacks are still named, the
@@ -146,15 +154,29 @@ def _run_values(run: _Run, contributions: Sequence[Contribution], k: int) -> np.
     return contributions[run.carriers[k]].values[position : position + run.stop - run.start]
 
 
+MEDIAN_RADIUS_RATIO = 2.0
+"""The adaptive radius is at most this many times the median distance (see
+:func:`adaptive_radius`)."""
+
+
 def adaptive_radius(distances: np.ndarray, tolerate: int) -> float:
     """The clipping radius leaving at most ``tolerate`` of ``distances`` beyond it.
 
     It is the ``(tolerate+1)``-th largest distance, or the smallest when there are no more
     distances than ``tolerate`` (one replica alone is then never clipped: with nothing to
-    compare it with, a drone cannot tell an attacker from an honest neighbour).
+    compare it with, a drone cannot tell an attacker from an honest neighbour). With
+    ``tolerate`` > 0 it is also at most :data:`MEDIAN_RADIUS_RATIO` times the median distance:
+    a drone with more attacking neighbours than ``tolerate`` (a clique's members next to a
+    bridge, say) would otherwise take an attacker's distance for the radius and let the others
+    through unclipped, while the median is an honest neighbour's distance as long as honest
+    neighbours are the majority. With no attacker the cap rarely binds (honest distances
+    seldom reach twice their median).
     """
     ordered = np.sort(np.asarray(distances, dtype=np.float64))
-    return float(ordered[max(ordered.size - 1 - tolerate, 0)])
+    radius = float(ordered[max(ordered.size - 1 - tolerate, 0)])
+    if tolerate > 0 and ordered.size > 0:
+        radius = min(radius, MEDIAN_RADIUS_RATIO * float(np.median(ordered)))
+    return radius
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +185,9 @@ class _Blocks:
 
     ``members`` maps each block (the contributions carrying it) to its runs (indices into
     ``runs``); ``scales`` gives, per block, ``min(1, tau / d_k)`` for each carrier.
-    ``distance`` and ``scale`` are per contribution (``scale`` the smallest over its blocks).
+    ``distance`` and ``scale`` are per contribution (``scale`` the smallest over its blocks);
+    ``spread`` is, per contribution, its largest distance over its blocks' reference distances
+    (see :func:`_reference`): it is an outlier from ``outlier_ratio`` up.
     """
 
     runs: list[_Run]
@@ -171,6 +195,7 @@ class _Blocks:
     scales: dict[tuple[int, ...], np.ndarray]
     distance: np.ndarray
     scale: np.ndarray
+    spread: np.ndarray
 
 
 def _blocks(
@@ -200,6 +225,7 @@ def _blocks(
             block[k] += float(np.dot(buffer, buffer))
     total_squared = np.zeros(len(contributions), dtype=np.float64)
     scale = np.ones(len(contributions), dtype=np.float64)
+    spread = np.zeros(len(contributions), dtype=np.float64)
     scales = {}
     for carriers, block_squared in squared.items():
         chosen = list(carriers)
@@ -209,9 +235,29 @@ def _blocks(
         with np.errstate(divide="ignore", invalid="ignore"):
             scales[carriers] = np.where(distance > tau, tau / distance, 1.0)
         scale[chosen] = np.minimum(scale[chosen], scales[carriers])
+        reference = tau if radius > 0.0 else _reference(distance, tau)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = np.where(distance > 0.0, distance / reference, 0.0)
+        spread[chosen] = np.maximum(spread[chosen], relative)
     live = np.array([c.weight > 0.0 for c in contributions], dtype=bool)
     distance = np.where(live, np.sqrt(total_squared), np.nan)
-    return _Blocks(runs, members, scales, distance, scale)
+    return _Blocks(runs, members, scales, distance, scale, spread)
+
+
+def _reference(distances: np.ndarray, radius: float) -> float:
+    """The distance an outlier is judged against: the adaptive ``radius``, or the median
+    distance of all the models merged, ours (at distance 0) included, if that is larger.
+
+    The radius alone is too strict a yardstick when a drone has few live replicas for its
+    ``tolerate``: with three and ``tolerate`` = 2 it is the nearest one's distance, and an honest
+    neighbour that merely disagrees twice as much (non-IID shards) would be named again and
+    again, then left out, cutting the drone off. Counting our own model keeps the median
+    robust with two replicas: it is then the nearer one's distance (the self-centred view: the
+    replica closer to us is the one we trust).
+    """
+    ordered = np.sort(distances)
+    median = float(np.median(np.concatenate(([0.0], ordered))))
+    return max(radius, median)
 
 
 def clip_merge_into(
@@ -261,7 +307,7 @@ def _outcomes(
             distance=float(blocks.distance[i]),
             clip_scale=float(blocks.scale[i]) if clipping else 1.0,
             trimmed_values=int(trimmed[i]) if trimmed is not None else 0,
-            outlier=bool(c.weight > 0.0 and blocks.scale[i] * outlier_ratio <= 1.0),
+            outlier=bool(c.weight > 0.0 and blocks.spread[i] >= outlier_ratio),
             excluded=c.weight > 0.0 and i in excluded,
         )
         for i, c in enumerate(contributions)
