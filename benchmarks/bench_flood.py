@@ -3,8 +3,11 @@
 Three real ``swarmfl agent`` processes gossip over UDP on 127.0.0.1 (zeroconf on 127.0.0.1): two
 honest drones that learn (digits, MLP 64-32-10, a round every ``--period-s``), and the target,
 a relay (``training.enabled = false``) so that **all** of its CPU time is spent outside
-training: receiving, authenticating, merging, publishing, status. An attacker in another process
-(this file with ``--attacker``) sends at a set rate to the target's UDP port:
+training: receiving, authenticating, merging, publishing, status. Attackers in other processes
+(this file with ``--attacker``; ``--attacker-processes`` of them, 3 by default, sharing the rate:
+one Python process cannot send 30,000 datagrams/s on a loaded 2-core machine) send at a set
+rate to the target's UDP port, each from its own address, cycling through datagrams it built
+before the window started:
 
 * ``garbage``: random 100-byte datagrams;
 * ``forged``: well-shaped single-datagram frames (right fragment header, wire magic and swarm
@@ -21,10 +24,12 @@ honest drones' published frames per second over the same window (so that a drop 
 be told apart from peers that published less because the flood took their CPU), and the
 datagrams per second the kernel dropped for the target's socket (``/proc/net/udp``: its receive
 buffer was full, i.e. the target did not read fast enough).
+The ``baseline`` line also gives the load average at the end of the run (the machine is shared).
 A final ``summary`` line gives, per attack, the lowest rate tried at which merges fell below
 50 % of the baseline (or null if none did).
 
     python benchmarks/bench_flood.py                      # 1k, 5k, 30k, max; 6 s windows
+    python benchmarks/bench_flood.py --rates 30000 --attacks forged --attacker-processes 4
     python benchmarks/bench_flood.py --rates 1000 --window-s 4 --attacks garbage
 
 The attacker shares the machine's cores with the agents: at "max" rate it competes with the
@@ -270,6 +275,7 @@ class Target:
             "rss": rss,
             "published_per_s": (p1 - p0) / (c1 - c0),
             "kernel_drops_per_s": (d1 - d0) / (c1 - c0),
+            "load_average": os.getloadavg()[0],
         }
         if attackers:
             achieved = 0.0
@@ -396,6 +402,7 @@ def bench(
                 "kernel_drops_per_s": round(result["kernel_drops_per_s"]),
                 "cpu_percent": round(result["cpu_percent"], 1),
                 "rss_growth_mb": round((result["rss"] - rss0) / 2**20, 1),
+                "load_average": round(result["load_average"], 1),
             }
         )
     emit(
