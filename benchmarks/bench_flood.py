@@ -31,6 +31,7 @@ A final ``summary`` line gives, per attack, the lowest rate tried at which merge
     python benchmarks/bench_flood.py                      # 1k, 5k, 30k, max; 6 s windows
     python benchmarks/bench_flood.py --rates 30000 --attacks forged --attacker-processes 4
     python benchmarks/bench_flood.py --rates 1000 --window-s 4 --attacks garbage
+    python benchmarks/bench_flood.py --receive-path 15     # CPU per datagram of the read loop
 
 The attacker shares the machine's cores with the agents: at "max" rate it competes with the
 target for CPU, which is part of what a flood does on a small companion computer too.
@@ -39,6 +40,7 @@ target for CPU, which is part of what a flood does on a small companion computer
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -55,8 +57,10 @@ from typing import Any
 import psutil
 from bench_agent import emit, free_udp_port, read_status, start_agent_process, stop_processes
 
-from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
+from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame, frame_tag_check
 from swarmfl.radio.fragment import HEADER_SIZE, MAGIC, VERSION, Fragmenter
+from swarmfl.radio.guard import SourceGuard
+from swarmfl.radio.udp import UdpRadio
 
 SECRET = "bench-flood-secret"
 LOOPBACK = "127.0.0.1"
@@ -419,6 +423,65 @@ def bench(
     )
 
 
+def receive_path(rounds: int, burst: int = 2000) -> None:
+    """CPU per datagram of the UDP radio's read loop on each attack, in this process.
+
+    A real socket on loopback: ``burst`` datagrams are sent (within the receive buffer), then
+    read by the radio's own reader, timed in process CPU time; ``rounds`` times. Three set-ups:
+    ``rate_limit_only`` (no tag check, a guard that never trips: what the radio did before the
+    guard), ``penalized`` (the agent's set-up, the flooding address unknown to it), and
+    ``vouched`` (the flood uses the address of a peer that authenticated: every forgery takes
+    the full path, tag check included, so that the peer's frames are still found).
+    """
+
+    async def one(attack: str, setup: str) -> dict[str, Any]:
+        swarm_id = 4242
+        pool = attack_datagrams(attack, swarm_id, random.Random(7))
+        key = derive_swarm_key(SECRET, swarm_id)
+        check = None if setup == "rate_limit_only" else frame_tag_check(key, swarm_id)
+        guard = SourceGuard(burst=10**9) if setup == "rate_limit_only" else SourceGuard()
+        radio = UdpRadio(drone_id=0, host=LOOPBACK, frame_check=check, guard=guard)
+        await radio.start()
+        sock = radio._sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())  # read by hand below, timed
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.connect((LOOPBACK, radio.local_port))
+            if setup == "vouched":
+                guard.vouch(tx.getsockname(), loop.time())
+            cpu = 0.0
+            for _ in range(rounds):
+                for i in range(burst):
+                    tx.send(pool[i % len(pool)])
+                start = time.process_time()
+                for _ in range(burst // 256 + 2):
+                    radio._read_ready()
+                cpu += time.process_time() - start
+                radio._inbox._frames.clear()
+        counters = {**radio.counters(), **radio.peer_counters()}
+        await radio.aclose()
+        read = counters["datagrams_received"] + counters["datagrams_penalized"]
+        return {
+            "bench": "receive_path",
+            "attack": attack,
+            "setup": setup,
+            "datagrams": read,
+            "us_per_datagram": round(1e6 * cpu / max(1, read), 2),
+            "dropped_unread": counters["datagrams_penalized"],
+            "frames_forged": counters["frames_forged"],
+            "frames_rate_limited": counters["frames_rate_limited"],
+            "load_average": round(os.getloadavg()[0], 1),
+        }
+
+    async def run() -> None:
+        for attack in ATTACKS:
+            for setup in ("rate_limit_only", "penalized", "vouched"):
+                emit(await one(attack, setup))
+
+    asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
@@ -437,6 +500,12 @@ def main() -> None:
         default=3,
         help="attacker processes sharing each rate (one cannot send 30,000/s on a loaded box)",
     )
+    parser.add_argument(
+        "--receive-path",
+        type=int,
+        metavar="ROUNDS",
+        help="only time the UDP radio's read loop per datagram (ROUNDS bursts of 2,000)",
+    )
     parser.add_argument("--attacker", choices=ATTACKS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -445,6 +514,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.attacker:
         run_attacker(args.attacker, args.port, args.rate, args.duration_s, args.swarm_id)
+        return
+    if args.receive_path:
+        receive_path(args.receive_path)
         return
     bench(args.attacks, args.rates, args.window_s, args.period_s, args.attacker_processes)
 
