@@ -33,7 +33,7 @@ from swarmfl.errors import ConfigError
 from swarmfl.field.agent import FieldAgent
 from swarmfl.radio.fragment import Fragmenter
 from swarmfl.radio.guard import SourceGuard
-from swarmfl.radio.udp import UdpRadio
+from swarmfl.radio.udp import RECEIVE_BUFFER_BYTES, UdpRadio
 
 LOOPBACK = "127.0.0.1"
 SWARM = 4242
@@ -152,6 +152,9 @@ async def test_forged_frames_are_refused_and_the_honest_one_in_the_burst_gets_th
         drone_id=0, host=LOOPBACK, frame_check=frame_tag_check(KEY, SWARM)
     ) as radio:
         target = (LOOPBACK, radio.local_port)
+        # Linux grants twice what is asked, up to twice net.core.rmem_max.
+        rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+        assert radio.receive_buffer_bytes == 2 * min(RECEIVE_BUFFER_BYTES, rmem_max)
         forged = [datagram(model_frame(WRONG_KEY, 1000 + i), i) for i in range(64)]
         honest = model_frame(KEY, 7)
         with (
