@@ -194,13 +194,13 @@ async def test_a_flood_from_many_source_ports_keeps_the_guard_bounded() -> None:
     guard = SourceGuard(faults_per_s=1e-6, burst=2, max_sources=40)
     async with UdpRadio(drone_id=0, host=LOOPBACK, guard=guard) as radio:
         target = (LOOPBACK, radio.local_port)
-        sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(150)]
+        sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(100)]
         try:
-            for sock in sockets:
+            for sock in sockets:  # 400 datagrams: within even a default receive buffer
                 for _ in range(4):
                     sock.sendto(os.urandom(60), target)
             await until(
-                lambda: radio.counters()["datagrams_malformed"] + guard.datagrams_penalized >= 600,
+                lambda: radio.counters()["datagrams_malformed"] + guard.datagrams_penalized >= 400,
                 60,
                 "all garbage to be read",
             )
@@ -208,8 +208,8 @@ async def test_a_flood_from_many_source_ports_keeps_the_guard_bounded() -> None:
             for sock in sockets:
                 sock.close()
         assert len(guard.penalized) <= 40 and len(guard) <= 120
-        assert guard.penalties == 150  # each port: 2 faults, then a penalty on the third
-        assert guard.datagrams_penalized == 150  # ... and its fourth dropped unread
+        assert guard.penalties == 100  # each port: 2 faults, then a penalty on the third
+        assert guard.datagrams_penalized == 100  # ... and its fourth dropped unread
 
 
 # -- a real peer whose address the flood uses ----------------------------------------------
