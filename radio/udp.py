@@ -404,7 +404,8 @@ class MulticastUdpRadio(UdpRadio):
     hops (1: this link only); ``loopback`` lets agents on this host hear each other (tests).
     Our own datagrams coming back (same sender id in the fragment header) are dropped and
     counted in ``echoes_dropped``. The destinations :meth:`set_peer` records are not used for
-    sending: whoever is in range hears.
+    sending: whoever is in range hears. Every other keyword argument is :class:`UdpRadio`'s
+    (:class:`UdpRadioOptions`).
 
     Raises :class:`ConfigError` for a ``group`` that is not an IPv4 multicast address, a bad
     ``ttl`` or ``interface``; :meth:`start` raises :class:`ConfigError` when the group cannot be
