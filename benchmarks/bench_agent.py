@@ -207,6 +207,36 @@ class Peer:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
 
+def start_agent_process(
+    config: Path, stderr_path: Path, secret: str, *, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``swarmfl agent --config config`` (secret ``secret``, one BLAS thread), its
+    stderr to ``stderr_path``, in ``cwd`` (default: this process's)."""
+    with open(stderr_path, "wb") as stderr:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "swarmfl.cli", "agent", "--config", str(config)],
+            cwd=cwd,
+            env=dict(os.environ, SWARMFL_SECRET=secret, OMP_NUM_THREADS="1"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None:
+    """Terminate ``processes`` (all at once), then wait for each, killing what outlives
+    ``timeout_s``."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def bare_torch_rss_bytes() -> int:
     """RSS of a process that only imported torch (the baseline)."""
     process = subprocess.Popen(
@@ -264,13 +294,7 @@ async def measure(window_s: float, *, autopilot_hz: float | None) -> dict[str, A
         folder = Path(tmp)
         config = agent_config(folder, swarm_id, mavlink_port)
         status_path = folder / "status.jsonl"
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "swarmfl.cli", "agent", "--config", str(config)],
-            env=dict(os.environ, SWARMFL_SECRET=SECRET, OMP_NUM_THREADS="1"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(folder / "agent.err", "wb"),  # noqa: SIM115
-        )
+        agent = start_agent_process(config, folder / "agent.err", SECRET)
         peers = [Peer(i, swarm_id) for i in (1, 2, 3)]
         tasks = [asyncio.create_task(peer.run()) for peer in peers]
         autopilot = None
@@ -295,11 +319,7 @@ async def measure(window_s: float, *, autopilot_hz: float | None) -> dict[str, A
             rss = process.memory_info().rss
             lines = read_status(status_path)[lines_before:]
         finally:
-            agent.terminate()
-            try:
-                agent.wait(30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+            stop_processes([agent])
             if autopilot is not None:
                 await autopilot.__aexit__(None, None, None)
             for task in tasks:

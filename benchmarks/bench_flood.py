@@ -3,8 +3,11 @@
 Three real ``swarmfl agent`` processes gossip over UDP on 127.0.0.1 (zeroconf on 127.0.0.1): two
 honest drones that learn (digits, MLP 64-32-10, a round every ``--period-s``), and the target,
 a relay (``training.enabled = false``) so that **all** of its CPU time is spent outside
-training: receiving, authenticating, merging, publishing, status. An attacker in another process
-(this file with ``--attacker``) sends at a set rate to the target's UDP port:
+training: receiving, authenticating, merging, publishing, status. Attackers in other processes
+(this file with ``--attacker``; ``--attacker-processes`` of them, 3 by default, sharing the rate:
+one Python process cannot send 30,000 datagrams/s on a loaded 2-core machine) send at a set
+rate to the target's UDP port, each from its own address, cycling through datagrams it built
+before the window started:
 
 * ``garbage``: random 100-byte datagrams;
 * ``forged``: well-shaped single-datagram frames (right fragment header, wire magic and swarm
@@ -21,11 +24,14 @@ honest drones' published frames per second over the same window (so that a drop 
 be told apart from peers that published less because the flood took their CPU), and the
 datagrams per second the kernel dropped for the target's socket (``/proc/net/udp``: its receive
 buffer was full, i.e. the target did not read fast enough).
+The ``baseline`` line also gives the load average at the end of the run (the machine is shared).
 A final ``summary`` line gives, per attack, the lowest rate tried at which merges fell below
 50 % of the baseline (or null if none did).
 
     python benchmarks/bench_flood.py                      # 1k, 5k, 30k, max; 6 s windows
+    python benchmarks/bench_flood.py --rates 30000 --attacks forged --attacker-processes 4
     python benchmarks/bench_flood.py --rates 1000 --window-s 4 --attacks garbage
+    python benchmarks/bench_flood.py --receive-path 15     # CPU per datagram of the read loop
 
 The attacker shares the machine's cores with the agents: at "max" rate it competes with the
 target for CPU, which is part of what a flood does on a small companion computer too.
@@ -34,6 +40,7 @@ target for CPU, which is part of what a flood does on a small companion computer
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -48,19 +55,20 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from bench_agent import emit, free_udp_port, read_status, start_agent_process, stop_processes
 
-from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame
+from swarmfl.core.wire import Frame, FrameKind, derive_swarm_key, encode_frame, frame_tag_check
 from swarmfl.radio.fragment import HEADER_SIZE, MAGIC, VERSION, Fragmenter
+from swarmfl.radio.guard import SourceGuard
+from swarmfl.radio.udp import UdpRadio
 
 SECRET = "bench-flood-secret"
 LOOPBACK = "127.0.0.1"
 ATTACKS = ("garbage", "forged", "bogus_fragments")
 CLAIMED_FRAME_BYTES = 4 * 1024 * 1024
 _FRAGMENT_HEADER = struct.Struct("<2sBIIHHI")
-
-
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record), flush=True)
+#: Datagrams an attacker sends between two looks at the clock.
+BATCH = 256
 
 
 # -- the attacker (a separate process) -------------------------------------------------------
@@ -103,48 +111,54 @@ def attack_datagrams(attack: str, swarm_id: int, rng: random.Random) -> list[byt
 
 
 def run_attacker(attack: str, port: int, rate: float, duration_s: float, swarm_id: int) -> None:
-    """Send ``attack`` datagrams to ``127.0.0.1:port`` at ``rate``/s (0: flat out); print count."""
-    rng = random.Random(7)
+    """Send ``attack`` datagrams to ``127.0.0.1:port`` at ``rate``/s (0: flat out); print count.
+
+    The pool of datagrams is built once, before a ``ready`` line is printed (the benchmark
+    starts its window only then); the socket is connected, so each datagram is one ``send`` of
+    a prebuilt bytes object, and the clock is read once per batch of :data:`BATCH` datagrams,
+    not per datagram.
+    """
+    rng = random.Random(7 + os.getpid())
     pool = attack_datagrams(attack, swarm_id, rng)
     assert all(len(d) >= HEADER_SIZE for d in pool)
+    n = len(pool)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-    target = (LOOPBACK, port)
+    sock.connect((LOOPBACK, port))
+    send = sock.send
+    print(json.dumps({"ready": True}), flush=True)
     sent = 0
     errors = 0
-    n = len(pool)
-    started = time.monotonic()
+    monotonic = time.monotonic
+    started = monotonic()
     end = started + duration_s
-    batch = 64
     while True:
-        now = time.monotonic()
+        now = monotonic()
         if now >= end:
             break
         if rate > 0:
             due = int((now - started) * rate)
             if sent >= due:
-                time.sleep(min(0.001, end - now))
+                # Sleep until the next batch is due (at least a millisecond's worth of it).
+                time.sleep(min(max(BATCH / rate, 0.0005), end - now))
                 continue
-            todo = min(due - sent, batch)
+            todo = min(due - sent, BATCH)
         else:
-            todo = batch
-        for _ in range(todo):
+            todo = BATCH
+        stop = sent + todo
+        while sent < stop:
             try:
-                sock.sendto(pool[sent % n], target)
+                while sent < stop:
+                    send(pool[sent % n])
+                    sent += 1
             except OSError:  # the kernel's buffer is full (ENOBUFS) at flat-out rates
                 errors += 1
-            sent += 1
-    elapsed = time.monotonic() - started
+                sent += 1
+    elapsed = monotonic() - started
     print(json.dumps({"sent": sent - errors, "elapsed_s": elapsed}), flush=True)
 
 
 # -- the agents ----------------------------------------------------------------------------
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def agent_config(folder: Path, drone: int, swarm_id: int, port: int, period_s: float) -> Path:
@@ -196,18 +210,6 @@ mode = "swarm-key"
     return path
 
 
-def read_status(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
-
-
 def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     while not (value := condition()):
@@ -255,8 +257,10 @@ class Target:
             return time.monotonic(), 0
         return float(lines[-1]["mono"]), int(lines[-1]["frames_accepted"])
 
-    def window(self, seconds: float, attacker: subprocess.Popen[bytes] | None) -> dict[str, Any]:
-        """Measure merges/s, CPU and RSS over ``seconds`` (while ``attacker`` runs, if given)."""
+    def window(
+        self, seconds: float, attackers: list[subprocess.Popen[bytes]] | None
+    ) -> dict[str, Any]:
+        """Measure merges/s, CPU and RSS over ``seconds`` (while ``attackers`` run, if given)."""
         # Skip the first status interval: the flood has only just started.
         time.sleep(0.6)
         t0, a0 = self.accepted()
@@ -277,49 +281,59 @@ class Target:
             "rss": rss,
             "published_per_s": (p1 - p0) / (c1 - c0),
             "kernel_drops_per_s": (d1 - d0) / (c1 - c0),
+            "load_average": os.getloadavg()[0],
         }
-        if attacker is not None:
-            out, _ = attacker.communicate(timeout=60)
-            report = json.loads(out.decode().strip().splitlines()[-1])
-            result["rate_achieved"] = report["sent"] / report["elapsed_s"]
+        if attackers:
+            achieved = 0.0
+            for attacker in attackers:
+                out, _ = attacker.communicate(timeout=60)
+                report = json.loads(out.decode().strip().splitlines()[-1])
+                achieved += report["sent"] / report["elapsed_s"]
+            result["rate_achieved"] = achieved
         return result
 
 
-def start_agent(folder: Path, config: Path, drone: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "swarmfl.cli", "agent", "--config", str(config)],
-        cwd=folder,
-        env=dict(os.environ, SWARMFL_SECRET=SECRET, OMP_NUM_THREADS="1"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=open(folder / f"agent-{drone}.err", "wb"),
-    )
+def start_attackers(
+    attack: str, port: int, rate: float, duration_s: float, swarm_id: int, processes: int
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``processes`` attacker processes sharing ``rate`` (0: each flat out); return once
+    each has built its datagrams and starts sending."""
+    attackers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--attacker",
+                attack,
+                "--port",
+                str(port),
+                "--rate",
+                str(rate / processes),
+                "--duration-s",
+                str(duration_s),
+                "--swarm-id",
+                str(swarm_id),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(processes)
+    ]
+    for attacker in attackers:
+        assert attacker.stdout is not None
+        if not json.loads(attacker.stdout.readline() or b"{}").get("ready"):
+            stop_processes(attackers)
+            raise SystemExit("bench_flood: an attacker process failed to start")
+    return attackers
 
 
-def start_attacker(
-    attack: str, port: int, rate: float, duration_s: float, swarm_id: int
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--attacker",
-            attack,
-            "--port",
-            str(port),
-            "--rate",
-            str(rate),
-            "--duration-s",
-            str(duration_s),
-            "--swarm-id",
-            str(swarm_id),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-    )
-
-
-def bench(attacks: list[str], rates: list[float], window_s: float, period_s: float) -> None:
+def bench(
+    attacks: list[str],
+    rates: list[float],
+    window_s: float,
+    period_s: float,
+    attacker_processes: int,
+) -> None:
     swarm_id = secrets.randbelow(2**31 - 1000) + 1000
     with tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
         folder = Path(tmp)
@@ -328,7 +342,9 @@ def bench(attacks: list[str], rates: list[float], window_s: float, period_s: flo
         try:
             for drone in (0, 1, 2):
                 config = agent_config(folder, drone, swarm_id, port if drone == 0 else 0, period_s)
-                processes.append(start_agent(folder, config, drone))
+                processes.append(
+                    start_agent_process(config, folder / f"agent-{drone}.err", SECRET, cwd=folder)
+                )
             target = Target(
                 processes[0],
                 folder / "status-0.jsonl",
@@ -347,22 +363,17 @@ def bench(attacks: list[str], rates: list[float], window_s: float, period_s: flo
             floods = []
             for attack in attacks:
                 for rate in rates:
-                    attacker = start_attacker(attack, port, rate, window_s + 0.8, swarm_id)
-                    floods.append((attack, rate, target.window(window_s, attacker)))
+                    attackers = start_attackers(
+                        attack, port, rate, window_s + 0.8, swarm_id, attacker_processes
+                    )
+                    floods.append((attack, rate, target.window(window_s, attackers)))
                     # Let the flood's backlog drain before the next window.
                     time.sleep(1.0)
             after = target.window(window_s, None)
             if target.process.poll() is not None:
                 raise SystemExit("bench_flood: the target agent died during the floods")
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_processes(processes)
 
     baseline = (before["merges_per_s"] + after["merges_per_s"]) / 2
     emit(
@@ -375,6 +386,8 @@ def bench(attacks: list[str], rates: list[float], window_s: float, period_s: flo
             ),
             "cpu_percent": round((before["cpu_percent"] + after["cpu_percent"]) / 2, 1),
             "window_s": window_s,
+            "attacker_processes": attacker_processes,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "period_s": period_s,
         }
     )
@@ -395,6 +408,7 @@ def bench(attacks: list[str], rates: list[float], window_s: float, period_s: flo
                 "kernel_drops_per_s": round(result["kernel_drops_per_s"]),
                 "cpu_percent": round(result["cpu_percent"], 1),
                 "rss_growth_mb": round((result["rss"] - rss0) / 2**20, 1),
+                "load_average": round(result["load_average"], 1),
             }
         )
     emit(
@@ -411,6 +425,65 @@ def bench(attacks: list[str], rates: list[float], window_s: float, period_s: flo
     )
 
 
+def receive_path(rounds: int, burst: int = 2000) -> None:
+    """CPU per datagram of the UDP radio's read loop on each attack, in this process.
+
+    A real socket on loopback: ``burst`` datagrams are sent (within the receive buffer), then
+    read by the radio's own reader, timed in process CPU time; ``rounds`` times. Three set-ups:
+    ``rate_limit_only`` (no tag check, a guard that never trips: what the radio did before the
+    guard), ``penalized`` (the agent's set-up, the flooding address unknown to it), and
+    ``vouched`` (the flood uses the address of a peer that authenticated: every forgery takes
+    the full path, tag check included, so that the peer's frames are still found).
+    """
+
+    async def one(attack: str, setup: str) -> dict[str, Any]:
+        swarm_id = 4242
+        pool = attack_datagrams(attack, swarm_id, random.Random(7))
+        key = derive_swarm_key(SECRET, swarm_id)
+        check = None if setup == "rate_limit_only" else frame_tag_check(key, swarm_id)
+        guard = SourceGuard(burst=10**9) if setup == "rate_limit_only" else SourceGuard()
+        radio = UdpRadio(drone_id=0, host=LOOPBACK, frame_check=check, guard=guard)
+        await radio.start()
+        sock = radio._sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())  # read by hand below, timed
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.connect((LOOPBACK, radio.local_port))
+            if setup == "vouched":
+                guard.vouch(tx.getsockname(), loop.time())
+            cpu = 0.0
+            for _ in range(rounds):
+                for i in range(burst):
+                    tx.send(pool[i % len(pool)])
+                start = time.process_time()
+                for _ in range(burst // 256 + 2):
+                    radio._read_ready()
+                cpu += time.process_time() - start
+                radio._inbox._frames.clear()
+        counters = {**radio.counters(), **radio.peer_counters()}
+        await radio.aclose()
+        read = counters["datagrams_received"] + counters["datagrams_penalized"]
+        return {
+            "bench": "receive_path",
+            "attack": attack,
+            "setup": setup,
+            "datagrams": read,
+            "us_per_datagram": round(1e6 * cpu / max(1, read), 2),
+            "dropped_unread": counters["datagrams_penalized"],
+            "frames_forged": counters["frames_forged"],
+            "frames_rate_limited": counters["frames_rate_limited"],
+            "load_average": round(os.getloadavg()[0], 1),
+        }
+
+    async def run() -> None:
+        for attack in ATTACKS:
+            for setup in ("rate_limit_only", "penalized", "vouched"):
+                emit(await one(attack, setup))
+
+    asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
@@ -423,6 +496,18 @@ def main() -> None:
     )
     parser.add_argument("--window-s", type=float, default=6.0, help="measurement window")
     parser.add_argument("--period-s", type=float, default=0.25, help="honest drones' period")
+    parser.add_argument(
+        "--attacker-processes",
+        type=int,
+        default=3,
+        help="attacker processes sharing each rate (one cannot send 30,000/s on a loaded box)",
+    )
+    parser.add_argument(
+        "--receive-path",
+        type=int,
+        metavar="ROUNDS",
+        help="only time the UDP radio's read loop per datagram (ROUNDS bursts of 2,000)",
+    )
     parser.add_argument("--attacker", choices=ATTACKS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -432,7 +517,10 @@ def main() -> None:
     if args.attacker:
         run_attacker(args.attacker, args.port, args.rate, args.duration_s, args.swarm_id)
         return
-    bench(args.attacks, args.rates, args.window_s, args.period_s)
+    if args.receive_path:
+        receive_path(args.receive_path)
+        return
+    bench(args.attacks, args.rates, args.window_s, args.period_s, args.attacker_processes)
 
 
 if __name__ == "__main__":

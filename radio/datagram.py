@@ -22,7 +22,7 @@ import asyncio
 import logging
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Self
 
@@ -53,7 +53,8 @@ class DatagramRadioStats:
     ``datagrams_lost_injected`` datagrams dropped on purpose by the test loss injector;
     ``send_errors`` copies the medium refused; ``frames_rate_limited`` whole frames dropped
     unread because their link sender was over its per-source frame rate; ``datagrams_oversize``
-    datagrams larger than the MTU, refused unread (part of ``datagrams_malformed``).
+    datagrams larger than the MTU, refused unread (part of ``datagrams_malformed``);
+    ``frames_forged`` whole frames that failed the radio's ``frame_check`` (the swarm tag).
     """
 
     datagrams_sent: int = 0
@@ -66,6 +67,7 @@ class DatagramRadioStats:
     send_errors: int = 0
     frames_rate_limited: int = 0
     datagrams_oversize: int = 0
+    frames_forged: int = 0
 
 
 class DatagramRadio(ABC):
@@ -75,11 +77,13 @@ class DatagramRadio(ABC):
     link (``link``: its settings) and wakes the pump; frames heard are read with ``frames``,
     at most ``inbox_frames`` of them waiting, each link sender limited to ``source_frames_per_s``
     frames per second (see :class:`~swarmfl.radio.link.SourceRateLimit`: a flood from one source
-    is dropped before the agent authenticates it). Subclasses say how one datagram is transmitted
-    (:meth:`_transmit`), run :meth:`_pump` while their medium is open, pass each datagram heard
-    to :meth:`_hear`, and implement :meth:`start` and :meth:`_close_medium`. ``transport`` names
-    the medium as discovery does (:class:`~swarmfl.radio.discovery.PeerInfo`: ``"udp"``,
-    ``"mqtt"``).
+    is dropped before the agent authenticates it). ``frame_check`` (e.g.
+    :func:`~swarmfl.core.wire.frame_tag_check`), when given, is run on each whole frame first:
+    a frame that fails it is dropped and counted (``frames_forged``). Subclasses say how one
+    datagram is transmitted (:meth:`_transmit`), run :meth:`_pump` while their medium is open,
+    pass each datagram heard to :meth:`_hear`, and implement :meth:`start` and
+    :meth:`_close_medium`. ``transport`` names the medium as discovery does
+    (:class:`~swarmfl.radio.discovery.PeerInfo`: ``"udp"``, ``"mqtt"``).
 
     Use ``async with radio:`` or ``start()`` / ``aclose()``.
     """
@@ -93,8 +97,10 @@ class DatagramRadio(ABC):
         link: LinkConfig,
         inbox_frames: int,
         source_frames_per_s: float = DEFAULT_SOURCE_FRAMES_PER_S,
+        frame_check: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.drone_id = drone_id
+        self._frame_check = frame_check
         self.link_config = link
         # A random first frame id: receivers never take a restarted drone's new frames for
         # fragments of its old ones.
@@ -171,6 +177,7 @@ class DatagramRadio(ABC):
             "datagrams_lost_injected": stats.datagrams_lost_injected,
             "send_errors": stats.send_errors,
             "frames_rate_limited": stats.frames_rate_limited,
+            "frames_forged": stats.frames_forged,
         }
 
     # -- for subclasses -----------------------------------------------------------------------
@@ -229,24 +236,38 @@ class DatagramRadio(ABC):
         stats.datagrams_oversize += 1
         log.debug("datagram of %d bytes from %s: over the MTU, dropped", size, link_sender)
 
-    def _hear(self, data: bytes, link_sender: Hashable) -> None:
-        """Count a datagram heard from ``link_sender``; queue the frame it completes, if any.
+    def _hear(self, data: bytes, link_sender: Hashable, now: float | None = None) -> None:
+        """Count a datagram heard from ``link_sender`` (at loop time ``now``, default: the
+        loop's clock); queue the frame it completes, if any.
 
         Never raises for bad input: a datagram that is not ours is counted by the reassembler
-        (``datagrams_malformed``) and dropped.
+        (``datagrams_malformed``) and dropped. With a ``frame_check``, a whole frame that fails
+        it is counted in ``frames_forged`` and dropped before the per-source frame rate is
+        charged (forgeries cannot spend the budget of the address they claim). Both are
+        reported to :meth:`_fault`.
         """
-        now = asyncio.get_running_loop().time()
+        if now is None:
+            now = asyncio.get_running_loop().time()
         stats = self.stats
         stats.datagrams_received += 1
         stats.bytes_received += len(data)
-        frame = self._link.receive(data, link_sender, now)
+        reassembler = self._link.reassembler
+        faults = reassembler.faults
+        frame = reassembler.push(data, link_sender, now)
         if frame is None:
+            if reassembler.faults != faults:
+                self._fault(link_sender, now)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "datagram of %d bytes from %s: no frame completed", len(data), link_sender
                 )
             return
         stats.frames_received += 1
+        check = self._frame_check
+        if check is not None and not check(frame):
+            stats.frames_forged += 1
+            self._fault(link_sender, now)
+            return
         if not self._source_rate.allow(link_sender, now):
             stats.frames_rate_limited += 1
             if log.isEnabledFor(logging.DEBUG):
@@ -254,3 +275,8 @@ class DatagramRadio(ABC):
             return
         if not self._inbox.push(ReceivedFrame(frame, link_sender, now)):
             stats.frames_dropped_inbox += 1
+
+    def _fault(self, link_sender: Hashable, now: float) -> None:
+        """``link_sender`` sent a datagram the reassembler refused, or a frame that failed the
+        ``frame_check``, at ``now``. A hook for media that budget faults per source (UDP)."""
+        del link_sender, now  # nothing is budgeted by default

@@ -142,6 +142,7 @@ class Reassembler:
         "_oversize",
         "_recent",
         "_sources",
+        "faults",
         "timeout_s",
     )
 
@@ -210,6 +211,10 @@ class Reassembler:
         self._evicted = 0
         self._inconsistent = 0
         self._oversize = 0
+        #: Datagrams that were their link sender's fault: refused (malformed, oversize) or
+        #: pushing out that sender's own partial frames. A radio reads it before and after
+        #: :meth:`push` to charge the sender (see :class:`~swarmfl.radio.guard.SourceGuard`).
+        self.faults = 0
 
     def __len__(self) -> int:
         """Number of incomplete frames held."""
@@ -288,6 +293,7 @@ class Reassembler:
                 break  # cannot happen: one frame fits max_source_bytes (>= max_frame_bytes)
             self._drop(oldest)
             self._evicted += 1
+            self.faults += 1
         # The total: the heaviest source pays, so a light honest sender keeps its frame.
         while self._buffered > self._max_buffer:
             victim: _Buffer | None = None
@@ -323,19 +329,23 @@ class Reassembler:
         size = len(datagram)
         if size < HEADER_SIZE:
             self._malformed += 1
+            self.faults += 1
             return None
         magic, version, sender, frame_id, index, count, total = HEADER_STRUCT.unpack_from(datagram)
         if magic != MAGIC or version != VERSION or index >= count:
             self._malformed += 1
+            self.faults += 1
             return None
         if total > self._max_frame:
             self._oversize += 1
+            self.faults += 1
             return None
         plen = size - HEADER_SIZE
 
         if count == 1:
             if plen != total:
                 self._malformed += 1
+                self.faults += 1
                 return None
             if self._buffers:
                 stale = self._buffers.get((link_sender, sender, frame_id))
@@ -350,20 +360,24 @@ class Reassembler:
         last = count - 1
         if plen == 0:
             self._malformed += 1
+            self.faults += 1
             return None
         if index < last:
             chunk = plen
             if chunk * last >= total or chunk * count < total:
                 self._malformed += 1
+                self.faults += 1
                 return None
         else:
             rest = total - plen
             if rest < last or rest % last:
                 self._malformed += 1
+                self.faults += 1
                 return None
             chunk = rest // last
             if plen > chunk:
                 self._malformed += 1
+                self.faults += 1
                 return None
 
         key = (link_sender, sender, frame_id)
@@ -385,6 +399,7 @@ class Reassembler:
             while len(source.buffers) >= self._max_source_frames:
                 self._drop(next(iter(source.buffers.values())))
                 self._evicted += 1
+                self.faults += 1
                 if link_sender not in self._sources:
                     source = self._sources[link_sender] = _Source()
             buf = _Buffer(key, now, count, total, chunk)
@@ -395,6 +410,7 @@ class Reassembler:
         elif buf.chunk != chunk:
             # Same frame, wrong payload size: a truncated or padded datagram, not a new frame.
             self._malformed += 1
+            self.faults += 1
             return None
         assert source is not None  # a held buffer's source is always recorded
 

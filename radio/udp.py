@@ -31,17 +31,18 @@ import logging
 import random
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NotRequired, Required, TypedDict, Unpack
 
 from swarmfl.errors import ConfigError, RadioError
 from swarmfl.radio.datagram import DatagramRadio
 from swarmfl.radio.fragment import MAGIC as _FRAGMENT_MAGIC
 from swarmfl.radio.fragment import VERSION as _FRAGMENT_VERSION
+from swarmfl.radio.guard import SourceGuard
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.peers import PeerTable
 from swarmfl.radio.status_port import STATUS_REQUEST, StatusResponder
 
-__all__ = ["MulticastUdpRadio", "UdpRadio"]
+__all__ = ["RECEIVE_BUFFER_BYTES", "MulticastUdpRadio", "UdpRadio", "UdpRadioOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,27 @@ log = logging.getLogger(__name__)
 #: traffic the kernel drops for it); the cap keeps other tasks running during a flood.
 DATAGRAMS_PER_READ = 256
 _MAX_DATAGRAM_BYTES = 65_535
+#: The socket receive buffer asked for: room for a few whole frames from every peer, and for a
+#: flood's backlog while the agent is busy elsewhere. Linux grants at most twice
+#: ``net.core.rmem_max`` (here 4 MiB asked, 8 MiB granted with the common 4 MiB limit; with the
+#: default 208 KiB limit, 416 KiB): :attr:`UdpRadio.receive_buffer_bytes` says what it got.
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+class UdpRadioOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`UdpRadio` (which :class:`MulticastUdpRadio` passes on)."""
+
+    drone_id: Required[int]
+    host: NotRequired[str]
+    port: NotRequired[int]
+    link: NotRequired[LinkConfig | None]
+    inbox_frames: NotRequired[int]
+    loss: NotRequired[float]
+    seed: NotRequired[int]
+    status: NotRequired[StatusResponder | None]
+    peer_table: NotRequired[PeerTable | None]
+    frame_check: NotRequired[Callable[[bytes], bool] | None]
+    guard: NotRequired[SourceGuard | None]
 
 
 class UdpRadio(DatagramRadio):
@@ -66,6 +88,11 @@ class UdpRadio(DatagramRadio):
     queries when given (its counters join :meth:`counters`). ``inbox_frames`` bounds the
     frames heard but not yet read.
     ``peer_table`` holds where it sends (default: a :class:`PeerTable` with its defaults).
+    ``frame_check`` (the swarm tag check, :func:`~swarmfl.core.wire.frame_tag_check`) refuses
+    forged frames before they are charged to a source's frame budget; ``guard`` (default: a
+    :class:`~swarmfl.radio.guard.SourceGuard` with its defaults) budgets the faults of each
+    source address and drops the datagrams of an address over its budget as they are read,
+    unless the address was vouched for by an authenticated frame (:meth:`confirm_peer`).
 
     Raises :class:`ConfigError` for a bad ``loss`` or ``drone_id``; :meth:`start` raises
     :class:`ConfigError` if the port is in use or the address cannot be bound, and
@@ -86,10 +113,20 @@ class UdpRadio(DatagramRadio):
         seed: int = 0,
         status: StatusResponder | None = None,
         peer_table: PeerTable | None = None,
+        frame_check: Callable[[bytes], bool] | None = None,
+        guard: SourceGuard | None = None,
     ) -> None:
         if not 0.0 <= loss < 1.0:
             raise ConfigError(f"must be in [0, 1), got {loss!r}", key="loss")
-        super().__init__(drone_id=drone_id, link=link or LinkConfig(), inbox_frames=inbox_frames)
+        super().__init__(
+            drone_id=drone_id,
+            link=link or LinkConfig(),
+            inbox_frames=inbox_frames,
+            frame_check=frame_check,
+        )
+        self.guard = guard if guard is not None else SourceGuard()
+        #: The socket receive buffer the kernel granted (0 before :meth:`start`).
+        self.receive_buffer_bytes = 0
         self.host = host
         self.port = port
         self._loss = loss
@@ -118,11 +155,11 @@ class UdpRadio(DatagramRadio):
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            # Room for a few whole frames from every peer while the agent is busy.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
             sock.bind((self.host, self.port))
             sock.setblocking(False)
+            self.receive_buffer_bytes = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         except OSError as exc:
             sock.close()
             if exc.errno == errno.EADDRINUSE:
@@ -143,6 +180,13 @@ class UdpRadio(DatagramRadio):
             sock.close()
             raise RadioError(f"cannot open UDP {self.host}:{self.port}: {exc}") from exc
         self._sock = sock
+        log.info(
+            "udp radio on %s:%d: receive buffer %d bytes (asked %d)",
+            self.host,
+            self.local_port,
+            self.receive_buffer_bytes,
+            RECEIVE_BUFFER_BYTES,
+        )
         self._pump_task = loop.create_task(self._pump(), name=f"udp-radio-{self.drone_id}")
 
     # -- destinations -------------------------------------------------------------------------
@@ -160,8 +204,11 @@ class UdpRadio(DatagramRadio):
 
     def confirm_peer(self, drone_id: int, link_sender: object, now: float) -> None:
         """A fresh authenticated frame of ``drone_id`` came from ``link_sender`` (the source
-        address :meth:`frames` reported): send model frames to it there."""
+        address :meth:`frames` reported): send model frames to it there, and vouch for the
+        address (its forged datagrams are then never penalized unread, see
+        :class:`~swarmfl.radio.guard.SourceGuard`)."""
         if drone_id != self.drone_id and isinstance(link_sender, tuple) and len(link_sender) >= 2:
+            self.guard.vouch(link_sender, now)
             self.peer_table.confirm(drone_id, (str(link_sender[0]), int(link_sender[1])), now)
 
     def probe(self, hello: Callable[[int], bytes], now: float) -> int:
@@ -209,7 +256,8 @@ class UdpRadio(DatagramRadio):
 
     def peer_counters(self) -> dict[str, int]:
         """The peer table's counters: ``peers_confirmed``, ``peer_candidates``,
-        ``probes_sent``, ``peer_address_changes``, ``peers_silent_expired``."""
+        ``probes_sent``, ``peer_address_changes``, ``peers_silent_expired``; and the source
+        guard's ``datagrams_penalized`` (see :class:`~swarmfl.radio.guard.SourceGuard`)."""
         table = self.peer_table
         return {
             "peers_confirmed": len(table),
@@ -217,6 +265,9 @@ class UdpRadio(DatagramRadio):
             "probes_sent": table.stats.probes_sent,
             "peer_address_changes": table.stats.address_changes,
             "peers_silent_expired": table.stats.silent_expired,
+            # The guard's one counter in status lines (a status answer must fit one datagram):
+            # the others are on ``guard.counters()``.
+            "datagrams_penalized": self.guard.datagrams_penalized,
         }
 
     async def _close_medium(self) -> None:
@@ -255,27 +306,46 @@ class UdpRadio(DatagramRadio):
         return sent
 
     def _read_ready(self) -> None:
-        """Drain up to DATAGRAMS_PER_READ datagrams from the socket (called by the loop)."""
+        """Drain up to DATAGRAMS_PER_READ datagrams from the socket (called by the loop).
+
+        The clock is read once per batch (a batch takes well under a millisecond). A datagram
+        from a penalized address is dropped right after it is read, with one dict lookup (and
+        counted in ``datagrams_penalized``); everything else goes to :meth:`_on_datagram`.
+        """
         sock = self._sock
         if sock is None:
             return
         recvfrom = sock.recvfrom
         on_datagram = self._on_datagram
-        for _ in range(DATAGRAMS_PER_READ):
-            try:
-                data, addr = recvfrom(_MAX_DATAGRAM_BYTES)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # ICMP errors reported on the socket (a peer's port closed): the medium's.
-                self.stats.send_errors += 1
-                log.debug("udp socket error: %r", exc)
-                continue
-            on_datagram(data, addr)
-            if self._sock is None:  # closed by what the datagram triggered
-                return
+        guard = self.guard
+        penalized = guard.penalized
+        now = asyncio.get_running_loop().time()
+        dropped = 0
+        try:
+            for _ in range(DATAGRAMS_PER_READ):
+                try:
+                    data, addr = recvfrom(_MAX_DATAGRAM_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    # ICMP errors reported on the socket (a peer's port closed): the medium's.
+                    self.stats.send_errors += 1
+                    log.debug("udp socket error: %r", exc)
+                    continue
+                if penalized:
+                    until = penalized.get(addr)
+                    if until is not None:
+                        if until > now:
+                            dropped += 1
+                            continue
+                        del penalized[addr]  # the penalty lapsed: heard again
+                on_datagram(data, addr, now)
+                if self._sock is None:  # closed by what the datagram triggered
+                    return
+        finally:
+            guard.datagrams_penalized += dropped
 
-    def _on_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
+    def _on_datagram(self, data: bytes, addr: tuple[Any, int], now: float | None = None) -> None:
         if self._closed:
             return
         if data.startswith(STATUS_REQUEST):
@@ -284,7 +354,13 @@ class UdpRadio(DatagramRadio):
         if self._loss and self._rng.random() < self._loss:
             self.stats.datagrams_lost_injected += 1
             return
-        self._hear(data, addr)
+        self._hear(data, addr, now)
+
+    def _fault(self, link_sender: Any, now: float) -> None:
+        if self.guard.fault(link_sender, now) and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "udp: %s over its fault budget: its datagrams are dropped unread", link_sender
+            )
 
     def _answer_status(self, data: bytes, addr: tuple[Any, int]) -> None:
         responder, sock = self._status, self._sock
@@ -328,7 +404,8 @@ class MulticastUdpRadio(UdpRadio):
     hops (1: this link only); ``loopback`` lets agents on this host hear each other (tests).
     Our own datagrams coming back (same sender id in the fragment header) are dropped and
     counted in ``echoes_dropped``. The destinations :meth:`set_peer` records are not used for
-    sending: whoever is in range hears.
+    sending: whoever is in range hears. Every other keyword argument is :class:`UdpRadio`'s
+    (:class:`UdpRadioOptions`).
 
     Raises :class:`ConfigError` for a ``group`` that is not an IPv4 multicast address, a bad
     ``ttl`` or ``interface``; :meth:`start` raises :class:`ConfigError` when the group cannot be
@@ -343,15 +420,7 @@ class MulticastUdpRadio(UdpRadio):
         interface: str | None = None,
         ttl: int = 1,
         loopback: bool = False,
-        drone_id: int,
-        host: str = "0.0.0.0",
-        port: int = 0,
-        link: LinkConfig | None = None,
-        inbox_frames: int = 256,
-        loss: float = 0.0,
-        seed: int = 0,
-        status: StatusResponder | None = None,
-        peer_table: PeerTable | None = None,
+        **options: Unpack[UdpRadioOptions],
     ) -> None:
         try:
             address = ipaddress.ip_address(group)
@@ -363,25 +432,15 @@ class MulticastUdpRadio(UdpRadio):
             raise ConfigError(f"must be in 1..65535, got {group_port!r}", key="group_port")
         if not 1 <= ttl <= 255:
             raise ConfigError(f"must be in 1..255, got {ttl!r}", key="ttl")
+        super().__init__(**options)
         if interface is None:
-            interface = host if host not in ("", "0.0.0.0") else "0.0.0.0"
+            interface = self.host if self.host not in ("", "0.0.0.0") else "0.0.0.0"
         try:
             self._interface_bytes = socket.inet_aton(interface)
         except OSError:
             raise ConfigError(
                 f"must be an IPv4 address, got {interface!r}", key="interface"
             ) from None
-        super().__init__(
-            drone_id=drone_id,
-            host=host,
-            port=port,
-            link=link,
-            inbox_frames=inbox_frames,
-            loss=loss,
-            seed=seed,
-            status=status,
-            peer_table=peer_table,
-        )
         self.group = group
         self.group_port = group_port
         self.interface = interface
@@ -390,7 +449,7 @@ class MulticastUdpRadio(UdpRadio):
         self.echoes_dropped = 0
         self._group_transport: asyncio.DatagramTransport | None = None
         self._own_header = (
-            _FRAGMENT_MAGIC + bytes([_FRAGMENT_VERSION]) + drone_id.to_bytes(4, "little")
+            _FRAGMENT_MAGIC + bytes([_FRAGMENT_VERSION]) + self.drone_id.to_bytes(4, "little")
         )
 
     async def start(self) -> None:
@@ -412,7 +471,7 @@ class MulticastUdpRadio(UdpRadio):
             sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(self.loopback))
             sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, self._interface_bytes)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
             sock.bind((self.group, self.group_port))
             sock.setsockopt(
                 socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group + self._interface_bytes
@@ -460,4 +519,11 @@ class MulticastUdpRadio(UdpRadio):
         if data.startswith(self._own_header):
             self.echoes_dropped += 1  # our own transmission, looped back
             return
+        penalized = self.guard.penalized
+        if penalized and addr in penalized:
+            now = asyncio.get_running_loop().time()
+            if penalized[addr] > now:
+                self.guard.datagrams_penalized += 1
+                return
+            del penalized[addr]
         self._on_datagram(data, addr)

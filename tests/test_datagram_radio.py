@@ -42,6 +42,7 @@ COUNTERS = {
     "datagrams_lost_injected",
     "send_errors",
     "frames_rate_limited",
+    "frames_forged",
 }
 # 100 frame bytes per datagram: a 1,000-byte frame is 10 datagrams, 1,190 bytes on the wire.
 SMALL_MTU = LinkConfig(mtu_bytes=100 + HEADER_SIZE)

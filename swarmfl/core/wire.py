@@ -46,6 +46,7 @@ import hmac
 import itertools
 import operator
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -83,6 +84,7 @@ __all__ = [
     "epoch_hint",
     "epoch_payload",
     "frame_overhead_bytes",
+    "frame_tag_check",
     "nack_payload",
     "nack_target",
     "payload_view",
@@ -335,6 +337,34 @@ def epoch_hint(frame: Frame) -> tuple[int, int]:
 
 def _tag(key: bytes, message: bytes | memoryview) -> bytes:
     return hmac.digest(key, message, hashlib.sha256)[:TAG_BYTES]
+
+
+def frame_tag_check(key: bytes, swarm_id: int) -> Callable[[bytes], bool]:
+    """A check that a whole frame carries swarm ``swarm_id``'s id and a valid tag under ``key``.
+
+    What a radio runs on each frame it reassembles, before any per-source budget is charged and
+    before the frame is queued for the agent: the frame's size bounds, magic and swarm id (byte
+    comparisons), then one HMAC over the bytes before the tag, compared in constant time. It
+    parses nothing else (:func:`decode_frame` does, once the frame reaches the node, and checks
+    the tag again there: one more HMAC per authentic frame, about 0.6 ms per MB on this
+    project's 2-core test machine, against a few microseconds per forgery it turns away
+    before any budget is charged). Never raises for any ``frame`` content; raises
+    :class:`~swarmfl.errors.ConfigError` for a bad ``key`` or ``swarm_id`` (the caller's bug).
+    """
+    _check_key(key)
+    _check_uint(swarm_id, _U32, "swarm_id")
+    swarm = struct.pack("<I", swarm_id)
+    low, high = _MIN_FRAME_BYTES, MAX_FRAME_BYTES
+    digest, sha256, equal = hmac.digest, hashlib.sha256, hmac.compare_digest
+    body_end = -TAG_BYTES
+
+    def check(frame: bytes) -> bool:
+        if not low <= len(frame) <= high or frame[:4] != MAGIC or frame[10:14] != swarm:
+            return False
+        view = memoryview(frame)
+        return equal(digest(key, view[:body_end], sha256)[:TAG_BYTES], view[body_end:])
+
+    return check
 
 
 def frame_overhead_bytes(layers: int) -> int:

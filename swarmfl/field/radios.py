@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
 from swarmfl.config.drone_file import LoadedDroneConfig
+from swarmfl.core.wire import frame_tag_check
 from swarmfl.radio.discovery import Discovery, PeerInfo, StaticDiscovery, ZeroconfDiscovery
 from swarmfl.radio.link import LinkConfig
 from swarmfl.radio.mqtt import MqttRadio, MqttSettings
@@ -93,6 +94,9 @@ async def open_radio(
             "loss": udp.loss,
             "seed": radio_seed(config.run.seed, config.drone.id),
             "status": responder,
+            # Forged frames are refused by their swarm tag before they spend a source's frame
+            # budget, and charged to their address (see swarmfl.radio.guard).
+            "frame_check": frame_tag_check(loaded.key, config.swarm.swarm_id),
             # A peer stops being a destination when its authenticated frames stop for as long
             # as the merge keeps its replica (never less than 10 s: a slow trainer sends late).
             "peer_table": PeerTable(
