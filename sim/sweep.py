@@ -47,7 +47,7 @@ from swarmfl.config.scenario_file import (
 )
 from swarmfl.config.sections import PositiveInt, Section
 from swarmfl.errors import ConfigError
-from swarmfl.sim.executors import RunOutcome, RunTask, make_executor
+from swarmfl.sim.executors import Executor, RunOutcome, RunTask, make_executor
 from swarmfl.sim.results import RUN_FILE, Experiment, collect_experiment
 from swarmfl.sim.runfolder import is_finished, override_note
 from swarmfl.sim.sweep_progress import SweepProgress
@@ -296,9 +296,14 @@ def _check_same_scenario(run: PlannedRun) -> None:
 
 
 def execute_plan(
-    plan: SweepPlan, *, console: Console | None = None, progress: bool = True
+    plan: SweepPlan,
+    *,
+    console: Console | None = None,
+    progress: bool = True,
+    executor: Executor | None = None,
 ) -> list[RunOutcome]:
-    """Run the plan's unfinished runs on its executor; report each failure as it happens."""
+    """Run the plan's unfinished runs on its executor (or on ``executor``, given); report each
+    failure as it happens."""
     console = console or Console(stderr=True)
     todo = plan.todo
     plan.folder.mkdir(parents=True, exist_ok=True)
@@ -319,12 +324,14 @@ def execute_plan(
     outcomes: list[RunOutcome] = []
     if not todo:
         return outcomes
-    executor = make_executor(plan.executor, workers=plan.workers, ray_address=plan.ray_address)
+    if executor is None:
+        executor = make_executor(plan.executor, workers=plan.workers, ray_address=plan.ray_address)
     tasks = [RunTask(run.scenario, str(run.folder), run.title_note) for run in todo]
+    running = executor.run(tasks)  # workers start before the progress bar's thread
     with SweepProgress(
         len(plan.runs), len(plan.finished), executor.slots, console, enabled=progress
     ) as bar:
-        for outcome in executor.run(tasks):
+        for outcome in running:
             outcomes.append(outcome)
             bar.advance(outcome)
             if not outcome.ok:
