@@ -14,6 +14,7 @@ gives byte-identical ``metrics.jsonl`` whichever executor ran it.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import multiprocessing
 import os
@@ -148,23 +149,31 @@ class LocalExecutor:
             return iter(())
         method = self.method or start_method()
         context = multiprocessing.get_context(method)
-        if method == "fork":
-            # Imported here once; every worker shares it, copy-on-write.
-            importlib.import_module(RUN_MODULE)
-        elif method == "forkserver":
+        if method == "forkserver":
             # Imported once in the fork server, not per worker.
             context.set_forkserver_preload([RUN_MODULE])
         pool = ProcessPoolExecutor(max_workers=min(self.slots, len(queue)), mp_context=context)
-        with warnings.catch_warnings():
-            # Python 3.12+ warns on any fork of a process with more than one OS thread; the
-            # ones here are native BLAS pools, safe as start_method() explains.
-            warnings.filterwarnings(
-                "ignore",
-                message=r".*use of fork\(\) may lead to deadlocks",
-                category=DeprecationWarning,
-            )
-            # With fork, the first submit starts every worker, before the pool's own threads.
-            futures = [pool.submit(execute, task) for task in queue]
+        if method != "fork":
+            return _outcomes(pool, [pool.submit(execute, task) for task in queue])
+        # Imported here once; every worker shares it, copy-on-write.
+        importlib.import_module(RUN_MODULE)
+        # The workers' garbage collections leave out every object inherited from here: a
+        # collection writes to each object it visits, which would copy the whole heap into
+        # every worker (after six quickstart runs: 0.24 s of CPU and 89 MB per collection).
+        gc.freeze()
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns on a fork of a process with more than one OS thread; the
+                # others here are native BLAS pools, safe as start_method() explains.
+                warnings.filterwarnings(
+                    "ignore",
+                    message=r".*use of fork\(\) may lead to deadlocks",
+                    category=DeprecationWarning,
+                )
+                # The first submit forks every worker, before the pool starts its own threads.
+                futures = [pool.submit(execute, task) for task in queue]
+        finally:
+            gc.unfreeze()
         return _outcomes(pool, futures)
 
 
