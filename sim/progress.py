@@ -16,13 +16,23 @@ from swarmfl.sim.metrics import SwarmPoint
 
 
 class LiveProgress:
-    """A rich progress display of ``columns``, live while used as a context manager (``with``);
-    ``enabled=False`` shows nothing."""
+    """A rich progress display of ``columns``, live while used as a context manager (``with``),
+    redrawn ``refresh_per_second``; ``enabled=False`` shows nothing."""
 
     def __init__(
-        self, columns: Sequence[str | ProgressColumn], console: Console, *, enabled: bool
+        self,
+        columns: Sequence[str | ProgressColumn],
+        console: Console,
+        *,
+        enabled: bool,
+        refresh_per_second: float = 10,
     ) -> None:
-        self._progress = Progress(*columns, console=console, disable=not enabled)
+        self._progress = Progress(
+            *columns,
+            console=console,
+            disable=not enabled,
+            refresh_per_second=refresh_per_second,
+        )
 
     def __enter__(self) -> Self:
         self._progress.start()

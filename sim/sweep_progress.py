@@ -38,7 +38,9 @@ class SweepProgress(LiveProgress):
             TextColumn("ETA"),
             TimeRemainingColumn(),
         )
-        super().__init__(columns, console, enabled=enabled)
+        # Redrawn twice a second, not ten times: the bar moves when a run ends and the clocks
+        # tick in seconds, and the cores are the runs'.
+        super().__init__(columns, console, enabled=enabled, refresh_per_second=2)
         self._task = self._progress.add_task(
             "sweep", total=total, completed=finished, running=self._running(), failed=0
         )
