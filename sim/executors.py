@@ -14,7 +14,6 @@ gives byte-identical ``metrics.jsonl`` whichever executor ran it.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import multiprocessing
 import os
@@ -155,25 +154,20 @@ class LocalExecutor:
         pool = ProcessPoolExecutor(max_workers=min(self.slots, len(queue)), mp_context=context)
         if method != "fork":
             return _outcomes(pool, [pool.submit(execute, task) for task in queue])
-        # Imported here once; every worker shares it, copy-on-write.
+        # Imported here once; every worker shares it, copy-on-write. (No gc.freeze() here: the
+        # simulation freezes the heap itself while it runs, see swarmfl.sim.vtime.frozen_heap,
+        # and a heap frozen already makes its check walk every inherited object, each run.)
         importlib.import_module(RUN_MODULE)
-        # The workers' garbage collections leave out every object inherited from here: a
-        # collection writes to each object it visits, which would copy the whole heap into
-        # every worker (after six quickstart runs: 0.24 s of CPU and 89 MB per collection).
-        gc.freeze()
-        try:
-            with warnings.catch_warnings():
-                # Python 3.12+ warns on a fork of a process with more than one OS thread; the
-                # others here are native BLAS pools, safe as start_method() explains.
-                warnings.filterwarnings(
-                    "ignore",
-                    message=r".*use of fork\(\) may lead to deadlocks",
-                    category=DeprecationWarning,
-                )
-                # The first submit forks every worker, before the pool starts its own threads.
-                futures = [pool.submit(execute, task) for task in queue]
-        finally:
-            gc.unfreeze()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns on a fork of a process with more than one OS thread; the others
+            # here are native BLAS pools, safe as start_method() explains.
+            warnings.filterwarnings(
+                "ignore",
+                message=r".*use of fork\(\) may lead to deadlocks",
+                category=DeprecationWarning,
+            )
+            # The first submit forks every worker, before the pool starts its own threads.
+            futures = [pool.submit(execute, task) for task in queue]
         return _outcomes(pool, futures)
 
 
