@@ -237,8 +237,12 @@ def plan_sweep(scenario: str | Path, **options: Unpack[SweepOptions]) -> SweepPl
     Options left out (or None) come from the file's ``[sweep]`` table, else defaults (one seed,
     folder ``runs/<name>-sweep``, the local executor). Raises :class:`ConfigError` (one line:
     file, key, problem) for a bad file, table, grid value or override, and for a finished run
-    whose scenario differs from the one planned (the sweep changed under the same folder).
+    whose scenario differs from the one planned (the sweep changed under the same folder), and
+    :class:`TypeError` for an option not in :class:`SweepOptions`.
     """
+    unknown = sorted(set(options) - SweepOptions.__optional_keys__)
+    if unknown:  # what a signature with named parameters would refuse
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
     grid, seeds, out = options.get("grid"), options.get("seeds"), options.get("out")
     overrides = options.get("overrides", ())
     path = Path(scenario)

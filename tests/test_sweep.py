@@ -157,6 +157,14 @@ def test_the_readme_sweep_example_runs_as_written(tmp_path, monkeypatch, capsys)
         assert len(list(csv.DictReader(handle))) == 4
 
 
+def test_a_misspelt_option_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="'seed'"):
+        plan_sweep(QUICKSTART, seed=3, out=tmp_path)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'seed'"):
+        run_sweep(QUICKSTART, seed=3, out=tmp_path)  # type: ignore[call-arg]
+    assert not any(tmp_path.iterdir())
+
+
 def test_variants_that_would_share_a_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="share the folder name"):
         plan_sweep(QUICKSTART, grid={"run.name": ["a/b", "a_b"]}, out=tmp_path)
