@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import traceback
@@ -110,7 +111,10 @@ class Executor(Protocol):
 
 def start_method() -> str:
     """How the local pool starts its workers: ``fork`` where it is safe, else ``forkserver``
-    (``spawn`` where neither exists).
+    (``spawn`` where there is none).
+
+    Only on Linux: macOS system libraries do not survive a fork (Python's default there is
+    ``spawn`` for that reason).
 
     ``fork`` needs no Python thread besides this one: a thread could hold a lock (logging, a
     stream, an import) that would stay held forever in the child. Native thread pools that
@@ -121,7 +125,7 @@ def start_method() -> str:
     the parent may have made is never waited for in the child.
     """
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
 

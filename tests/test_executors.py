@@ -74,6 +74,7 @@ print(alone, with_thread, start_method())
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool forks on Linux only")
 def test_the_pool_forks_only_while_no_other_python_thread_runs():
     # A fresh interpreter: this one's threads depend on the tests that ran before.
     shown = subprocess.run(
