@@ -2,9 +2,11 @@
 
 Runs are independent, so an executor only hands each :class:`RunTask` to a worker and yields
 each :class:`RunOutcome` as it completes; there is no scheduler of our own. The local pool uses
-every core with the ``forkserver`` start method (``spawn`` where there is none): a worker never
-forks a parent that already runs torch threads. Ray (``pip install 'swarmfl[ray]'``) runs the
-same function as a remote task, on a local instance or on the cluster at ``address``.
+every core. Its workers are forks of this process, made once the simulator (torch, matplotlib)
+is imported here, so they start at once with nothing to import (see :func:`start_method` for
+when that is safe; otherwise a ``forkserver`` with the simulator preloaded, ``spawn`` where there
+is none). Ray (``pip install 'swarmfl[ray]'``) runs the same function as a remote task, on a
+local instance or on the cluster at ``address``.
 
 A run writes its folder itself (see :func:`swarmfl.sim.runner.run_scenario`), so the same task
 gives byte-identical ``metrics.jsonl`` whichever executor ran it.
@@ -12,12 +14,16 @@ gives byte-identical ``metrics.jsonl`` whichever executor ran it.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
+import sys
+import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,10 +42,13 @@ __all__ = [
     "RunTask",
     "execute",
     "make_executor",
+    "start_method",
 ]
 
 EXECUTORS = ("local", "ray")
 ERROR_FILE = "error.txt"
+RUN_MODULE = "swarmfl.sim.runner"
+"""What a run imports (the simulator, torch, matplotlib): loaded once, before workers start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,25 +109,76 @@ class Executor(Protocol):
         ...
 
 
-class LocalExecutor:
-    """A process pool on this machine: ``workers`` processes (default: every core)."""
+def start_method() -> str:
+    """How the local pool starts its workers: ``fork`` where it is safe, else ``forkserver``
+    (``spawn`` where there is none).
 
-    def __init__(self, workers: int | None = None) -> None:
+    Only on Linux: macOS system libraries do not survive a fork (Python's default there is
+    ``spawn`` for that reason).
+
+    ``fork`` needs no Python thread besides this one: a thread could hold a lock (logging, a
+    stream, an import) that would stay held forever in the child. Native thread pools that
+    exist by then are safe to leave behind: OpenBLAS re-creates its pool in a child (it has
+    ``pthread_atfork`` handlers), and a child never enters an OpenMP (torch) parallel region
+    with more than one thread, because :func:`execute` limits BLAS and OpenMP to one thread
+    before a run and the simulator calls ``torch.set_num_threads(1)``; so an OpenMP thread team
+    the parent may have made is never waited for in the child.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class LocalExecutor:
+    """A process pool on this machine: ``workers`` processes (default: every core).
+
+    ``method`` is the multiprocessing start method (default: :func:`start_method` at each
+    :meth:`run`); a benchmark sets it to compare them.
+    """
+
+    def __init__(self, workers: int | None = None, *, method: str | None = None) -> None:
         self.slots = workers or os.cpu_count() or 1
+        self.method = method
 
     def run(self, tasks: Iterable[RunTask]) -> Iterator[RunOutcome]:
-        """Execute every task in the pool; yield each outcome as its run ends."""
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if context.get_start_method() == "forkserver":
-            # torch and the simulator are imported once, in the fork server, not per worker
-            context.set_forkserver_preload(["swarmfl.sim.runner"])
-        with ProcessPoolExecutor(max_workers=self.slots, mp_context=context) as pool:
-            pending: set[Future[RunOutcome]] = {pool.submit(execute, task) for task in tasks}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+        """Start the workers and hand them every task now; yield each outcome as its run ends.
+
+        The workers are started before this returns, so a caller starts its own threads (a
+        progress bar) after them: they do not stop the pool from forking.
+        """
+        queue = list(tasks)
+        if not queue:
+            return iter(())
+        method = self.method or start_method()
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # Imported once in the fork server, not per worker.
+            context.set_forkserver_preload([RUN_MODULE])
+        pool = ProcessPoolExecutor(max_workers=min(self.slots, len(queue)), mp_context=context)
+        if method != "fork":
+            return _outcomes(pool, [pool.submit(execute, task) for task in queue])
+        # Imported here once; every worker shares it, copy-on-write. (No gc.freeze() here: the
+        # simulation freezes the heap itself while it runs, see swarmfl.sim.vtime.frozen_heap,
+        # and a heap frozen already makes its check walk every inherited object, each run.)
+        importlib.import_module(RUN_MODULE)
+        with warnings.catch_warnings():
+            # Python 3.12+ warns on a fork of a process with more than one OS thread; the others
+            # here are native BLAS pools, safe as start_method() explains.
+            warnings.filterwarnings(
+                "ignore",
+                message=r".*use of fork\(\) may lead to deadlocks",
+                category=DeprecationWarning,
+            )
+            # The first submit forks every worker, before the pool starts its own threads.
+            futures = [pool.submit(execute, task) for task in queue]
+        return _outcomes(pool, futures)
+
+
+def _outcomes(pool: ProcessPoolExecutor, futures: list[Future[RunOutcome]]) -> Iterator[RunOutcome]:
+    with pool:
+        for future in as_completed(futures):
+            yield future.result()
 
 
 class RayExecutor:

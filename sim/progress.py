@@ -2,41 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from swarmfl.config.scenario_file import Scenario
 from swarmfl.sim.metrics import SwarmPoint
 
 
-class SimulationProgress:
-    """A progress bar over virtual time showing mean and min accuracy across drones."""
+class LiveProgress:
+    """A rich progress display of ``columns``, live while used as a context manager (``with``),
+    redrawn ``refresh_per_second``; ``enabled=False`` shows nothing."""
 
-    def __init__(self, scenario: Scenario, console: Console, *, enabled: bool = True) -> None:
-        self._duration = scenario.run.duration_s
+    def __init__(
+        self,
+        columns: Sequence[str | ProgressColumn],
+        console: Console,
+        *,
+        enabled: bool,
+        refresh_per_second: float = 10,
+    ) -> None:
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("t={task.completed:>7.1f}/{task.total:.0f} s virtual"),
-            TextColumn("acc mean {task.fields[mean]:.3f} min {task.fields[min]:.3f}"),
-            TimeElapsedColumn(),
+            *columns,
             console=console,
             disable=not enabled,
-            transient=False,
-        )
-        self._task = self._progress.add_task(
-            f"{scenario.run.name} ({scenario.swarm.drones} drones)",
-            total=self._duration,
-            mean=0.0,
-            min=0.0,
+            refresh_per_second=refresh_per_second,
         )
 
-    def __enter__(self) -> SimulationProgress:
+    def __enter__(self) -> Self:
         self._progress.start()
         return self
 
@@ -47,6 +45,27 @@ class SimulationProgress:
         tb: TracebackType | None,
     ) -> None:
         self._progress.stop()
+
+
+class SimulationProgress(LiveProgress):
+    """A progress bar over virtual time showing mean and min accuracy across drones."""
+
+    def __init__(self, scenario: Scenario, console: Console, *, enabled: bool = True) -> None:
+        self._duration = scenario.run.duration_s
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("t={task.completed:>7.1f}/{task.total:.0f} s virtual"),
+            TextColumn("acc mean {task.fields[mean]:.3f} min {task.fields[min]:.3f}"),
+            TimeElapsedColumn(),
+        )
+        super().__init__(columns, console, enabled=enabled)
+        self._task = self._progress.add_task(
+            f"{scenario.run.name} ({scenario.swarm.drones} drones)",
+            total=self._duration,
+            mean=0.0,
+            min=0.0,
+        )
 
     def update(self, point: SwarmPoint) -> None:
         """Show the swarm's state at one evaluation instant."""

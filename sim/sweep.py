@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict, Unpack
 
 from pydantic import Field, field_validator
 from rich.console import Console
@@ -43,17 +43,19 @@ from swarmfl.config.scenario_file import (
     SCENARIO_PATH_KEYS,
     Scenario,
     scenario_to_toml,
+    toml_value,
     validate_scenario,
 )
 from swarmfl.config.sections import PositiveInt, Section
 from swarmfl.errors import ConfigError
-from swarmfl.sim.executors import RunOutcome, RunTask, make_executor
+from swarmfl.sim.executors import Executor, RunOutcome, RunTask, make_executor
 from swarmfl.sim.results import RUN_FILE, Experiment, collect_experiment
 from swarmfl.sim.runfolder import is_finished, override_note
 from swarmfl.sim.sweep_progress import SweepProgress
 
 __all__ = [
     "PlannedRun",
+    "SweepOptions",
     "SweepPlan",
     "SweepSection",
     "Variant",
@@ -160,16 +162,12 @@ def _label(value: Any) -> str:
 
 
 def _toml_text(value: Any) -> str:
-    """A grid value as TOML text (for ``--set``)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ",".join(_toml_text(v) for v in value) + "]"
-    raise ConfigError(f"cannot sweep over {value!r}", source="--grid")
+    """A grid value as TOML text (for ``--set``; list items joined by a bare comma, as in
+    variant and folder names). Raises :class:`ConfigError` for a value TOML cannot hold."""
+    try:
+        return toml_value(value, separator=",")
+    except TypeError:
+        raise ConfigError(f"cannot sweep over {value!r}", source="--grid") from None
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -214,24 +212,39 @@ def _variants(grid: Mapping[str, Sequence[Any]]) -> list[Variant]:
     return variants
 
 
-def plan_sweep(
-    scenario: str | Path,
-    *,
-    grid: Mapping[str, Sequence[Any]] | None = None,
-    seeds: int | Sequence[int] | None = None,
-    out: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    executor: str | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
-) -> SweepPlan:
+class SweepOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`plan_sweep` and :func:`run_sweep`."""
+
+    grid: Mapping[str, Sequence[Any]] | None
+    """Dotted scenario keys and the values to try (added to the ``[sweep]`` table's grid)."""
+    seeds: int | Sequence[int] | None
+    """A count (``run.seed``, ``run.seed + 1``, ...) or a list of seeds."""
+    out: str | Path | None
+    """The experiment folder."""
+    overrides: Sequence[str]
+    """``--set`` overrides applied to every run."""
+    executor: str | None
+    """``local`` or ``ray``."""
+    workers: int | None
+    """Runs at once (default: every core; Ray: the cluster's CPUs)."""
+    ray_address: str | None
+    """The Ray cluster to join (default: a local instance)."""
+
+
+def plan_sweep(scenario: str | Path, **options: Unpack[SweepOptions]) -> SweepPlan:
     """Resolve every run of a sweep and see which are finished already.
 
-    Arguments left as None come from the file's ``[sweep]`` table, else defaults (one seed,
+    Options left out (or None) come from the file's ``[sweep]`` table, else defaults (one seed,
     folder ``runs/<name>-sweep``, the local executor). Raises :class:`ConfigError` (one line:
     file, key, problem) for a bad file, table, grid value or override, and for a finished run
-    whose scenario differs from the one planned (the sweep changed under the same folder).
+    whose scenario differs from the one planned (the sweep changed under the same folder), and
+    :class:`TypeError` for an option not in :class:`SweepOptions`.
     """
+    unknown = sorted(set(options) - SweepOptions.__optional_keys__)
+    if unknown:  # what a signature with named parameters would refuse
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    grid, seeds, out = options.get("grid"), options.get("seeds"), options.get("out")
+    overrides = options.get("overrides", ())
     path = Path(scenario)
     raw = read_toml(path)
     raw_sweep = validate(_SweepTable, {"sweep": raw.pop("sweep", {})}, source=str(path)).sweep
@@ -261,9 +274,9 @@ def plan_sweep(
         folder=folder,
         runs=[],
         keys=list(merged_grid),
-        executor=executor or raw_sweep.executor,
-        workers=workers or raw_sweep.workers,
-        ray_address=ray_address or raw_sweep.ray_address,
+        executor=options.get("executor") or raw_sweep.executor,
+        workers=options.get("workers") or raw_sweep.workers,
+        ray_address=options.get("ray_address") or raw_sweep.ray_address,
     )
     for variant in variants:
         every = [*overrides, *variant.overrides]
@@ -296,9 +309,14 @@ def _check_same_scenario(run: PlannedRun) -> None:
 
 
 def execute_plan(
-    plan: SweepPlan, *, console: Console | None = None, progress: bool = True
+    plan: SweepPlan,
+    *,
+    console: Console | None = None,
+    progress: bool = True,
+    executor: Executor | None = None,
 ) -> list[RunOutcome]:
-    """Run the plan's unfinished runs on its executor; report each failure as it happens."""
+    """Run the plan's unfinished runs on its executor (or on ``executor``, given); report each
+    failure as it happens."""
     console = console or Console(stderr=True)
     todo = plan.todo
     plan.folder.mkdir(parents=True, exist_ok=True)
@@ -319,12 +337,14 @@ def execute_plan(
     outcomes: list[RunOutcome] = []
     if not todo:
         return outcomes
-    executor = make_executor(plan.executor, workers=plan.workers, ray_address=plan.ray_address)
+    if executor is None:
+        executor = make_executor(plan.executor, workers=plan.workers, ray_address=plan.ray_address)
     tasks = [RunTask(run.scenario, str(run.folder), run.title_note) for run in todo]
+    running = executor.run(tasks)  # workers start before the progress bar's thread
     with SweepProgress(
         len(plan.runs), len(plan.finished), executor.slots, console, enabled=progress
     ) as bar:
-        for outcome in executor.run(tasks):
+        for outcome in running:
             outcomes.append(outcome)
             bar.advance(outcome)
             if not outcome.ok:
@@ -333,16 +353,7 @@ def execute_plan(
 
 
 def run_sweep(
-    scenario: str | Path,
-    *,
-    grid: Mapping[str, Sequence[Any]] | None = None,
-    seeds: int | Sequence[int] | None = None,
-    out: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    executor: str | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    progress: bool = False,
+    scenario: str | Path, *, progress: bool = False, **options: Unpack[SweepOptions]
 ) -> Experiment:
     """Run (or resume) a sweep and return its results; writes ``runs.csv``, ``variants.csv``
     and the overlay plots into the experiment folder.
@@ -352,16 +363,7 @@ def run_sweep(
     (``ray_address``: a cluster; default a local instance). Failed runs are listed in
     ``Experiment.failed``. Raises :class:`ConfigError` for a bad scenario, grid or argument.
     """
-    plan = plan_sweep(
-        scenario,
-        grid=grid,
-        seeds=seeds,
-        out=out,
-        overrides=overrides,
-        executor=executor,
-        workers=workers,
-        ray_address=ray_address,
-    )
+    plan = plan_sweep(scenario, **options)
     outcomes = execute_plan(plan, progress=progress)
     experiment = collect_experiment(plan.folder, keys=plan.keys)
     experiment.failed = [{"folder": o.folder, "error": o.error} for o in outcomes if not o.ok]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -17,10 +15,11 @@ from rich.progress import (
 from rich.table import Table
 
 from swarmfl.sim.executors import RunOutcome
+from swarmfl.sim.progress import LiveProgress
 from swarmfl.sim.results import Experiment
 
 
-class SweepProgress:
+class SweepProgress(LiveProgress):
     """A bar over a sweep's runs; finished runs found on disk count as done from the start."""
 
     def __init__(
@@ -30,7 +29,7 @@ class SweepProgress:
         self._done = finished
         self._failed = 0
         self._slots = slots
-        self._progress = Progress(
+        columns = (
             TextColumn("[bold]sweep"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -38,27 +37,16 @@ class SweepProgress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
         )
+        # Redrawn twice a second, not ten times: the bar moves when a run ends and the clocks
+        # tick in seconds, and the cores are the runs'.
+        super().__init__(columns, console, enabled=enabled, refresh_per_second=2)
         self._task = self._progress.add_task(
             "sweep", total=total, completed=finished, running=self._running(), failed=0
         )
 
     def _running(self) -> int:
         return min(self._slots, self._total - self._done - self._failed)
-
-    def __enter__(self) -> SweepProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._progress.stop()
 
     def advance(self, outcome: RunOutcome) -> None:
         """Count one run that ended (finished or failed)."""

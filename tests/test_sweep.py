@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from swarmfl.cli import main
 from swarmfl.errors import ConfigError
+from swarmfl.sim.executors import RunOutcome
+from swarmfl.sim.metrics import SwarmPoint
+from swarmfl.sim.progress import SimulationProgress
 from swarmfl.sim.sweep import parse_grid, plan_sweep, run_sweep
+from swarmfl.sim.sweep_progress import SweepProgress
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "scenarios" / "quickstart.toml"
@@ -151,6 +157,37 @@ def test_the_readme_sweep_example_runs_as_written(tmp_path, monkeypatch, capsys)
         assert len(list(csv.DictReader(handle))) == 4
 
 
+def test_a_misspelt_option_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="'seed'"):
+        plan_sweep(QUICKSTART, seed=3, out=tmp_path)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'seed'"):
+        run_sweep(QUICKSTART, seed=3, out=tmp_path)  # type: ignore[call-arg]
+    assert not any(tmp_path.iterdir())
+
+
 def test_variants_that_would_share_a_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="share the folder name"):
         plan_sweep(QUICKSTART, grid={"run.name": ["a/b", "a_b"]}, out=tmp_path)
+
+
+def test_the_progress_bars_show_runs_and_accuracy(tmp_path):
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160)
+    with SweepProgress(total=3, finished=0, slots=2, console=console) as bar:
+        bar.advance(RunOutcome("a", None, 1.0))
+        bar.advance(RunOutcome("b", "PlanError: no plan fits", 1.0))
+    shown = screen.getvalue()
+    assert "2/3" in shown and "1 running · 1 failed" in shown
+
+    screen = io.StringIO()
+    scenario = plan_sweep(QUICKSTART, out=tmp_path, overrides=TINY).runs[0].scenario
+    progress = SimulationProgress(scenario, Console(file=screen, force_terminal=True, width=160))
+    with progress:
+        progress.update(SwarmPoint(t=5.0, mean=0.625, min=0.5, max=0.75))
+    assert "quickstart (4 drones)" in screen.getvalue()
+    assert "acc mean 0.625 min 0.500" in screen.getvalue()
+
+    screen = io.StringIO()
+    with SweepProgress(3, 0, 2, Console(file=screen, force_terminal=True), enabled=False):
+        pass
+    assert screen.getvalue() == ""

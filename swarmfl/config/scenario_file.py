@@ -15,6 +15,7 @@ relative paths written in the file are taken from the file's folder.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -59,6 +60,7 @@ __all__ = [
     "Strategy",
     "load_scenario",
     "scenario_to_toml",
+    "toml_value",
     "validate_scenario",
 ]
 
@@ -512,23 +514,26 @@ def _dict_to_toml(data: dict[str, Any], prefix: str = "") -> str:
             tables.append(_dict_to_toml(value, name))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for item in value:
-                body = "".join(
-                    f"{k} = {_toml_value(v)}\n" for k, v in item.items() if v is not None
-                )
+                body = "".join(f"{k} = {toml_value(v)}\n" for k, v in item.items() if v is not None)
                 tables.append(f"[[{name}]]\n{body}")
         elif value is not None:
-            scalars.append(f"{key} = {_toml_value(value)}\n")
+            scalars.append(f"{key} = {toml_value(value)}\n")
     head = f"[{prefix}]\n" if prefix and scalars else ""
     return head + "".join(scalars) + ("\n" if scalars else "") + "".join(tables)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any, *, separator: str = ", ") -> str:
+    """A bool, number, string or list of them as TOML text; list items joined by ``separator``.
+
+    Strings are written as JSON writes them (their escapes are TOML's too), non-ASCII kept.
+    Raises :class:`TypeError` for any other value.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + separator.join(toml_value(v, separator=separator) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
