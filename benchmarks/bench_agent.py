@@ -23,7 +23,13 @@ Prints JSON lines:
   static discovery) in unicast and then multicast mode: bytes put on the air per gossip period
   (every copy counted), distinct bytes, and copies per datagram.
 
+With ``--signatures`` it measures only the first part (``cpu``, ``rss``, ``latency``) twice: with
+the swarm-key HMAC alone (``identity.mode = "swarm-key"``, the baseline) and with per-drone
+Ed25519 signatures (the field default: an ``[identity]`` with keys for the agent and its peers);
+each line says which in ``frames``.
+
     python benchmarks/bench_agent.py --window-s 30 --agents 8 --airtime-window-s 10
+    python benchmarks/bench_agent.py --window-s 30 --signatures  # HMAC, then Ed25519
 """
 
 from __future__ import annotations
@@ -45,9 +51,17 @@ from typing import Any
 
 import numpy as np
 import psutil
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarmfl.config.drone_file import load_drone_config
-from swarmfl.core.identity import DroneIdentity
+from swarmfl.core.identity import (
+    DroneIdentity,
+    DroneSigner,
+    Roster,
+    encode_roster,
+    private_key_bytes,
+    public_key_bytes,
+)
 from swarmfl.core.merge import MergeRule
 from swarmfl.core.node import GossipNode, NodeConfig
 from swarmfl.core.wire import derive_swarm_key
@@ -74,7 +88,7 @@ def emit(record: dict[str, Any]) -> None:
 
 
 SWARM_KEY_ONLY = '[identity]\nmode = "swarm-key"\n'
-"""The swarm key's HMAC alone: the baseline bench_agent_signatures.py compares signatures to."""
+"""The swarm key's HMAC alone: the baseline ``--signatures`` compares per-drone signatures to."""
 
 
 def agent_config(
@@ -285,17 +299,44 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-async def measure(window_s: float, *, autopilot_hz: float | None) -> dict[str, Any]:
+def identities(folder: Path, swarm_id: int) -> tuple[str, dict[int, DroneIdentity]]:
+    """Per-drone keys for drones 0-3: the agent's [identity] table and the peers' identities."""
+    authority = Ed25519PrivateKey.generate()
+    keys = {d: Ed25519PrivateKey.generate() for d in range(4)}
+    roster = Roster(swarm_id, 1)
+    for drone, key in keys.items():
+        roster = roster.with_drone(drone, public_key_bytes(key))
+    signed = encode_roster(roster, authority)
+    (folder / "roster.json").write_bytes(signed)
+    (folder / "drone0.key").write_bytes(private_key_bytes(keys[0]))
+    table = (
+        f'[identity]\nkey_file = "drone0.key"\nroster_file = "roster.json"\n'
+        f'authority = "{public_key_bytes(authority).hex()}"\n'
+    )
+    peers = {
+        d: DroneIdentity(
+            DroneSigner(d, keys[d]), public_key_bytes(authority), signed, swarm_id=swarm_id
+        )
+        for d in (1, 2, 3)
+    }
+    return table, peers
+
+
+async def measure(
+    window_s: float, *, autopilot_hz: float | None, signed: bool = False
+) -> dict[str, Any]:
     """Run the agent with three peers (and, with ``autopilot_hz``, a simulated autopilot
-    feeding its MAVLink reader); measure CPU and RSS over ``window_s`` of steady gossip."""
+    feeding its MAVLink reader; with ``signed``, per-drone keys for all four); measure CPU and
+    RSS over ``window_s`` of steady gossip."""
     swarm_id = secrets.randbelow(2**31)
     mavlink_port = free_udp_port() if autopilot_hz is not None else None
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         folder = Path(tmp)
-        config = agent_config(folder, swarm_id, mavlink_port)
+        table, peer_identities = identities(folder, swarm_id) if signed else (SWARM_KEY_ONLY, {})
+        config = agent_config(folder, swarm_id, mavlink_port, identity=table)
         status_path = folder / "status.jsonl"
         agent = start_agent_process(config, folder / "agent.err", SECRET)
-        peers = [Peer(i, swarm_id) for i in (1, 2, 3)]
+        peers = [Peer(i, swarm_id, peer_identities.get(i)) for i in (1, 2, 3)]
         tasks = [asyncio.create_task(peer.run()) for peer in peers]
         autopilot = None
         if mavlink_port is not None and autopilot_hz is not None:
@@ -343,19 +384,22 @@ async def measure(window_s: float, *, autopilot_hz: float | None) -> dict[str, A
     }
 
 
-async def bench(window_s: float, agents: int, airtime_window_s: float) -> None:
-    plain = await measure(window_s, autopilot_hz=None)
+def emit_agent_figures(result: dict[str, Any], frames: str | None = None) -> None:
+    """Print the ``cpu``, ``rss`` and ``latency`` lines of one :func:`measure` result (with
+    ``frames`` naming how its frames were authenticated, when runs are compared)."""
     elapsed, cpu_s, rss, lines, peers = (
-        plain["elapsed"],
-        plain["cpu_s"],
-        plain["rss"],
-        plain["lines"],
-        plain["peers"],
+        result["elapsed"],
+        result["cpu_s"],
+        result["rss"],
+        result["lines"],
+        result["peers"],
     )
+    label = {} if frames is None else {"frames": frames}
     last = lines[-1] if lines else {}
     emit(
         {
             "bench": "cpu",
+            **label,
             "window_s": round(elapsed, 2),
             "agent_cpu_s": round(cpu_s, 3),
             "percent_of_one_core": round(100 * cpu_s / elapsed, 2),
@@ -370,6 +414,7 @@ async def bench(window_s: float, agents: int, airtime_window_s: float) -> None:
     emit(
         {
             "bench": "rss",
+            **label,
             "agent_rss_mb": round(rss / 2**20, 1),
             "bare_import_torch_rss_mb": round(baseline / 2**20, 1),
             "agent_minus_baseline_mb": round((rss - baseline) / 2**20, 1),
@@ -398,6 +443,7 @@ async def bench(window_s: float, agents: int, airtime_window_s: float) -> None:
     emit(
         {
             "bench": "latency",
+            **label,
             "samples": len(send_to_receive),
             "send_to_receive_ms": s2r,
             "receive_to_merge_ms_mean": round(receive_to_merge * 1000, 1),
@@ -406,6 +452,12 @@ async def bench(window_s: float, agents: int, airtime_window_s: float) -> None:
             "rate_bps": RATE_BPS,
         }
     )
+
+
+async def bench(window_s: float, agents: int, airtime_window_s: float) -> None:
+    plain = await measure(window_s, autopilot_hz=None)
+    emit_agent_figures(plain)
+    elapsed, cpu_s, rss = plain["elapsed"], plain["cpu_s"], plain["rss"]
 
     # The MAVLink reader's cost: the same agent, now with an autopilot at 10 Hz.
     with_vehicle = await measure(window_s, autopilot_hz=AUTOPILOT_HZ)
@@ -550,7 +602,19 @@ def main() -> None:
     parser.add_argument(
         "--airtime-window-s", type=float, default=10.0, help="airtime measurement window"
     )
+    parser.add_argument(
+        "--signatures",
+        action="store_true",
+        help="only the agent's own cost, twice: frames with the swarm-key HMAC only (the "
+        "baseline), then signed with per-drone Ed25519 keys (drone.toml [identity])",
+    )
     args = parser.parse_args()
+    if args.signatures:
+        for signed, frames in ((False, "swarm-key hmac"), (True, "ed25519 per drone")):
+            emit_agent_figures(
+                asyncio.run(measure(args.window_s, autopilot_hz=None, signed=signed)), frames
+            )
+        return
     asyncio.run(bench(args.window_s, args.agents, args.airtime_window_s))
 
 
