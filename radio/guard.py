@@ -45,6 +45,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 from swarmfl.errors import ConfigError
+from swarmfl.radio.link import SourceRateLimit
 
 __all__ = ["SourceGuard"]
 
@@ -74,11 +75,10 @@ class SourceGuard:
     """
 
     __slots__ = (
+        "_budget",
         "_burst",
         "_max_sources",
         "_penalty_s",
-        "_rate",
-        "_tokens",
         "_vouch_s",
         "_vouched",
         "datagrams_penalized",
@@ -97,15 +97,16 @@ class SourceGuard:
         vouch_s: float = 30.0,
         max_sources: int = 1024,
     ) -> None:
-        self._rate = _positive(faults_per_s, "faults_per_s")
+        rate = _positive(faults_per_s, "faults_per_s")
         self._burst = _positive(burst, "burst")
         self._penalty_s = _positive(penalty_s, "penalty_s")
         self._vouch_s = _positive(vouch_s, "vouch_s")
         if isinstance(max_sources, bool) or not isinstance(max_sources, int) or max_sources < 1:
             raise ConfigError(f"must be a positive integer, got {max_sources!r}", key="max_sources")
         self._max_sources = max_sources
-        # address -> [tokens, last refill time]; insertion order is recency order.
-        self._tokens: OrderedDict[Hashable, list[float]] = OrderedDict()
+        # Each address's fault budget: the token buckets the link keeps for frames, here counted
+        # in faults (charged only for addresses not vouched for).
+        self._budget = SourceRateLimit(rate, math.ceil(self._burst), max_sources=max_sources)
         # address -> vouched until (loop time); insertion order is recency order.
         self._vouched: OrderedDict[Hashable, float] = OrderedDict()
         #: address -> the loop time its penalty ends (insertion order: oldest penalty first).
@@ -121,7 +122,7 @@ class SourceGuard:
 
     def __len__(self) -> int:
         """Addresses tracked now, in all tables."""
-        return len(self._tokens) + len(self._vouched) + len(self.penalized)
+        return len(self._budget) + len(self._vouched) + len(self.penalized)
 
     def vouched(self, address: Hashable, now: float) -> bool:
         """Whether an authenticated frame came from ``address`` within ``vouch_s`` of ``now``."""
@@ -138,7 +139,7 @@ class SourceGuard:
             vouched.popitem(last=False)
         vouched[address] = now + self._vouch_s
         self.penalized.pop(address, None)
-        self._tokens.pop(address, None)
+        self._budget.forget(address)
 
     def fault(self, address: Hashable, now: float) -> bool:
         """Charge one fault of ``address`` at ``now``; True if that put it under a penalty."""
@@ -146,20 +147,7 @@ class SourceGuard:
             self.faults_vouched += 1
             return False
         self.faults += 1
-        tokens = self._tokens
-        state = tokens.get(address)
-        if state is None:
-            if len(tokens) >= self._max_sources:
-                tokens.popitem(last=False)
-            state = tokens[address] = [self._burst, now]
-        else:
-            tokens.move_to_end(address)
-            elapsed = now - state[1]
-            if elapsed > 0:
-                state[0] = min(self._burst, state[0] + elapsed * self._rate)
-                state[1] = now
-        if state[0] >= 1.0:
-            state[0] -= 1.0
+        if self._budget.allow(address, now):
             return False
         penalized = self.penalized
         penalized.pop(address, None)  # re-inserted last: the dict stays in order of penalty

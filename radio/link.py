@@ -459,3 +459,7 @@ class SourceRateLimit:
             return True
         self.limited += 1
         return False
+
+    def forget(self, source: Hashable) -> None:
+        """Drop ``source``'s bucket: it starts full again when next charged."""
+        self._sources.pop(source, None)

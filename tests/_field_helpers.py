@@ -171,6 +171,30 @@ def write_config(folder: Path, drone: int, tables: dict[str, dict[str, Any]]) ->
     return path
 
 
+def static_pair(folder: Path, swarm_id: int, **extra: dict[str, Any]) -> list[Path]:
+    """Two drones that know each other's UDP port (no zeroconf: faster in-process tests)."""
+    ports = [free_port(), free_port()]
+    paths = []
+    for drone in (0, 1):
+        other = 1 - drone
+        tables = agent_tables(
+            folder,
+            drone,
+            swarm_id,
+            shards=2,
+            port=ports[drone],
+            extra={
+                "discovery": {
+                    "kind": "static",
+                    "peers": [{"id": other, "host": "127.0.0.1", "port": ports[other]}],
+                },
+                **extra,
+            },
+        )
+        paths.append(write_config(folder, drone, tables))
+    return paths
+
+
 def read_status(path: Path) -> list[dict[str, Any]]:
     """Every complete status line written so far."""
     try:

@@ -29,6 +29,7 @@ from _field_helpers import (
     agents,
     free_port,
     require_mosquitto,
+    static_pair,
     unique_swarm_id,
     wait_until,
     write_config,
@@ -61,30 +62,6 @@ async def eventually(condition: Callable[[], Any], timeout_s: float, what: str) 
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.05)
     return value
-
-
-def static_pair(folder: Path, swarm_id: int, **extra: dict[str, Any]) -> list[Path]:
-    """Two drones that know each other's UDP port (no zeroconf: faster in-process tests)."""
-    ports = [free_port(), free_port()]
-    paths = []
-    for drone in (0, 1):
-        other = 1 - drone
-        tables = agent_tables(
-            folder,
-            drone,
-            swarm_id,
-            shards=2,
-            port=ports[drone],
-            extra={
-                "discovery": {
-                    "kind": "static",
-                    "peers": [{"id": other, "host": LOOPBACK, "port": ports[other]}],
-                },
-                **extra,
-            },
-        )
-        paths.append(write_config(folder, drone, tables))
-    return paths
 
 
 async def running(agents_: list[FieldAgent], body: Callable[[], Awaitable[None]]) -> None:

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _field_helpers import SECRET, agent_tables, free_port, unique_swarm_id, write_config
+from _field_helpers import (
+    SECRET,
+    static_pair,
+    unique_swarm_id,
+)
 
 from swarmfl.config.drone_file import load_drone_config
 from swarmfl.core.wire import (
@@ -213,28 +217,6 @@ async def test_a_flood_from_many_source_ports_keeps_the_guard_bounded() -> None:
 
 
 # -- a real peer whose address the flood uses ----------------------------------------------
-
-
-def static_pair(folder: Path, swarm_id: int) -> list[Path]:
-    ports = [free_port(), free_port()]
-    paths = []
-    for drone in (0, 1):
-        other = 1 - drone
-        tables = agent_tables(
-            folder,
-            drone,
-            swarm_id,
-            shards=2,
-            port=ports[drone],
-            extra={
-                "discovery": {
-                    "kind": "static",
-                    "peers": [{"id": other, "host": LOOPBACK, "port": ports[other]}],
-                },
-            },
-        )
-        paths.append(write_config(folder, drone, tables))
-    return paths
 
 
 @pytest.mark.network
