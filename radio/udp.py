@@ -180,7 +180,7 @@ class UdpRadio(DatagramRadio):
             sock.close()
             raise RadioError(f"cannot open UDP {self.host}:{self.port}: {exc}") from exc
         self._sock = sock
-        log.info(
+        log.debug(
             "udp radio on %s:%d: receive buffer %d bytes (asked %d)",
             self.host,
             self.local_port,

@@ -522,7 +522,10 @@ class FieldAgent:
         radio: str = config.radio.kind
         if isinstance(self.radio, UdpRadio):
             with contextlib.suppress(SwarmError):
-                radio = f"udp radio on {config.radio.udp.host}:{self.radio.local_port}"
+                radio = (
+                    f"udp radio on {config.radio.udp.host}:{self.radio.local_port} "
+                    f"(receive buffer {self.radio.receive_buffer_bytes // 1024} KiB)"
+                )
         elif isinstance(self.radio, MqttRadio):
             radio = f"mqtt radio via {config.radio.mqtt.url}"
         resumed = self.resumed_from
