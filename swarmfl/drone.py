@@ -220,6 +220,9 @@ class DroneAssembly:
             local_epochs=settings.training.local_epochs,
             momentum=settings.training.momentum,
             weight_decay=settings.training.weight_decay,
+            lr_schedule=settings.training.lr_schedule,
+            lr_final=settings.training.lr_final,
+            lr_rounds=settings.training.lr_rounds,
         )
 
     @property

@@ -24,6 +24,7 @@ from swarmfl.core.codecs import DEFAULT_CODEC, CodecName
 from swarmfl.core.merge import MergeRule, MergeRuleName
 from swarmfl.core.quant import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from swarmfl.errors import ConfigError
+from swarmfl.learning.seam import lr_schedule_problem
 from swarmfl.radio.link import LinkConfig
 from swarmfl.sizes import parse_bytes
 
@@ -178,11 +179,20 @@ class TrainingSection(Section):
     (the whole model, a suffix of blocks or biases only; :mod:`swarmfl.learning.plan`; torch
     backend only), holding ``neighbour_replicas`` peers' replicas. Unset: it trains the whole
     model.
+
+    ``lr_schedule`` sets the learning rate by local round (rounds this drone trained):
+    ``"constant"`` (the default: ``lr`` throughout), ``"cosine"`` (half a cosine from ``lr``
+    down to ``lr_final`` over ``lr_rounds`` rounds) or ``"exponential"`` (``lr`` times the same
+    factor each round, reaching ``lr_final`` after ``lr_rounds`` rounds); past ``lr_rounds`` the
+    rate stays at ``lr_final``. See :func:`~swarmfl.learning.sgd.scheduled_lr`.
     """
 
     backend: Literal["torch", "lean"] = "torch"
 
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.05
+    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    lr_final: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    lr_rounds: Annotated[int, Field(ge=0, le=100_000_000)] = 0
     batch_size: Annotated[int, Field(gt=0, le=65_536)] = 16
     local_epochs: Annotated[int, Field(gt=0, le=1000)] = 1
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
@@ -190,6 +200,14 @@ class TrainingSection(Section):
     budget_bytes: ByteSize | None = None  # training memory budget, e.g. "64MiB"
     neighbour_replicas: Annotated[int, Field(ge=0, le=4096)] = 4  # peers' replicas budgeted for
     dp: DPSection = DPSection()
+
+    @model_validator(mode="after")
+    def _schedule_complete(self) -> TrainingSection:
+        problem = lr_schedule_problem(self.lr_schedule, self.lr, self.lr_final, self.lr_rounds)
+        if problem is not None:
+            key, message = problem
+            raise KeyedValueError(("training", key), message)
+        return self
 
 
 class GossipSection(Section):

@@ -18,7 +18,7 @@ import numpy as np
 
 from swarmfl.errors import ConfigError
 from swarmfl.learning.seam import Evaluation, PlanFields, StepResult, TrainingConfig
-from swarmfl.learning.sgd import FlatSGD
+from swarmfl.learning.sgd import FlatSGD, scheduled_lr
 
 if TYPE_CHECKING:
     from swarmfl.learning.privacy import PrivacyLedger
@@ -48,6 +48,8 @@ class FlatLearner(ABC):
     :meth:`_as_labels`, :meth:`_permutation` and :meth:`_batch_loss`.
     """
 
+    #: local rounds trained so far: the round count the learning-rate schedule follows
+    rounds_trained: int = 0
     #: DP-SGD's privacy ledger (None: no DP; only the torch learner offers DP-SGD)
     privacy: PrivacyLedger | None = None
 
@@ -118,6 +120,7 @@ class FlatLearner(ABC):
         update as the whole batch at once, up to float rounding.
         """
         self._start_round()
+        self._sgd.start_round(self.rounds_trained)
         count = self.sample_count
         batch = self.config.batch_size
         total_loss = 0.0
@@ -127,8 +130,14 @@ class FlatLearner(ABC):
                 total_loss += self._batch_loss(x, y)
                 self._sgd.step()
                 steps += 1
+        self.rounds_trained += 1
         samples = count * self.config.local_epochs
         return StepResult(samples, samples * self.flops_per_sample, total_loss / max(steps, 1))
+
+    @property
+    def current_lr(self) -> float:
+        """The learning rate of the next local round (``lr`` unless a schedule decays it)."""
+        return scheduled_lr(self.config, self.rounds_trained)
 
     def _start_round(self) -> None:  # noqa: B027 (a hook: most learners need nothing here)
         """Called before each round (the torch learner puts its model in training mode)."""

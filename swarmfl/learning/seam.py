@@ -18,11 +18,13 @@ import numpy as np
 from swarmfl.errors import ConfigError
 
 __all__ = [
+    "LR_SCHEDULES",
     "Evaluation",
     "Learner",
     "PlanFields",
     "StepResult",
     "TrainingConfig",
+    "lr_schedule_problem",
     "plan_parameter_indexes",
 ]
 
@@ -88,8 +90,14 @@ class TrainingConfig:
     local_epochs: int = 1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # "constant", "cosine" or "exponential", by local round
+    lr_final: float = 0.0  # the rate the schedule reaches after lr_rounds rounds
+    lr_rounds: int = 0  # rounds over which the schedule goes from lr to lr_final
 
     def __post_init__(self) -> None:
+        problem = lr_schedule_problem(self.lr_schedule, self.lr, self.lr_final, self.lr_rounds)
+        if problem is not None:
+            raise ConfigError(problem[1], key=f"training.{problem[0]}")
         if not self.lr > 0:
             raise ConfigError(f"must be > 0, got {self.lr!r}", key="training.lr")
         if self.batch_size < 1:
@@ -104,6 +112,35 @@ class TrainingConfig:
             raise ConfigError(
                 f"must be >= 0, got {self.weight_decay!r}", key="training.weight_decay"
             )
+
+
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+"""The learning-rate schedules a :class:`TrainingConfig` names."""
+
+
+def lr_schedule_problem(
+    schedule: str, lr: float, lr_final: float, lr_rounds: int
+) -> tuple[str, str] | None:
+    """What is wrong with a learning-rate schedule, as ``(key, message)``; None if nothing.
+
+    A decaying schedule needs ``lr_rounds >= 1`` and ``lr_final`` at most ``lr`` (and above 0
+    for ``"exponential"``, which multiplies by a constant factor).
+    """
+    if schedule not in LR_SCHEDULES:
+        return "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}"
+    if not 0 <= lr_final <= 1e6:  # also refuses NaN
+        return "lr_final", f"must be in [0, 1e6], got {lr_final!r}"
+    if not 0 <= lr_rounds <= 100_000_000:
+        return "lr_rounds", f"must be in [0, 100000000], got {lr_rounds!r}"
+    if schedule == "constant":
+        return None
+    if lr_rounds < 1:
+        return "lr_rounds", f"a {schedule} schedule needs the rounds it decays over (>= 1)"
+    if lr_final > lr:
+        return "lr_final", f"must be at most lr ({lr!r}) for a decaying schedule, got {lr_final!r}"
+    if schedule == "exponential" and lr_final <= 0:
+        return "lr_final", "an exponential schedule needs lr_final > 0"
+    return None
 
 
 class PlanFields(Protocol):

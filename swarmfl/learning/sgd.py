@@ -13,6 +13,7 @@ no temporary array the size of the model is allocated, whatever the model's size
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,10 +21,25 @@ import numpy as np
 from swarmfl.errors import ConfigError
 from swarmfl.learning.seam import TrainingConfig
 
-__all__ = ["STEP_CHUNK", "FlatSGD"]
+__all__ = ["STEP_CHUNK", "FlatSGD", "scheduled_lr"]
 
 STEP_CHUNK = 1 << 16
 """Values updated per pass of the step (its scratch buffer holds this many float32)."""
+
+
+def scheduled_lr(config: TrainingConfig, round_index: int) -> float:
+    """The learning rate of local round ``round_index`` (0: the first) under ``config``'s schedule.
+
+    ``"constant"``: ``lr``. ``"cosine"``: ``lr_final + (lr - lr_final) * (1 + cos(pi * t)) / 2``
+    with ``t = min(round_index, lr_rounds) / lr_rounds``. ``"exponential"``:
+    ``lr * (lr_final / lr) ** t``. Both reach ``lr_final`` at round ``lr_rounds`` and stay there.
+    """
+    if config.lr_schedule == "constant":
+        return config.lr
+    t = min(max(round_index, 0), config.lr_rounds) / config.lr_rounds
+    if config.lr_schedule == "cosine":
+        return config.lr_final + (config.lr - config.lr_final) * (1.0 + math.cos(math.pi * t)) / 2
+    return config.lr * (config.lr_final / config.lr) ** t
 
 
 class FlatSGD:
@@ -42,6 +58,7 @@ class FlatSGD:
         self.gradient = np.zeros(numel, dtype=np.float32)
         self.momentum = np.zeros(numel, dtype=np.float32) if config.momentum > 0 else None
         self._started = False
+        self._lr = np.float32(config.lr)
         self._scratch = np.empty(min(numel, STEP_CHUNK), dtype=np.float32)
         # (weights, gradient, momentum) views per chunk of each contiguous trained range
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
@@ -54,9 +71,18 @@ class FlatSGD:
                 self._chunks.append((flat[low:high], self.gradient[position:end], buffer))
                 position = end
 
+    @property
+    def lr(self) -> float:
+        """The learning rate the next :meth:`step` uses."""
+        return float(self._lr)
+
+    def start_round(self, round_index: int) -> None:
+        """Take the learning rate of local round ``round_index`` from the schedule."""
+        self._lr = np.float32(scheduled_lr(self.config, round_index))
+
     def step(self) -> None:
         """One update from ``gradient``; ``gradient`` holds the decayed gradient afterwards."""
-        lr = np.float32(self.config.lr)
+        lr = self._lr
         decay = np.float32(self.config.weight_decay)
         momentum = np.float32(self.config.momentum)
         for weights, grad, buffer in self._chunks:
