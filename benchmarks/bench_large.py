@@ -117,12 +117,13 @@ def _average_model_accuracy(swarm: Any) -> float:
 
 
 def child(drones: int, minutes: float, settings: list[str]) -> None:
+    """Run the scenario (``minutes`` <= 0: its own duration) and print one JSON line."""
     from swarmfl.config.scenario_file import load_scenario
     from swarmfl.sim.metrics import MetricsRecorder
     from swarmfl.sim.runner import simulate
     from swarmfl.sim.vtime import run_virtual
 
-    overrides = [*settings, f"run.duration_s={minutes * 60.0}"]
+    overrides = [*settings, f"run.duration_s={minutes * 60.0}"] if minutes > 0 else [*settings]
     if drones:
         overrides.append(f"swarm.drones={drones}")
     scenario = load_scenario(SCENARIO, overrides)
@@ -181,7 +182,9 @@ def child(drones: int, minutes: float, settings: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--drones", type=int, default=0, help="override swarm.drones (0: 1000)")
-    parser.add_argument("--minutes", type=float, default=10.0, help="virtual minutes")
+    parser.add_argument(
+        "--minutes", type=float, default=0.0, help="virtual minutes (0: the scenario's run)"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override"
     )
