@@ -171,3 +171,29 @@ def test_a_resumed_drone_continues_its_momentum_exactly(tmp_path: Path, secret_e
     tables["training"]["momentum"] = 0.0
     plain = FieldAgent(load_drone_config(write_config(tmp_path, 0, tables)))
     assert plain.resumed_from is not None and plain.learner.momentum_state() is None
+
+
+def test_a_resumed_drone_continues_its_learning_rate_schedule(
+    tmp_path: Path, secret_env: None
+) -> None:
+    # A steep cosine over 4 rounds: a drone that restarted its schedule after a crash would
+    # train its next round at the full rate instead of the decayed one.
+    tables = agent_tables(tmp_path, 0, unique_swarm_id(), shards=2)
+    tables["training"].update(
+        {"batch_size": 2048, "lr_schedule": "cosine", "lr_final": 0.0, "lr_rounds": 4}
+    )
+    path = write_config(tmp_path, 0, tables)
+    flying = FieldAgent(load_drone_config(path))
+    for _ in range(3):
+        flying.learner.train_round()
+    flying.checkpoints.store.save(flying.checkpoints.snapshot(rounds=3, accuracy=None))
+    flying.learner.train_round()
+
+    resumed = FieldAgent(load_drone_config(path))
+    assert resumed.resumed_from is not None
+    assert resumed.learner.rounds_trained == 3
+    assert resumed.learner.current_lr < 0.2 * tables["training"]["lr"]
+    resumed.learner.train_round()
+    np.testing.assert_array_equal(
+        resumed.learner.flat_parameters(), flying.learner.flat_parameters()
+    )

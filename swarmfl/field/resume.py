@@ -102,6 +102,8 @@ class DroneCheckpoints:
         restored = Restored(None, 0)
         if checkpoint is not None:
             self._load(checkpoint)
+            # A checkpoint from before the schedule existed has none: its schedule starts over.
+            self.learner.rounds_trained = _int_or_zero(checkpoint.meta.get("local_rounds"))
             counter = checkpoint.counter
             restored = Restored(checkpoint.counter, int(checkpoint.meta.get("rounds", 0)))
             log.debug("drone %d: resumed from checkpoint %d", self.drone_id, checkpoint.counter)
@@ -185,6 +187,8 @@ class DroneCheckpoints:
                 "epoch": self.node.epoch,
                 "replay": [list(row) for row in state.replay],
                 "rounds": rounds,
+                # the learner's own trained rounds: the learning-rate schedule resumes from them
+                "local_rounds": self.learner.rounds_trained,
                 "accuracy": accuracy if accuracy is not None and math.isfinite(accuracy) else None,
             },
             created_at=time.time(),
