@@ -171,6 +171,25 @@ def write_config(folder: Path, drone: int, tables: dict[str, dict[str, Any]]) ->
     return path
 
 
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL if the process does not go within 60 s (test teardown)."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+
+
+def static_discovery(peers: dict[int, int]) -> dict[str, Any]:
+    """A ``[discovery]`` table naming each peer's UDP port on loopback (no zeroconf)."""
+    return {
+        "kind": "static",
+        "peers": [{"id": i, "host": "127.0.0.1", "port": p} for i, p in peers.items()],
+    }
+
+
 def static_pair(folder: Path, swarm_id: int, **extra: dict[str, Any]) -> list[Path]:
     """Two drones that know each other's UDP port (no zeroconf: faster in-process tests)."""
     ports = [free_port(), free_port()]
@@ -183,13 +202,7 @@ def static_pair(folder: Path, swarm_id: int, **extra: dict[str, Any]) -> list[Pa
             swarm_id,
             shards=2,
             port=ports[drone],
-            extra={
-                "discovery": {
-                    "kind": "static",
-                    "peers": [{"id": other, "host": "127.0.0.1", "port": ports[other]}],
-                },
-                **extra,
-            },
+            extra={"discovery": static_discovery({other: ports[other]}), **extra},
         )
         paths.append(write_config(folder, drone, tables))
     return paths
@@ -270,14 +283,7 @@ class AgentProcess:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not go within 60 s (test teardown)."""
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
+        terminate(self.process)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None

@@ -30,6 +30,8 @@ from _field_helpers import (
     agent_tables,
     free_port,
     read_status,
+    static_discovery,
+    terminate,
     unique_swarm_id,
     wait_until,
     write_config,
@@ -199,13 +201,7 @@ class PipedAgent:
 
     def stop(self) -> None:
         process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
+        terminate(process)
         if self._reader is not None:
             self._reader.join(10)  # the pipe ends with the process
             self._reader = None
@@ -227,10 +223,7 @@ def _config(folder: Path, drone: int, swarm_id: int, ports: dict[int, int]) -> P
             "training": {"backend": "lean"},
             "model": {"hidden": [64]},
             "run": {"eval_interval_s": 1.0},
-            "discovery": {
-                "kind": "static",
-                "peers": [{"id": peer, "host": LOOPBACK, "port": ports[peer]}],
-            },
+            "discovery": static_discovery({peer: ports[peer]}),
             "status": {"log_max_bytes": STATUS_LOG_MAX_BYTES},
         },
     )

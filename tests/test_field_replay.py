@@ -22,6 +22,7 @@ from _field_helpers import (
     agents,
     drone_signer,
     free_port,
+    static_discovery,
     unique_swarm_id,
     wait_until,
     write_config,
@@ -140,12 +141,7 @@ def static_config(
         swarm_id,
         shards=2,
         port=ports[drone],
-        extra={
-            "discovery": {
-                "kind": "static",
-                "peers": [{"id": i, "host": LOOPBACK, "port": p} for i, p in peers.items()],
-            }
-        },
+        extra={"discovery": static_discovery(peers)},
     )
     return write_config(folder, drone, tables)
 
